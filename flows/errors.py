@@ -1,0 +1,194 @@
+"""storyreel's one exception tree.
+
+* StoryreelError                 everything storyreel raises on purpose
+  x SpecError                    a storyboard is wrong; .issues = [(place, message)]
+  x PlanError                    a valid storyboard that cannot run as asked
+    + MissingKeyError            no API key for a provider that may be used
+    + BudgetError                estimate over the cap, or a reservation refused
+  x ProviderError                a vendor said no, or never answered well;
+    |                            .provider .shot_id .job_id .vendor_message
+    + AuthError                  401/403 bad key: never retried
+    + InsufficientCreditError    402, fal's "User is locked": never retried
+    + RateLimitedError           429; .retry_after seconds
+    + ContentPolicyError         moderation/safety: not retried with the same prompt
+    + InvalidRequestError        400/422: the request itself is wrong
+    + TransientError             5xx, resets, timeouts: retried where safe
+    + NotFoundError              404 (job or result gone, e.g. expired URL)
+    + JobFailedError             the vendor ran the job and it failed
+    + JobTimeoutError            our per-job deadline passed
+    + BadMediaError              the download is not a complete, playable video
+    + UnconfirmedSubmitError     a paid submit may have reached the vendor unanswered
+  x MediaError                   ffmpeg failed or produced a wrong file; .argv .stderr_tail
+
+Messages never contain API keys: adapters put keys only in headers and
+error text is built from vendor bodies, which are scrubbed by `redact`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember a key so that `redact` can mask it wherever it shows up."""
+    if value and len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def redact(text: str) -> str:
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class StoryreelError(Exception):
+    """Base of everything storyreel raises on purpose (shown to users without a traceback)."""
+
+
+class SpecError(StoryreelError):
+    """One or more problems in a storyboard, each tied to its place (`shots[3].duration`)."""
+
+    def __init__(self, issues: Iterable[tuple[str, str]], source: str | None = None) -> None:
+        self.issues: list[tuple[str, str]] = list(issues)
+        self.source = source
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        prefix = f"{self.source}: " if self.source else ""
+        return "\n".join(
+            f"{prefix}{place}: {msg}" if place else f"{prefix}{msg}" for place, msg in self.issues
+        )
+
+
+class PlanError(StoryreelError):
+    """A valid storyboard that cannot run as asked (catalog, keys, budget)."""
+
+
+class MissingKeyError(PlanError):
+    pass
+
+
+class BudgetError(PlanError):
+    pass
+
+
+class ProviderError(StoryreelError):
+    """A vendor failure, carrying where it happened and what the vendor said."""
+
+    retryable: bool = False  # may the same request be sent again?
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str = "",
+        shot_id: str | None = None,
+        job_id: str | None = None,
+        status_code: int | None = None,
+        vendor_message: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = redact(message)
+        self.provider = provider
+        self.shot_id = shot_id
+        self.job_id = job_id
+        self.status_code = status_code
+        self.vendor_message = redact(vendor_message) if vendor_message else None
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+    @property
+    def kind(self) -> str:
+        """Short machine-readable reason, used in cost.csv's failure_reason."""
+        return _KINDS.get(type(self), "error")
+
+    def __str__(self) -> str:
+        parts = []
+        if self.shot_id:
+            parts.append(f"shot {self.shot_id}")
+        if self.provider:
+            parts.append(self.provider)
+        if self.job_id:
+            parts.append(f"job {self.job_id}")
+        where = f"[{', '.join(parts)}] " if parts else ""
+        return f"{where}{self.kind}: {self.message}"
+
+    def at(self, *, shot_id: str | None = None, job_id: str | None = None) -> ProviderError:
+        """Fill in context that the raising layer did not know."""
+        if shot_id and not self.shot_id:
+            self.shot_id = shot_id
+        if job_id and not self.job_id:
+            self.job_id = job_id
+        return self
+
+
+class AuthError(ProviderError):
+    pass
+
+
+class InsufficientCreditError(ProviderError):
+    pass
+
+
+class RateLimitedError(ProviderError):
+    retryable = True
+
+
+class ContentPolicyError(ProviderError):
+    pass
+
+
+class InvalidRequestError(ProviderError):
+    pass
+
+
+class TransientError(ProviderError):
+    retryable = True
+
+
+class NotFoundError(ProviderError):
+    pass
+
+
+class JobFailedError(ProviderError):
+    pass
+
+
+class JobTimeoutError(ProviderError):
+    pass
+
+
+class BadMediaError(ProviderError):
+    retryable = True  # a download can be fetched again; the job is already paid
+
+
+class UnconfirmedSubmitError(ProviderError):
+    pass
+
+
+_KINDS: dict[type, str] = {
+    AuthError: "auth",
+    InsufficientCreditError: "insufficient_credit",
+    RateLimitedError: "rate_limited",
+    ContentPolicyError: "content_policy",
+    InvalidRequestError: "invalid_request",
+    TransientError: "transient",
+    NotFoundError: "not_found",
+    JobFailedError: "job_failed",
+    JobTimeoutError: "timeout",
+    BadMediaError: "bad_media",
+    UnconfirmedSubmitError: "unconfirmed",
+}
+
+
+class MediaError(StoryreelError):
+    """ffmpeg failed, or its output did not verify."""
+
+    def __init__(self, message: str, argv: Sequence[str] | None = None, stderr: str = "") -> None:
+        self.argv = list(argv or [])
+        self.stderr_tail = "\n".join(stderr.strip().splitlines()[-20:])
+        text = message if not self.stderr_tail else f"{message}\n{self.stderr_tail}"
+        super().__init__(text)

@@ -1,0 +1,189 @@
+"""The Prefect flow: one flow run per storyboard, one task run per shot.
+
+Sequencing only; the work lives in plain modules (plan, render, run). Measured facts behind
+the shape (research/prefect.md): an async flow awaiting tasks with asyncio.gather costs ~5-10
+ms per task where .submit() of async tasks costs 30-60 ms, and the server spends ~35 ms of CPU
+per task run, so each shot is ONE task that polls inside itself, never a task per poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, tags, task
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.utilities.annotations import quote
+
+from flows.cache import ClipCache, default_cache_dir
+from flows.errors import BudgetError, ContentPolicyError, PlanError, SpecError
+from flows.keys import env_key
+from flows.plan import Plan, ShotPlan
+from flows.render import RunContext, ShotResult, render_shot
+from flows.run import (
+    RunOptions,
+    RunSummary,
+    finish,
+    ledger_for,
+    make_plan,
+    open_journal,
+    output_format,
+    preflight,
+    run_dir_for,
+    slug,
+)
+from providers.http import new_client
+
+
+def _retry_shot(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retries a shot task once for unexpected errors (a crashed conform, a lost
+    connection): safe because render_shot resumes from the journal instead of paying again.
+    Vendor verdicts and budget refusals are final; the attempt loop inside already handled
+    retries and fallbacks with the ledger, which Prefect's task retries cannot see."""
+    try:
+        state.result()
+    except (ContentPolicyError, BudgetError, PlanError, SpecError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="render-shot", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_shot,
+      cache_policy=NO_CACHE, persist_result=False)
+async def shot_task(ctx: RunContext, shot: ShotPlan) -> ShotResult:
+    return await render_shot(ctx, shot)
+
+
+def _flow_run_name() -> str:
+    params = flow_run.parameters
+    return slug(Path(str(params.get("storyboard", "storyboard"))).stem)
+
+
+def _gcl_limiter(names: set[str]) -> Any:
+    """Cross-run per-vendor limits (`vendor:<id>` global concurrency limits), strict so that a
+    missing limit is an error, not silent unthrottling."""
+    from prefect.concurrency.asyncio import concurrency
+
+    def limiter(provider: str) -> Any:
+        if provider not in names:
+            return contextlib.nullcontext()
+        return concurrency(f"vendor:{provider}", occupy=1, strict=True)
+
+    return limiter
+
+
+async def _ensure_limits(limits: dict[str, int]) -> None:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for provider, limit in limits.items():
+            await client.upsert_global_concurrency_limit_by_name(f"vendor:{provider}", limit)
+
+
+async def _resolve_keys(plan: Plan) -> dict[str, str | None]:
+    """Env var first, then the Prefect Secret block the storyboard names (loaded here, in the
+    flow process, never passed as a parameter)."""
+    from prefect.blocks.system import Secret
+
+    from flows.errors import register_secret
+
+    keys: dict[str, str | None] = {}
+    for p in plan.providers_used():
+        value = env_key(p)
+        block = plan.storyboard.keys.get(p)
+        if not value and block:
+            secret = await Secret.aload(block)
+            value = secret.get()
+            register_secret(value)
+        keys[p] = value
+    return keys
+
+
+@flow(name="render-storyboard", flow_run_name=_flow_run_name, log_prints=False)
+async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
+                            budget: float | None = None, out: str | None = None,
+                            no_cache: bool = False, regenerate: list[str] | None = None,
+                            resubmit_unconfirmed: bool = False,
+                            shared_limits: bool = False) -> dict[str, Any]:
+    """Render one storyboard into final.mp4 + cost.csv. Parameters never carry keys."""
+    logger = get_run_logger()
+    opts = RunOptions(out=Path(out) if out else None, variables=dict(vars or {}), budget=budget,
+                      no_cache=no_cache, regenerate=set(regenerate or []),
+                      resubmit_unconfirmed=resubmit_unconfirmed)
+    plan = make_plan(storyboard, opts.variables, opts.budget)
+    preflight(plan)
+    summary = await run_plan(plan, opts, logger.info, shared_limits=shared_limits)
+    await _artifacts(plan, summary)
+    for line in summary.table.splitlines():
+        logger.info(line)
+    if not summary.ok:
+        logger.warning("%d shot(s) missing from the cut: %s", len(summary.failures()),
+                       "; ".join(f"{r.shot_id} ({r.status}: {r.reason})" for r in summary.failures()))
+    return {"run_id": summary.run_id, "run_dir": str(summary.run_dir), "final": str(summary.final),
+            "cost_csv": str(summary.cost_csv), "spent_usd": summary.spent_usd,
+            "ok": summary.ok, "failed": [r.shot_id for r in summary.failures()]}
+
+
+async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool = False) -> RunSummary:
+    run_dir = run_dir_for(plan, opts.out)
+    journal = open_journal(run_dir)
+    ledger = ledger_for(plan, journal)
+    keys = await _resolve_keys(plan)
+    limits = plan.storyboard.limits
+    limiter = None
+    if shared_limits and limits:
+        await _ensure_limits(limits)
+        limiter = _gcl_limiter(set(limits))
+    cache = None if opts.no_cache else ClipCache(opts.cache_dir or default_cache_dir())
+    progress = await acreate_progress_artifact(0.0, key=f"progress-{slug(plan.storyboard.title)}",
+                                               description="shots finished")
+    done = 0
+
+    async with new_client() as client:
+        ctx = RunContext(plan=plan, run_dir=run_dir, journal=journal, ledger=ledger, client=client,
+                         keys=keys, fmt=output_format(plan), cache=cache,
+                         regenerate=opts.regenerate, resubmit_unconfirmed=opts.resubmit_unconfirmed,
+                         limits=limits, limiter=limiter, log=log)
+
+        async def one(shot: ShotPlan) -> ShotResult:
+            nonlocal done
+            with tags(*{f"provider:{o.provider}" for o in shot.options}):
+                # quote(): Prefect must not walk (or copy) the shared run context
+                result = await shot_task.with_options(task_run_name=shot.shot_id)(
+                    quote(ctx), quote(shot))
+            done += 1
+            await aupdate_progress_artifact(progress, 100.0 * done / len(plan.shots))
+            return result
+
+        try:
+            results = list(await asyncio.gather(*(one(s) for s in plan.shots)))
+            return await finish(plan, run_dir, journal, ledger, results)
+        finally:
+            journal.close()
+
+
+async def _artifacts(plan: Plan, summary: RunSummary) -> None:
+    key = slug(plan.storyboard.title)
+    await acreate_table_artifact(table=[{k: ("" if v is None else v) for k, v in r.items()}
+                                        for r in summary.rows],
+                                 key=f"cost-report-{key}", description="cost.csv: one row per attempt")
+    cap = f"${summary.cap_usd:.2f}" if summary.cap_usd is not None else "no cap"
+    lines = [f"# {plan.storyboard.title}", "",
+             f"Spent **${summary.spent_usd:.4f}** of {cap}.", "",
+             f"Cut: `{summary.final}`  ", f"Report: `{summary.cost_csv}`", "",
+             "```", summary.table, "```"]
+    if summary.failures():
+        lines += ["", "## Missing shots"] + [f"- {r.shot_id}: {r.status}: {r.reason}"
+                                            for r in summary.failures()]
+    await acreate_markdown_artifact("\n".join(lines), key=f"summary-{key}",
+                                    description="spend vs cap, failures, where the cut is")

@@ -1,0 +1,265 @@
+"""Planning: defaults < shot, style and seeds resolved, every option checked against the
+catalog and priced, before anything is paid."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from flows.errors import SpecError
+from flows.spec import Storyboard, Transition
+from providers.catalog import ModelInfo, Price, load_catalog
+from providers.registry import BUILTIN
+from providers.types import ImageInput, ShotRequest
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to make a shot: a provider's model and what it should cost."""
+
+    provider: str
+    model: str
+    info: ModelInfo
+    estimate_usd: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass(frozen=True)
+class ShotPlan:
+    index: int
+    shot_id: str
+    prompt: str  # style applied
+    duration: float
+    seed: int
+    options: list[Option]  # primary first, then the fallback chain
+    retries: int
+    transition: Transition  # junction into the next shot
+    negative_prompt: str | None = None
+    image: ImageInput | None = None
+    image_sha256: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary(self) -> Option:
+        return self.options[0]
+
+    def request(self, option: Option, plan: Plan) -> ShotRequest:
+        info = option.info
+        use_image = self.image is not None and "image" in info.inputs
+        vendor_model = info.vendor_model_image if use_image and info.vendor_model_image \
+            else info.vendor_model
+        return ShotRequest(
+            shot_id=self.shot_id, provider=option.provider, model=option.model,
+            vendor_model=vendor_model, prompt=self.prompt, duration_s=self.duration,
+            aspect_ratio=plan.aspect_ratio, resolution=plan.resolution, width=plan.width,
+            height=plan.height, fps=plan.fps, negative_prompt=self.negative_prompt, seed=self.seed,
+            image=self.image if use_image else None, params={**info.params, **self.params},
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    storyboard: Storyboard
+    source: Path
+    width: int
+    height: int
+    fps: int
+    aspect_ratio: str
+    resolution: str
+    shots: list[ShotPlan]
+
+    @property
+    def cap_usd(self) -> float | None:
+        return self.storyboard.budget.max_usd
+
+    @property
+    def total_estimate(self) -> float:
+        return round(sum(s.primary.estimate_usd for s in self.shots), 6)
+
+    @property
+    def total_duration(self) -> float:
+        return sum(s.duration for s in self.shots)
+
+    def providers_used(self) -> set[str]:
+        return {o.provider for s in self.shots for o in s.options}
+
+    def over_budget(self) -> list[str]:
+        """Why this plan cannot run under its caps (empty when it can)."""
+        reasons = []
+        budget = self.storyboard.budget
+        if budget.max_usd is not None and self.total_estimate > budget.max_usd + 1e-9:
+            reasons.append(f"estimated total ${self.total_estimate:.2f} exceeds budget.max_usd "
+                           f"${budget.max_usd:.2f}")
+        if budget.max_usd_per_shot is not None:
+            for s in self.shots:
+                if s.primary.estimate_usd > budget.max_usd_per_shot + 1e-9:
+                    reasons.append(f"shots[{s.index}] ({s.shot_id}): ${s.primary.estimate_usd:.2f} "
+                                   f"on {s.primary.label} exceeds budget.max_usd_per_shot "
+                                   f"${budget.max_usd_per_shot:.2f}")
+        return reasons
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "title": self.storyboard.title, "source": str(self.source),
+            "output": {"width": self.width, "height": self.height, "fps": self.fps,
+                       "fit": self.storyboard.output.fit, "aspect_ratio": self.aspect_ratio},
+            "budget": self.storyboard.budget.model_dump(),
+            "estimated_usd": self.total_estimate,
+            "shots": [{
+                "id": s.shot_id, "prompt": s.prompt, "duration": s.duration, "seed": s.seed,
+                "image": str(s.image.path or s.image.url) if s.image else None,
+                "options": [{"provider": o.provider, "model": o.model,
+                             "estimate_usd": o.estimate_usd} for o in s.options],
+                "retries": s.retries, "transition": s.transition.model_dump(),
+            } for s in self.shots],
+        }
+
+
+def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = None) -> Plan:
+    """Resolve every shot; raise one SpecError listing every problem found."""
+    source = Path(source)
+    issues: list[tuple[str, str]] = []
+    width, height = board.dimensions()
+    aspect = _aspect_of(board, width, height)
+    resolution = board.resolution_label()
+    d = board.defaults
+    default_tr = _transition(d.transition)
+    shots: list[ShotPlan] = []
+    for i, shot in enumerate(board.shots):
+        where = f"shots[{i}]"
+        duration = shot.duration if shot.duration is not None else d.duration
+        dur_place = f"{where}.duration" if shot.duration is not None else \
+            f"{where}.duration (from defaults.duration)"
+        provider = shot.provider or d.provider
+        model = shot.model or (d.model if provider == d.provider else None)
+        image, image_hash = _image(shot.image, source, f"{where}.image", issues)
+        primary = _option(board, provider, model, f"{where}.model" if shot.model or not
+                          shot.provider else f"{where}.provider", issues, today)
+        options = [primary] if primary else []
+        chain = shot.fallback if shot.fallback is not None else d.fallback
+        for j, ref in enumerate(chain):
+            p, _, m = ref.partition(":")
+            opt = _option(board, p.strip(), m.strip() or None, f"{where}.fallback[{j}]", issues, today)
+            if opt:
+                options.append(opt)
+        for opt in options:
+            o_place = f"{where}.model" if opt is primary else f"{where}.fallback"
+            _check_option(opt, duration, aspect, resolution, image, dur_place, o_place,
+                          f"{where}.image", issues)
+        style = d.style
+        prompt = f"{shot.prompt.strip()}{', ' if style else ''}{style.strip() if style else ''}"
+        seed = shot.seed if shot.seed is not None else d.seed
+        if seed is None:  # stable per shot, so reruns hit the cache and animatics repeat
+            seed = int(hashlib.sha256(shot.id.encode()).hexdigest()[:8], 16) % 2**31
+        tr = _transition(shot.transition) if shot.transition is not None else default_tr
+        if not options:
+            continue
+        options = [
+            Option(o.provider, o.model, o.info,
+                   _estimate(board, o, duration, resolution, f"pricing.{o.label}", issues))
+            for o in options
+        ]
+        shots.append(ShotPlan(
+            index=i, shot_id=shot.id, prompt=prompt, duration=duration, seed=seed,
+            options=options, retries=shot.retries if shot.retries is not None else d.retries,
+            transition=tr, negative_prompt=shot.negative_prompt or d.negative_prompt,
+            image=image, image_sha256=image_hash, params={**d.params, **shot.params},
+        ))
+    if issues:
+        raise SpecError(issues, str(source))
+    return Plan(board, source, width, height, board.output.fps, aspect, resolution, shots)
+
+
+def _aspect_of(board: Storyboard, w: int, h: int) -> str:
+    if "x" not in board.output.size:
+        return board.output.aspect_ratio
+    g = math.gcd(w, h)
+    return f"{w // g}:{h // g}"
+
+
+def _transition(t: Any) -> Transition:
+    return t if isinstance(t, Transition) else Transition(kind=t, duration=0.0 if t == "cut" else 0.5)
+
+
+def _image(ref: str | None, source: Path, where: str, issues: list[tuple[str, str]]
+           ) -> tuple[ImageInput | None, str | None]:
+    if not ref:
+        return None, None
+    if ref.startswith(("http://", "https://")):
+        return ImageInput(url=ref), hashlib.sha256(ref.encode()).hexdigest()
+    path = (source.parent / ref).resolve()
+    if not path.is_file():
+        issues.append((where, f"file not found: {path} (paths are relative to the storyboard)"))
+        return None, None
+    return ImageInput(path=path), hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _option(board: Storyboard, provider: str, model: str | None, where: str,
+            issues: list[tuple[str, str]], today: dt.date | None) -> Option | None:
+    catalog = load_catalog()
+    cat = catalog.get(provider)
+    if cat is None:
+        known = ", ".join(sorted(set(catalog) | set(BUILTIN)))
+        issues.append((where, f"'{provider}' is not a provider (known: {known})"))
+        return None
+    key = model or cat.default_model
+    info = cat.models.get(key)
+    if info is None:
+        by_vendor_id = [k for k, m in cat.models.items() if key in (m.vendor_model, m.vendor_model_image)]
+        if by_vendor_id:
+            key, info = by_vendor_id[0], cat.models[by_vendor_id[0]]
+    if info is None:
+        issues.append((where, f"'{key}' is not a model of provider '{provider}' "
+                              f"(known: {', '.join(sorted(cat.models))})"))
+        return None
+    if info.is_retired(today):
+        repl = f"; use {info.replacement} instead" if info.replacement else ""
+        issues.append((where, f"{cat.vendor} model '{key}' was retired on "
+                              f"{info.retired.isoformat() if info.retired else '?'}{repl}"))
+        return None
+    if provider not in BUILTIN:
+        issues.append((where, f"provider '{provider}' has no adapter in this version"))
+        return None
+    return Option(provider, key, info, 0.0)
+
+
+def _check_option(opt: Option, duration: float, aspect: str, resolution: str,
+                  image: ImageInput | None, dur_place: str, where: str, img_place: str,
+                  issues: list[tuple[str, str]]) -> None:
+    info = opt.info
+    if not info.accepts_duration(duration):
+        issues.append((dur_place, f"{duration:g} s is not accepted by {opt.label} "
+                                  f"(allowed: {info.duration_choices()})"))
+    if aspect not in info.aspect_ratios and opt.provider != "local":
+        issues.append(("output.aspect_ratio", f"{aspect} is not offered by {opt.label} (used at "
+                       f"{where}; allowed: {', '.join(info.aspect_ratios)})"))
+    if resolution not in info.resolutions and opt.provider != "local":
+        issues.append(("output.size", f"{resolution} is not offered by {opt.label} (used at "
+                       f"{where}; allowed: {', '.join(info.resolutions)})"))
+    if image is not None and "image" not in info.inputs:
+        issues.append((img_place, f"{opt.label} takes no reference image (text-to-video only)"))
+    if image is None and "text" not in info.inputs:
+        issues.append((where, f"{opt.label} needs a reference image (image-to-video only)"))
+
+
+def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, where: str,
+              issues: list[tuple[str, str]]) -> float:
+    override = board.pricing.get(opt.label)
+    price = opt.info.price
+    if override is not None:
+        try:
+            price = Price.model_validate(override)
+        except ValidationError as exc:
+            issues.append((where, f"not a price rule: {exc.errors()[0]['msg']} (use per_second, "
+                                  "per_video, base/base_seconds/per_extra_second, or "
+                                  "per_second_by_resolution)"))
+    return price.estimate(duration, resolution)

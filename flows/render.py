@@ -1,0 +1,317 @@
+"""One shot, end to end, with the money rules: cache -> reserve -> journal intent -> submit ->
+journal job id -> poll -> download -> verify -> settle -> conform. Plain Python (the Prefect task
+in flows/pipeline.py wraps `render_shot`), safe to call again on a half-finished run: whatever
+the journal says already happened is resumed, never repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flows.cache import ClipCache, cache_key
+from flows.conform import OutputFormat, conform
+from flows.errors import (
+    BadMediaError,
+    BudgetError,
+    JobTimeoutError,
+    ProviderError,
+    UnconfirmedSubmitError,
+)
+from flows.journal import Attempt, Journal
+from flows.ledger import Ledger
+from flows.plan import Option, Plan, ShotPlan
+from flows.probe import verify_clip
+from providers.base import Provider
+from providers.registry import get_provider_class
+from providers.types import Job, Poll
+
+Limiter = Callable[[str], contextlib.AbstractAsyncContextManager[Any]]
+
+
+@dataclass
+class ShotResult:
+    shot_id: str
+    status: str  # done | cached | failed | skipped | unconfirmed
+    conformed: Path | None = None
+    option: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class RunContext:
+    """What every shot of one run shares."""
+
+    plan: Plan
+    run_dir: Path
+    journal: Journal
+    ledger: Ledger
+    client: httpx.AsyncClient
+    keys: dict[str, str | None]
+    fmt: OutputFormat
+    cache: ClipCache | None = None
+    regenerate: set[str] = field(default_factory=set)
+    resubmit_unconfirmed: bool = False
+    limits: dict[str, int] = field(default_factory=dict)
+    limiter: Limiter | None = None  # cross-run limit (Prefect GCL), entered around each job
+    log: Callable[[str], None] = print
+    _providers: dict[str, Provider] = field(default_factory=dict)
+    _sems: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+
+    def provider(self, name: str) -> Provider:
+        if name not in self._providers:
+            cls = get_provider_class(name)
+            self._providers[name] = cls(client=self.client, key=self.keys.get(name))
+        return self._providers[name]
+
+    @contextlib.asynccontextmanager
+    async def slot(self, name: str) -> Any:
+        """Per-provider concurrency inside this run, then the cross-run limit if any."""
+        sem = self._sems.setdefault(name, asyncio.Semaphore(self.limits.get(name, 1_000_000)))
+        async with sem:
+            if self.limiter is None:
+                yield
+            else:
+                async with self.limiter(name):
+                    yield
+
+
+def _key(ctx: RunContext, shot: ShotPlan, opt: Option) -> str:
+    req = shot.request(opt, ctx.plan)
+    return cache_key(provider=req.provider, model=req.model, vendor_model=req.vendor_model,
+                     prompt=req.prompt, negative_prompt=req.negative_prompt,
+                     duration_s=req.duration_s, aspect_ratio=req.aspect_ratio,
+                     resolution=req.resolution, width=req.width, height=req.height, fps=req.fps,
+                     seed=req.seed, params=req.params, image_sha256=shot.image_sha256)
+
+
+async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
+    """Produce the shot's conformed clip, or say precisely why not."""
+    conformed = ctx.run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}.mov"
+    resumed = await _resume(ctx, shot, conformed)
+    if resumed is not None:
+        return resumed
+    if ctx.cache is not None and shot.shot_id not in ctx.regenerate:
+        for opt in shot.options:
+            hit = ctx.cache.get(_key(ctx, shot, opt))
+            if hit is not None:
+                row = ctx.journal.record(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(
+                    shot.shot_id), provider=opt.provider, model=opt.model, status="cached",
+                    job_id=hit.job_id, estimated_usd=opt.estimate_usd, actual_usd=0.0,
+                    cost_source="none", clip_path=str(hit.path))
+                ctx.log(f"{shot.shot_id}: reused cached clip from {opt.label} (job {hit.job_id})")
+                return await _finish(ctx, shot, opt, row, hit.path, conformed, "cached")
+    reasons: list[str] = []
+    for opt in shot.options:
+        for _ in range(1 + shot.retries):
+            result = await _attempt(ctx, shot, opt, conformed, reasons)
+            if result is not None:
+                return result
+            if reasons and reasons[-1].startswith(("content_policy", "invalid_request", "auth",
+                                                   "insufficient_credit", "budget")):
+                break  # the same request to the same vendor would fail the same way
+        if ctx.ledger.stopped():
+            break
+    status = "skipped" if reasons and all(r.startswith("budget") for r in reasons) else "failed"
+    return ShotResult(shot.shot_id, status, reason="; ".join(reasons) or "no option could run")
+
+
+async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, conformed: Path,
+                   reasons: list[str]) -> ShotResult | None:
+    journal, ledger = ctx.journal, ctx.ledger
+    attempt = journal.next_attempt(shot.shot_id)
+    base = dict(shot_id=shot.shot_id, attempt=attempt, provider=opt.provider, model=opt.model)
+    if ledger.stopped():
+        reasons.append("budget: run stopped (budget.on_exhausted: stop)")
+        journal.record(**base, status="skipped", estimated_usd=opt.estimate_usd,
+                       failure_reason=reasons[-1])
+        return None
+    try:
+        reservation = await ledger.reserve(shot.shot_id, opt.estimate_usd)
+    except BudgetError as exc:
+        reasons.append(f"budget: {exc}")
+        journal.record(**base, status="skipped", estimated_usd=opt.estimate_usd,
+                       failure_reason=reasons[-1])
+        if ctx.plan.storyboard.budget.on_exhausted == "stop":
+            ledger.stop(f"shot {shot.shot_id} could not reserve ${opt.estimate_usd:.2f}")
+        ctx.log(f"{shot.shot_id}: skipped {opt.label}: {exc}")
+        return None
+    key = _key(ctx, shot, opt)
+    row = journal.intent(**base, cache_key=key, estimated_usd=opt.estimate_usd,
+                         reserved_usd=reservation.amount_usd)
+    provider = ctx.provider(opt.provider)
+    req = shot.request(opt, ctx.plan)
+    started = time.monotonic()
+    async with ctx.slot(opt.provider):
+        try:
+            job = await provider.submit(req)
+        except UnconfirmedSubmitError as exc:
+            # the money may be gone: keep it reserved so the cap still counts it
+            exc.at(shot_id=shot.shot_id)
+            journal.status(row, "unconfirmed", failure_reason=f"unconfirmed: {exc.message}")
+            ctx.log(f"{shot.shot_id}: {exc} - not resubmitted; check the vendor's dashboard")
+            return ShotResult(shot.shot_id, "unconfirmed", reason=str(exc))
+        except ProviderError as exc:
+            ledger.release(reservation)  # the vendor refused it: nothing was charged
+            return _failed(ctx, row, shot, exc, reasons)
+        journal.submitted(row, job.job_id, job.data)
+        ctx.log(f"{shot.shot_id}: submitted to {opt.label}, job {job.job_id}")
+        return await _complete(ctx, shot, opt, provider, job, row, reservation, conformed,
+                               reasons, started)
+
+
+async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Provider, job: Job,
+                    row: int, reservation: Any, conformed: Path, reasons: list[str],
+                    started: float) -> ShotResult | None:
+    """Wait for a submitted job, settle its cost, then download it."""
+    journal, ledger = ctx.journal, ctx.ledger
+    timings: dict[str, float] = {}
+
+    def seen(p: Poll) -> None:
+        if p.state == "running" and "queued_s" not in timings:
+            timings["queued_s"] = round(time.monotonic() - started, 3)
+
+    try:
+        done = await provider.wait(job, on_status=seen)
+    except JobTimeoutError as exc:
+        with contextlib.suppress(ProviderError):
+            await provider.cancel(job)
+        _charge_failure(ledger, reservation, opt, journal, row)
+        return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons, status="canceled")
+    except ProviderError as exc:
+        # polling failed after its retries: the job may still run and be charged, so the
+        # reservation is kept as spend at the estimate (never under-reported)
+        ledger.settle(reservation, reservation.amount_usd)
+        journal.status(row, "failed", actual_usd=reservation.amount_usd, cost_source="estimate")
+        return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons)
+    timings["generation_s"] = round(time.monotonic() - started, 3)
+    if done.error is not None or done.state != "succeeded":
+        _charge_failure(ledger, reservation, opt, journal, row, done.cost_usd)
+        err = done.error or ProviderError(f"job ended {done.state}", provider=opt.provider)
+        return _failed(ctx, row, shot, err.at(job_id=job.job_id), reasons,
+                       status="canceled" if done.state == "canceled" else "failed")
+    # succeeded: the vendor has charged; settle before anything else can go wrong
+    actual = done.cost_usd if done.cost_usd is not None else reservation.amount_usd
+    source = "none" if opt.provider == "local" else (
+        "vendor" if done.cost_usd is not None else "estimate")
+    ledger.settle(reservation, actual)
+    journal.status(row, "succeeded", actual_usd=actual, cost_source=source, **timings)
+    ctx.log(f"{shot.shot_id}: {opt.label} job {job.job_id} finished in "
+            f"{timings['generation_s']:.1f} s, ${actual:.4f} ({source})")
+    return await _download(ctx, shot, opt, provider, job, done, row, conformed, reasons)
+
+
+async def _download(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Provider, job: Job,
+                    done: Poll, row: int, conformed: Path, reasons: list[str]) -> ShotResult | None:
+    raw = ctx.run_dir / "raw" / f"{shot.shot_id}-{job.job_id}.mp4"
+    t0 = time.monotonic()
+    try:
+        await _fetch_verified(provider, job, done, raw, shot.duration)
+    except ProviderError as exc:
+        # paid but unusable: the cost stays reported; the next attempt may pay again
+        return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons)
+    ctx.journal.status(row, "downloaded", clip_path=str(raw),
+                       download_s=round(time.monotonic() - t0, 3))
+    if ctx.cache is not None:
+        ctx.cache.put(_key(ctx, shot, opt), raw, provider=opt.provider, model=opt.model,
+                      job_id=job.job_id, cost_usd=ctx.journal.get(row).actual_usd)
+    return await _finish(ctx, shot, opt, row, raw, conformed, "done")
+
+
+async def _fetch_verified(provider: Provider, job: Job, done: Poll, raw: Path, duration: float):
+    """Download and check the clip; a bad download is fetched again (the job is paid once)."""
+    last: ProviderError | None = None
+    for _ in range(3):
+        try:
+            clip = await provider.fetch(job, done, raw)
+            await asyncio.to_thread(verify_clip, raw, expect_duration=duration)
+            return clip
+        except BadMediaError as exc:
+            last = exc
+            exc.provider = exc.provider or provider.name
+    assert last is not None
+    raise last
+
+
+def _charge_failure(ledger: Ledger, reservation: Any, opt: Option, journal: Journal, row: int,
+                    vendor_cost: float | None = None) -> None:
+    """Failed jobs are charged per the vendor's billing rule in the catalog."""
+    if opt.info.charges_failures or vendor_cost:
+        cost = vendor_cost if vendor_cost is not None else reservation.amount_usd
+        ledger.settle(reservation, cost)
+        journal.status(row, "failed", actual_usd=cost,
+                       cost_source="vendor" if vendor_cost is not None else "estimate")
+    else:
+        ledger.release(reservation)
+        journal.status(row, "failed", actual_usd=0.0, cost_source="none")
+
+
+def _failed(ctx: RunContext, row: int, shot: ShotPlan, exc: ProviderError, reasons: list[str],
+            status: str = "failed") -> None:
+    """Journal and remember why an attempt failed; None tells the caller to try on."""
+    exc.at(shot_id=shot.shot_id)
+    reasons.append(f"{exc.kind}: {exc}")
+    ctx.journal.status(row, status, failure_reason=f"{exc.kind}: {exc.message}")
+    ctx.log(f"{shot.shot_id}: {exc}")
+    return None
+
+
+async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: Path,
+                  conformed: Path, status: str) -> ShotResult:
+    await conform(raw, conformed, ctx.fmt, shot.duration)
+    ctx.journal.status(row, "done" if status == "done" else "cached", conformed_path=str(conformed))
+    return ShotResult(shot.shot_id, status, conformed=conformed, option=opt.label)
+
+
+async def _resume(ctx: RunContext, shot: ShotPlan, conformed: Path) -> ShotResult | None:
+    """Pick up what an interrupted run of this folder already did for the shot."""
+    attempts = ctx.journal.attempts(shot.shot_id)
+    if not attempts:
+        return None
+    last: Attempt = attempts[-1]
+    opt = next((o for o in shot.options if o.provider == last.provider and o.model == last.model),
+               None)
+    if last.status in ("done", "cached") and last.conformed_path and Path(last.conformed_path).exists():
+        return ShotResult(shot.shot_id, last.status, conformed=Path(last.conformed_path),
+                          option=f"{last.provider}:{last.model}")
+    if opt is None:
+        return None
+    if last.status in ("downloaded", "done", "cached") and last.clip_path and Path(last.clip_path).exists():
+        ctx.log(f"{shot.shot_id}: resuming from the downloaded clip of job {last.job_id}")
+        return await _finish(ctx, shot, opt, last.id, Path(last.clip_path), conformed,
+                             "cached" if last.status == "cached" else "done")
+    if last.status in ("intent", "unconfirmed") and not ctx.resubmit_unconfirmed:
+        if last.status == "intent":
+            ctx.journal.status(last.id, "unconfirmed", failure_reason=(
+                "unconfirmed: the run stopped between intent and the vendor's answer"))
+        ctx.log(f"{shot.shot_id}: attempt {last.attempt} on {opt.label} is unconfirmed (the "
+                "submit may have reached the vendor); not resubmitted without "
+                "--resubmit-unconfirmed")
+        return ShotResult(shot.shot_id, "unconfirmed",
+                          reason=f"unconfirmed submit to {opt.label} (attempt {last.attempt})")
+    if last.status in ("submitted", "running", "succeeded") and last.job_id:
+        ctx.log(f"{shot.shot_id}: resuming job {last.job_id} on {opt.label} (not resubmitted)")
+        provider = ctx.provider(opt.provider)
+        job = Job(provider=opt.provider, job_id=last.job_id, data=last.job_data or {})
+        reasons: list[str] = []
+        async with ctx.slot(opt.provider):
+            if last.status == "succeeded":  # already settled before the interruption
+                done = await provider.wait(job)
+                result = await _download(ctx, shot, opt, provider, job, done, last.id,
+                                         conformed, reasons)
+            else:  # committed money: held outside the cap check, settled when it ends
+                reservation = ctx.ledger.hold(shot.shot_id, last.reserved_usd or 0.0)
+                result = await _complete(ctx, shot, opt, provider, job, last.id, reservation,
+                                         conformed, reasons, time.monotonic())
+        return result  # None: that job failed, fresh attempts follow
+    return None
+
+
+__all__ = ["RunContext", "ShotResult", "render_shot"]

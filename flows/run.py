@@ -1,0 +1,168 @@
+"""A run's setup and ending, in plain Python: plan and preflight before anything is paid,
+the run folder and its journal, then placeholders, assembly and the reports at the end."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flows.assemble import Transition, assemble
+from flows.conform import OutputFormat, conform
+from flows.errors import BudgetError, MediaError, StoryreelError
+from flows.ffmpeg import ffmpeg_exe
+from flows.journal import Journal
+from flows.keys import require_keys
+from flows.ledger import Ledger
+from flows.loading import load_storyboard
+from flows.plan import Plan, build_plan
+from flows.render import ShotResult
+from flows.report import rows_from_journal, summarize, write_cost_csv
+
+_HELD = ("unconfirmed",)  # may have been charged: counts against the cap on resume
+
+
+@dataclass
+class RunOptions:
+    out: Path | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    budget: float | None = None  # overrides budget.max_usd
+    no_cache: bool = False
+    cache_dir: Path | None = None
+    regenerate: set[str] = field(default_factory=set)
+    resubmit_unconfirmed: bool = False
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "storyboard"
+
+
+def make_plan(spec: str | Path, variables: Mapping[str, Any] | None = None,
+              budget: float | None = None) -> Plan:
+    """Load, apply overrides, and plan (raises SpecError with every problem's place)."""
+    board = load_storyboard(spec, variables)
+    if budget is not None:
+        board = board.model_copy(update={"budget": board.budget.model_copy(
+            update={"max_usd": budget})})
+    return build_plan(board, spec)
+
+
+def preflight(plan: Plan) -> None:
+    """Everything that must hold before the first paid call."""
+    over = plan.over_budget()
+    if over:
+        raise BudgetError("; ".join(over) + " (raise the cap with --budget or budget.max_usd)")
+    require_keys(plan.providers_used(), plan.storyboard.keys)
+    try:
+        ffmpeg_exe()
+    except Exception as exc:  # no binary at all: say how to get one
+        raise MediaError(f"ffmpeg not found ({exc}); pip install imageio-ffmpeg or set "
+                         "FFMPEG_BINARY") from None
+
+
+def run_dir_for(plan: Plan, out: Path | None) -> Path:
+    if out is not None:
+        return out
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / slug(plan.storyboard.title) / stamp
+
+
+def open_journal(run_dir: Path) -> Journal:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Journal(run_dir / "journal.sqlite")
+
+
+def ledger_for(plan: Plan, journal: Journal) -> Ledger:
+    """A ledger that already counts what earlier sessions of this run folder spent or held."""
+    spent = 0.0
+    for a in journal.attempts():
+        if a.status in _HELD:
+            spent += a.reserved_usd or 0.0
+        elif a.actual_usd:
+            spent += a.actual_usd
+    budget = plan.storyboard.budget
+    return Ledger(budget.max_usd, budget.max_usd_per_shot, already_spent_usd=spent)
+
+
+def output_format(plan: Plan) -> OutputFormat:
+    return OutputFormat(plan.width, plan.height, plan.fps, plan.storyboard.output.fit)
+
+
+async def placeholder(plan: Plan, index: int, reason: str, run_dir: Path) -> Path:
+    """A slate for a shot that could not be made, so the cut keeps its timing."""
+    from flows.animatic import render_animatic
+
+    shot = plan.shots[index]
+    raw = run_dir / "raw" / f"{shot.shot_id}-missing.mp4"
+    await render_animatic(raw, prompt=f"MISSING SHOT {shot.shot_id}: {reason[:160]}",
+                          duration=shot.duration, width=plan.width, height=plan.height,
+                          fps=plan.fps, seed=0, title=f"missing: {shot.shot_id}")
+    dest = run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}-missing.mov"
+    await conform(raw, dest, output_format(plan), shot.duration)
+    return dest
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    run_dir: Path
+    final: Path | None
+    cost_csv: Path
+    spent_usd: float
+    cap_usd: float | None
+    results: list[ShotResult]
+    table: str  # per-provider spend vs cap, printable
+    rows: list[dict[str, Any]]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status in ("done", "cached") for r in self.results)
+
+    def failures(self) -> list[ShotResult]:
+        return [r for r in self.results if r.status not in ("done", "cached")]
+
+
+async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
+                 results: list[ShotResult], contact_sheet: bool = True) -> RunSummary:
+    """Placeholders for missing shots, the cut, cost.csv, run.json."""
+    clips: list[Path] = []
+    for shot, res in zip(plan.shots, results, strict=True):
+        if res.conformed is not None:
+            clips.append(res.conformed)
+        else:
+            clips.append(await placeholder(plan, shot.index, f"{res.status}: {res.reason}", run_dir))
+    transitions = [Transition(s.transition.kind, s.transition.duration) for s in plan.shots[:-1]]
+    final = run_dir / "final.mp4"
+    await assemble(clips, final, output_format(plan), transitions)
+    if contact_sheet:
+        from flows.contact_sheet import contact_sheet as sheet
+
+        try:
+            await sheet(final, run_dir / "contact_sheet.png")
+        except StoryreelError:
+            pass  # a picture of the cut is nice to have, never worth failing the run
+    rows = rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots})
+    cost_csv = write_cost_csv(rows, run_dir / "cost.csv")
+    table = summarize(rows, plan.cap_usd).to_string(index=False)
+    summary = RunSummary(journal.run_id, run_dir, final, cost_csv, ledger.spent_usd, plan.cap_usd,
+                         results, table, rows)
+    write_run_json(plan, run_dir, journal.run_id, results, ledger)
+    return summary
+
+
+def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotResult],
+                   ledger: Ledger) -> Path:
+    data = {"run_id": run_id, "plan": plan.to_json(), "spent_usd": ledger.spent_usd,
+            "results": [{"shot_id": r.shot_id, "status": r.status, "option": r.option,
+                         "reason": r.reason,
+                         "clip": str(r.conformed) if r.conformed else None} for r in results]}
+    path = run_dir / "run.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,184 @@
+"""The provider contract: a declarative header and three verbs (submit, poll, fetch).
+
+An adapter subclasses `Provider`, sets its header, and implements `submit`
+and `poll` (and `fetch`/`cancel` where the vendor differs from "GET the
+video URL"). The base owns HTTP (retry rules in providers/http.py), error
+mapping into flows.errors, and the polling loop `wait`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx
+
+from flows.errors import JobTimeoutError, ProviderError, register_secret
+from providers import http
+from providers.types import Clip, Job, Poll, ShotRequest
+
+
+@dataclass(frozen=True)
+class PollSettings:
+    """Polling cadence: starts at `first`, grows by `factor` up to `max`; hard `deadline`."""
+
+    first: float = 1.0
+    max: float = 10.0
+    factor: float = 1.5
+    deadline: float = 1800.0
+
+    @classmethod
+    def from_env(cls) -> PollSettings:
+        env = os.environ
+        return cls(
+            first=float(env.get("STORYREEL_POLL_FIRST_S", cls.first)),
+            max=float(env.get("STORYREEL_POLL_MAX_S", cls.max)),
+            deadline=float(env.get("STORYREEL_JOB_DEADLINE_S", cls.deadline)),
+        )
+
+
+class Provider:
+    """Base class for a vendor adapter."""
+
+    name: ClassVar[str]
+    key_env: ClassVar[str | None] = None  # the official SDK's variable name
+    default_base_url: ClassVar[str] = ""
+    base_url_env: ClassVar[str | None] = None  # e.g. STORYREEL_FAL_BASE_URL
+    supports_cancel: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        key: str | None,
+        base_url: str | None = None,
+        poll: PollSettings | None = None,
+        retry: http.RetryPolicy | None = None,
+    ) -> None:
+        self.client = client
+        self.key = key
+        register_secret(key)
+        env_url = os.environ.get(self.base_url_env) if self.base_url_env else None
+        self.base_url = (base_url or env_url or self.default_base_url).rstrip("/")
+        self.poll_settings = poll or PollSettings.from_env()
+        self.retry = retry or http.RetryPolicy()
+
+    # -- the verbs an adapter implements -------------------------------------------------
+
+    async def submit(self, req: ShotRequest) -> Job:
+        """POST the job (paid). Must not be retried by callers unless it surely failed."""
+        raise NotImplementedError
+
+    async def poll(self, job: Job) -> Poll:
+        """One status observation; failures come back as Poll(state="failed", error=...)."""
+        raise NotImplementedError
+
+    async def fetch(self, job: Job, done: Poll, dest: Path) -> Clip:
+        """Download the finished video to `dest`."""
+        if not done.video_url:
+            raise self.error(ProviderError, "job succeeded but names no video", job=job)
+        await self.download(done.video_url, dest)
+        return Clip(path=dest, job_id=job.job_id, cost_usd=done.cost_usd)
+
+    async def cancel(self, job: Job) -> bool:
+        """Ask the vendor to stop a job; False where the vendor has no cancel."""
+        return False
+
+    # -- vendor-specific hooks -----------------------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+    def error_message(self, body: Any, resp: httpx.Response) -> str:
+        """The vendor's own message from an error body; adapters override for their shape."""
+        if isinstance(body, dict):
+            for k in ("detail", "error", "message", "title", "error_message"):
+                v = body.get(k)
+                if isinstance(v, str) and v:
+                    return v
+                if isinstance(v, dict) and isinstance(v.get("message"), str):
+                    return v["message"]
+            if body:
+                return str(body)[:300]
+        return http.body_text(resp, 300) or f"HTTP {resp.status_code}"
+
+    def classify(self, resp: httpx.Response, message: str) -> type[ProviderError]:
+        """Exception class for an HTTP error; adapters refine (fal's 403 'User is locked')."""
+        return http.error_class_for_status(resp.status_code)
+
+    # -- shared machinery ----------------------------------------------------------------
+
+    def map_error(self, resp: httpx.Response, stage: http.Stage) -> ProviderError:
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = None
+        message = self.error_message(body, resp)
+        cls = self.classify(resp, message)
+        return cls(
+            f"{stage} answered HTTP {resp.status_code}: {message}",
+            provider=self.name,
+            status_code=resp.status_code,
+            vendor_message=message,
+            retry_after=http.parse_retry_after(resp.headers),
+        )
+
+    async def call(
+        self, method: str, url: str, *, stage: http.Stage, **kwargs: Any
+    ) -> httpx.Response:
+        """An authenticated request with the stage's retry rule. `url` may be relative."""
+        if not url.startswith(("http://", "https://")):
+            url = f"{self.base_url}/{url.lstrip('/')}"
+        headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
+        return await http.send(
+            self.client, method, url, stage=stage, provider=self.name,
+            map_error=self.map_error, policy=self.retry, headers=headers, **kwargs,
+        )
+
+    async def call_json(self, method: str, url: str, *, stage: http.Stage, **kwargs: Any) -> Any:
+        resp = await self.call(method, url, stage=stage, **kwargs)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise self.error(ProviderError, f"{stage} answered non-JSON: "
+                             f"{http.body_text(resp, 200)}") from exc
+
+    async def download(self, url: str, dest: Path, headers: dict[str, str] | None = None) -> Path:
+        return await http.download(self.client, url, dest, provider=self.name,
+                                   headers=headers, policy=self.retry)
+
+    def error(self, cls: type[ProviderError], message: str, *, job: Job | None = None,
+              **kw: Any) -> ProviderError:
+        return cls(message, provider=self.name, job_id=job.job_id if job else None, **kw)
+
+    async def wait(self, job: Job, *, deadline: float | None = None,
+                   on_status: Callable[[Poll], None] | None = None) -> Poll:
+        """Poll until the job ends. Backoff grows from `first` to `max`, vendor hints win,
+        and a job past its deadline raises JobTimeoutError (callers cancel it)."""
+        settings = self.poll_settings
+        limit = time.monotonic() + (deadline or settings.deadline)
+        interval = settings.first
+        while True:
+            try:
+                status = await self.poll(job)
+            except ProviderError as exc:
+                raise exc.at(job_id=job.job_id) from None
+            if on_status is not None:
+                on_status(status)
+            if status.done:
+                if status.error is not None:
+                    status.error.at(job_id=job.job_id)
+                return status
+            delay = status.poll_after if status.poll_after is not None else interval
+            delay *= random.uniform(0.9, 1.1)
+            if time.monotonic() + delay > limit:
+                raise self.error(JobTimeoutError, "job did not finish before its deadline",
+                                 job=job)
+            await asyncio.sleep(delay)
+            interval = min(settings.max, interval * settings.factor)

@@ -1,0 +1,218 @@
+"""HTTP for adapters: one client per run, retry rules per call kind, streamed downloads.
+
+Retry policy (DESIGN "never retry a paid POST blindly"):
+* poll / fetch / cancel (idempotent): retried on 429, 5xx, timeouts and resets,
+  with exponential backoff and jitter, honouring Retry-After.
+* submit (the paid POST): retried only when the vendor surely did not take
+  it: connection refused/DNS failure, 429, and gateway 502/503/504 (load
+  shedding before the app). Anything that may have reached the vendor
+  without an answer (read timeout, reset after sending) raises
+  UnconfirmedSubmitError and is never resent here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from flows.errors import (
+    AuthError,
+    BadMediaError,
+    InsufficientCreditError,
+    InvalidRequestError,
+    NotFoundError,
+    ProviderError,
+    RateLimitedError,
+    TransientError,
+    UnconfirmedSubmitError,
+)
+
+Stage = Literal["submit", "poll", "fetch", "cancel"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6  # tries per idempotent call (1 + retries)
+    submit_attempts: int = 4  # tries for a submit the vendor surely refused
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), 120.0)
+        # full jitter keeps a burst of shots from retrying in lock-step
+        cap = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return random.uniform(cap / 2, cap)
+
+
+def default_timeout() -> httpx.Timeout:
+    return httpx.Timeout(float(os.environ.get("STORYREEL_HTTP_TIMEOUT_S", "60")), connect=15.0)
+
+
+def new_client() -> httpx.AsyncClient:
+    """The one AsyncClient a run shares across all adapters."""
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    return httpx.AsyncClient(timeout=default_timeout(), limits=limits, follow_redirects=True)
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from Retry-After (seconds or HTTP date) or retry-after-ms."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def error_class_for_status(status: int) -> type[ProviderError]:
+    if status in (401, 403):
+        return AuthError
+    if status == 402:
+        return InsufficientCreditError
+    if status == 429:
+        return RateLimitedError
+    if status in (404, 410):
+        return NotFoundError
+    if status >= 500:
+        return TransientError
+    return InvalidRequestError
+
+
+def body_text(resp: httpx.Response, limit: int = 500) -> str:
+    try:
+        text = resp.text
+    except Exception:  # undecodable body
+        return f"HTTP {resp.status_code}"
+    return text[:limit]
+
+
+ErrorMapper = Callable[[httpx.Response, Stage], ProviderError]
+
+
+async def send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    stage: Stage,
+    provider: str,
+    map_error: ErrorMapper,
+    policy: RetryPolicy,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One logical call with the stage's retry rule; returns a 2xx response or raises."""
+    attempt = 0
+    while True:
+        attempt += 1
+        limit = policy.submit_attempts if stage == "submit" else policy.attempts
+        try:
+            resp = await client.request(method, url, **kwargs)
+        except httpx.ConnectError as exc:  # nothing was sent: safe for every stage
+            err: ProviderError = TransientError(f"cannot connect: {exc}", provider=provider)
+        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            if stage == "submit":
+                raise UnconfirmedSubmitError(
+                    f"submit sent but no answer ({type(exc).__name__}); the vendor may have "
+                    "accepted and charged it, so it is not resent",
+                    provider=provider,
+                ) from exc
+            err = TransientError(f"{type(exc).__name__}: {exc}", provider=provider)
+        else:
+            if resp.is_success:
+                return resp
+            err = map_error(resp, stage)
+            if stage == "submit" and isinstance(err, TransientError):
+                # a gateway/load-shedding answer means the app never took the job;
+                # a 500 from the app itself may have, so it is not resent
+                if resp.status_code not in (502, 503, 504):
+                    raise err
+        if not err.retryable or attempt >= limit:
+            raise err
+        await asyncio.sleep(policy.delay(attempt, err.retry_after))
+
+
+async def download(
+    client: httpx.AsyncClient,
+    url: str,
+    dest: Path,
+    *,
+    provider: str,
+    headers: dict[str, str] | None = None,
+    max_bytes: int = 2 * 1024**3,
+    policy: RetryPolicy = RetryPolicy(),
+) -> Path:
+    """Stream `url` to `dest` atomically, checking type and length; retried on transient errors."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await _download_once(client, url, tmp, headers or {}, max_bytes, provider)
+            os.replace(tmp, dest)
+            return dest
+        except (httpx.TransportError, TransientError, RateLimitedError, BadMediaError) as exc:
+            tmp.unlink(missing_ok=True)
+            retry_after = getattr(exc, "retry_after", None)
+            if attempt >= policy.attempts:
+                if isinstance(exc, ProviderError):
+                    raise
+                raise TransientError(f"download failed: {type(exc).__name__}: {exc}",
+                                     provider=provider) from exc
+            await asyncio.sleep(policy.delay(attempt, retry_after))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+async def _download_once(
+    client: httpx.AsyncClient, url: str, tmp: Path, headers: dict[str, str],
+    max_bytes: int, provider: str,
+) -> None:
+    async with client.stream("GET", url, headers=headers) as resp:
+        if not resp.is_success:
+            await resp.aread()
+            cls = error_class_for_status(resp.status_code)
+            if resp.status_code == 403:  # signed URL expired, not a bad key
+                cls = NotFoundError
+            raise cls(f"download answered HTTP {resp.status_code}: {body_text(resp, 200)}",
+                      provider=provider, status_code=resp.status_code,
+                      retry_after=parse_retry_after(resp.headers))
+        ctype = resp.headers.get("content-type", "")
+        if ctype.startswith(("text/", "application/json")):
+            raise BadMediaError(f"download is {ctype}, not a video", provider=provider)
+        expected = resp.headers.get("content-length")
+        if expected is not None and int(expected) > max_bytes:
+            raise BadMediaError(f"download is {expected} bytes, over the {max_bytes} cap",
+                                provider=provider)
+        written = 0
+        with open(tmp, "wb") as fh:
+            async for chunk in resp.aiter_bytes(1 << 16):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise BadMediaError(f"download exceeds the {max_bytes} byte cap",
+                                        provider=provider)
+                fh.write(chunk)
+        if expected is not None and written != int(expected):
+            raise BadMediaError(f"download truncated: {written} of {expected} bytes",
+                                provider=provider)
+        if written == 0:
+            raise BadMediaError("download is empty", provider=provider)

@@ -1,0 +1,59 @@
+"""`local`: the free offline renderer. Each shot becomes a real moving clip (an animatic) made
+by ffmpeg on this machine, through the same submit/poll/fetch interface as hosted vendors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from flows.errors import JobFailedError, MediaError
+from providers.base import Provider
+from providers.types import Clip, Job, Poll, ShotRequest
+
+
+class LocalProvider(Provider):
+    name = "local"
+    key_env = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.workdir = Path(tempfile.mkdtemp(prefix="storyreel-local-"))
+        self._errors: dict[str, str] = {}
+
+    async def submit(self, req: ShotRequest) -> Job:
+        from flows.animatic import render_animatic  # ffmpeg work: imported only when used
+
+        job_id = f"local-{uuid.uuid4().hex[:12]}"
+        out = self.workdir / f"{job_id}.mp4"
+        image = req.image.path if req.image and req.image.path else None
+        try:
+            await render_animatic(out, prompt=req.prompt, duration=req.duration_s,
+                                  width=req.width, height=req.height, fps=req.fps,
+                                  seed=req.seed or 0, image=image, title=req.shot_id)
+        except MediaError as exc:
+            self._errors[job_id] = str(exc)
+        return Job(provider=self.name, job_id=job_id, data={"path": str(out)})
+
+    async def poll(self, job: Job) -> Poll:
+        if job.job_id in self._errors:
+            return Poll(state="failed", error=self.error(
+                JobFailedError, f"animatic render failed: {self._errors[job.job_id]}", job=job))
+        path = Path(job.data["path"])
+        if not path.exists():
+            return Poll(state="failed", error=self.error(
+                JobFailedError, "animatic output is gone (was the run's temp folder removed?)",
+                job=job))
+        return Poll(state="succeeded", video_url=path.as_uri(), cost_usd=0.0)
+
+    async def fetch(self, job: Job, done: Poll, dest: Path) -> Clip:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src = Path(job.data["path"])
+        try:
+            os.replace(src, dest)
+        except OSError:  # different filesystem
+            shutil.move(str(src), dest)
+        return Clip(path=dest, job_id=job.job_id, cost_usd=0.0)

@@ -157,10 +157,13 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
 
         async def one(shot: ShotPlan) -> ShotResult:
             nonlocal done
-            with tags(*{f"provider:{o.provider}" for o in shot.options}):
-                # quote(): Prefect must not walk (or copy) the shared run context
-                result = await shot_task.with_options(task_run_name=shot.shot_id)(
-                    quote(ctx), quote(shot))
+            try:
+                with tags(*{f"provider:{o.provider}" for o in shot.options}):
+                    # quote(): Prefect must not walk (or copy) the shared run context
+                    result = await shot_task.with_options(task_run_name=shot.shot_id)(
+                        quote(ctx), quote(shot))
+            except Exception as exc:  # one broken shot must not cancel its siblings
+                result = ShotResult(shot.shot_id, "failed", reason=f"{type(exc).__name__}: {exc}")
             done += 1
             await aupdate_progress_artifact(progress, 100.0 * done / len(plan.shots))
             return result

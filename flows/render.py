@@ -265,6 +265,7 @@ def _failed(ctx: RunContext, row: int, shot: ShotPlan, exc: ProviderError, reaso
 
 async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: Path,
                   conformed: Path, status: str) -> ShotResult:
+    conformed.parent.mkdir(parents=True, exist_ok=True)
     await conform(raw, conformed, ctx.fmt, shot.duration)
     ctx.journal.status(row, "done" if status == "done" else "cached", conformed_path=str(conformed))
     return ShotResult(shot.shot_id, status, conformed=conformed, option=opt.label)

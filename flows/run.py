@@ -103,6 +103,7 @@ async def placeholder(plan: Plan, index: int, reason: str, run_dir: Path) -> Pat
                           duration=shot.duration, width=plan.width, height=plan.height,
                           fps=plan.fps, seed=0, title=f"missing: {shot.shot_id}")
     dest = run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}-missing.mov"
+    dest.parent.mkdir(parents=True, exist_ok=True)
     await conform(raw, dest, output_format(plan), shot.duration)
     return dest
 
@@ -148,7 +149,7 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
             pass  # a picture of the cut is nice to have, never worth failing the run
     rows = rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots})
     cost_csv = write_cost_csv(rows, run_dir / "cost.csv")
-    table = summarize(rows, plan.cap_usd).to_string(index=False)
+    table = summarize(rows, plan.cap_usd).to_string()
     summary = RunSummary(journal.run_id, run_dir, final, cost_csv, ledger.spent_usd, plan.cap_usd,
                          results, table, rows)
     write_run_json(plan, run_dir, journal.run_id, results, ledger)

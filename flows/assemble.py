@@ -1,0 +1,192 @@
+"""Join conformed clips into the final MP4: stream-copy the video, encode AAC once.
+
+Transitions use the "hybrid" plan of ffmpeg.md §3.2: only the junctions are rendered, each as
+its own short segment in the house format, and everything is then joined by the concat demuxer
+with `-c:v copy`. A junction of T frames overlaps the tail of clip i with the head of clip i+1,
+so the cut lasts sum(d) - sum(T).
+
+Choice for the bodies: a clip that touches a transition is trimmed on exact frames
+(trim/atrim on frame and sample indices) and its body re-encoded with the house settings, so
+that it starts on a keyframe; clips with hard cuts on both sides are copied untouched. This
+costs one short re-encode per touched clip and keeps every join frame-exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from flows.conform import PCM_ARGS, OutputFormat, as_argv, temp_name, video_codec_args
+from flows.errors import MediaError
+from flows.ffmpeg import run_ffmpeg
+from flows.probe import VideoInfo, probe
+
+XFADE = {"crossfade": "fade", "fade_black": "fadeblack"}
+
+
+@dataclass(frozen=True)
+class Transition:
+    kind: Literal["cut", "crossfade", "fade_black"] = "cut"
+    duration: float = 0.0
+
+
+def junction_frames(frames: list[int], transitions: list[Transition], fps: int) -> list[int]:
+    """Frames of overlap at each junction: 0 for cuts, at most half the shorter neighbour."""
+    out = []
+    for i, t in enumerate(transitions):
+        if t.kind == "cut" or t.duration <= 0:
+            out.append(0)
+        else:
+            out.append(max(0, min(round(t.duration * fps), frames[i] // 2, frames[i + 1] // 2)))
+    return out
+
+
+def concat_list(paths: list[Path], listfile: Path) -> None:
+    """Concat demuxer list: absolute paths, single-quoted, ' written as '\\'' (ffmpeg.md §1.3)."""
+    with open(listfile, "w", encoding="utf-8") as f:
+        for p in paths:
+            s = str(Path(p).resolve()).replace("\\", "/").replace("'", "'\\''")
+            f.write(f"file '{s}'\n")
+
+
+def _check_house(path: Path, info: VideoInfo, fmt: OutputFormat) -> None:
+    if (
+        (info.width, info.height) != (fmt.width, fmt.height)
+        or abs(info.fps - fmt.fps) > 1e-3
+        or info.video_codec != "h264"
+        or info.pix_fmt != "yuv420p"
+        or info.audio_codec != "pcm_s16le"
+        or not info.nb_frames
+    ):
+        raise MediaError(
+            f"{path.name} is not a conformed {fmt.width}x{fmt.height}@{fmt.fps} clip "
+            f"({info.width}x{info.height}@{info.fps:g} {info.video_codec}/{info.audio_codec}); "
+            "conform it first"
+        )
+
+
+def _encode_args(fmt: OutputFormat, frames: int, out: Path) -> list[str]:
+    return [*as_argv(video_codec_args(fmt)), *as_argv(PCM_ARGS), "-frames:v", str(frames),
+            "-f", "mov", str(out)]
+
+
+async def _render_body(clip: Path, out: Path, fmt: OutputFormat, start: int, end: int) -> None:
+    graph = (
+        f"[0:v]trim=start_frame={start}:end_frame={end},setpts=PTS-STARTPTS[v];"
+        f"[0:a]atrim=start_sample={fmt.samples(start)}:end_sample={fmt.samples(end)},"
+        "asetpts=PTS-STARTPTS[a]"
+    )
+    await run_ffmpeg(["-i", str(clip), "-filter_complex", graph, "-map", "[v]", "-map", "[a]",
+                      *_encode_args(fmt, end - start, out)])
+
+
+async def _render_join(a: Path, a_frames: int, b: Path, out: Path, fmt: OutputFormat,
+                       frames: int, kind: str) -> None:
+    start = a_frames - frames
+    tail = fmt.samples(a_frames) - fmt.samples(start)
+    head = fmt.samples(frames)
+    graph = (
+        f"[0:v]trim=start_frame={start},setpts=PTS-STARTPTS[va];"
+        f"[1:v]trim=end_frame={frames},setpts=PTS-STARTPTS[vb];"
+        f"[va][vb]xfade=transition={XFADE[kind]}:duration={frames / fmt.fps:.6f}:offset=0,"
+        # xfade may round its last frame away: hold it, then cut exactly.
+        f"tpad=stop=-1:stop_mode=clone,trim=end_frame={frames}[v];"
+        f"[0:a]atrim=start_sample={fmt.samples(start)},asetpts=PTS-STARTPTS[aa];"
+        f"[1:a]atrim=end_sample={head},asetpts=PTS-STARTPTS[ab];"
+        f"[aa][ab]acrossfade=ns={min(tail, head)}:c1=tri:c2=tri,"
+        f"apad,atrim=end_sample={head}[a]"
+    )
+    await run_ffmpeg(["-i", str(a), "-i", str(b), "-filter_complex", graph,
+                      "-map", "[v]", "-map", "[a]", *_encode_args(fmt, frames, out)])
+
+
+def _verify(path: Path, fmt: OutputFormat, frames: int) -> VideoInfo:
+    info = probe(path)
+    want, frame = frames / fmt.fps, 1 / fmt.fps
+    problems = []
+    if abs(info.duration - want) > frame + 1e-6:
+        problems.append(f"lasts {info.duration:.3f} s instead of {want:.3f} s")
+    if info.nb_frames and info.nb_frames != frames:
+        problems.append(f"{info.nb_frames} frames instead of {frames}")
+    if info.audio_duration is None or info.audio_codec != "aac":
+        problems.append("no AAC audio track")
+    elif abs(info.audio_duration - info.duration) > frame + 1e-6:
+        problems.append(f"audio {info.audio_duration:.3f} s vs video {info.duration:.3f} s")
+    if (info.width, info.height) != (fmt.width, fmt.height) or abs(info.fps - fmt.fps) > 1e-3:
+        problems.append(f"{info.width}x{info.height}@{info.fps:g} instead of "
+                        f"{fmt.width}x{fmt.height}@{fmt.fps}")
+    if info.video_codec != "h264":
+        problems.append(f"video codec {info.video_codec}")
+    if problems:
+        raise MediaError(f"{path.name}: the assembled cut is wrong: " + "; ".join(problems))
+    return info
+
+
+async def _render_segments(clips: list[Path], frames: list[int], joins: list[int],
+                           transitions: list[Transition], fmt: OutputFormat, work: Path,
+                           segments: list[Path]) -> None:
+    """Fill `segments` in playback order, rendering bodies and junctions concurrently."""
+    async with asyncio.TaskGroup() as tg:  # a failure cancels (and kills) the others
+        for i, clip in enumerate(clips):
+            t_in = joins[i - 1] if i > 0 else 0
+            t_out = joins[i] if i < len(joins) else 0
+            if not t_in and not t_out:
+                segments.append(clip)
+            elif frames[i] - t_in - t_out > 0:
+                seg = work / f"body{i:04d}.mov"
+                tg.create_task(_render_body(clip, seg, fmt, t_in, frames[i] - t_out))
+                segments.append(seg)
+            if t_out:
+                seg = work / f"join{i:04d}.mov"
+                tg.create_task(_render_join(clip, frames[i], clips[i + 1], seg, fmt, t_out,
+                                            transitions[i].kind))
+                segments.append(seg)
+
+
+async def assemble(
+    clips: list[Path],
+    dest: Path,
+    fmt: OutputFormat,
+    transitions: list[Transition] | None = None,
+) -> VideoInfo:
+    """Join conformed clips into `dest` (.mp4); transitions[i] joins clips[i] and clips[i+1]."""
+    clips, dest = [Path(c) for c in clips], Path(dest)
+    if not clips:
+        raise ValueError("assemble needs at least one clip")
+    transitions = list(transitions) if transitions is not None else [Transition()] * (len(clips) - 1)
+    if len(transitions) != len(clips) - 1:
+        raise ValueError(f"{len(clips)} clips need {len(clips) - 1} transitions, "
+                         f"got {len(transitions)}")
+    infos = [probe(c) for c in clips]
+    for c, info in zip(clips, infos, strict=True):
+        _check_house(c, info, fmt)
+    frames = [i.nb_frames for i in infos]
+    joins = junction_frames(frames, transitions, fmt.fps)
+    total = sum(frames) - sum(joins)
+
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".assemble-") as tmpdir:
+        work = Path(tmpdir)
+        segments: list[Path] = []
+        try:
+            await _render_segments(clips, frames, joins, transitions, fmt, work, segments)
+        except ExceptionGroup as group:  # callers expect the MediaError itself
+            raise group.exceptions[0] from None
+        listfile = work / "segments.txt"
+        concat_list(segments, listfile)
+        tmp = temp_name(dest)
+        try:
+            await run_ffmpeg([
+                "-f", "concat", "-safe", "0", "-i", str(listfile),
+                "-map", "0:v:0", "-map", "0:a:0",
+                "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-ar", "48000",
+                "-movflags", "+faststart", "-f", "mp4", str(tmp),
+            ])
+            _verify(tmp, fmt, total)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return probe(dest)

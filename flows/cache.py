@@ -1,0 +1,245 @@
+"""Content-addressed clip cache, shared by every run on a machine (or a shared volume).
+
+The key is the sha256 of a canonical JSON of everything that decides what a
+vendor renders: provider, model, the vendor's model id, prompt, negative
+prompt, duration, aspect, resolution, size, fps, seed, pass-through params and
+the hash of the reference image. An edited storyboard therefore reuses every
+unchanged shot; a changed word in one prompt re-renders that shot only.
+
+Layout: ROOT/clips/<key[:2]>/<key>.<sha256[:16]><ext> holds a copy of the RAW vendor
+download (before conforming, so a house-format change does not need a new
+render), and <key>.json beside it is the entry's metadata and its commit
+marker: it is written last, atomically, and names the clip file. Clip files
+are named by their own content, so two processes racing on one key each
+publish a complete file and the last metadata written wins; the loser's clip
+is an unreferenced orphan, never a torn file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+KEY_VERSION = 1  # bump when the key's material changes meaning
+
+
+def cache_key(
+    *,
+    provider: str,
+    model: str,
+    vendor_model: str,
+    prompt: str,
+    negative_prompt: str | None,
+    duration_s: float,
+    aspect_ratio: str,
+    resolution: str,
+    width: int,
+    height: int,
+    fps: int,
+    seed: int | None,
+    params: dict[str, Any],
+    image_sha256: str | None,
+) -> str:
+    """sha256 hex of the canonical JSON of what decides the rendered clip."""
+    material = {
+        "v": KEY_VERSION,
+        "provider": provider,
+        "model": model,
+        "vendor_model": vendor_model,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt or None,  # "" and None ask for the same thing
+        "duration_s": duration_s,
+        "aspect_ratio": aspect_ratio,
+        "resolution": resolution,
+        "width": width,
+        "height": height,
+        "fps": fps,
+        "seed": seed,
+        "params": params,
+        "image_sha256": image_sha256.lower() if image_sha256 else None,
+    }
+    canonical = _canonical(material)
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    """JSON-ready value where equal meanings serialise equally (5 == 5.0, tuple == list)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"cache key material must be finite, got {value!r}")
+        return int(value) if value.is_integer() else round(value, 9)
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cache key material cannot hold {type(value).__name__}: {value!r}")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """STORYREEL_CACHE_DIR, else $XDG_CACHE_HOME/storyreel, else ~/.cache/storyreel."""
+    if explicit := os.environ.get("STORYREEL_CACHE_DIR"):
+        return Path(explicit).expanduser()
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg).expanduser() / "storyreel"
+    return Path.home() / ".cache" / "storyreel"
+
+
+@dataclass(frozen=True)
+class CachedClip:
+    path: Path
+    provider: str
+    model: str
+    job_id: str | None
+    cost_usd: float | None  # what the original render cost; a reuse costs 0
+    created_at: str
+    sha256: str = ""
+    size_bytes: int = 0
+
+
+class ClipCache:
+    """`link=True` hardlinks instead of copying (same filesystem only). Off by default: a
+    hardlinked file shares its inode, so anything that later rewrites the run's copy in place
+    (ffmpeg -y, open(..., "wb")) would silently change the cached clip too."""
+
+    def __init__(self, root: Path, *, link: bool = False) -> None:
+        self.root = Path(root)
+        self.link = link
+
+    def _dir(self, key: str) -> Path:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"not a cache key (64 lowercase hex digits): {key!r}")
+        return self.root / "clips" / key[:2]
+
+    def get(self, key: str, *, verify: bool = False) -> CachedClip | None:
+        """The entry for `key`, or None when absent or not intact (missing or resized clip;
+        with `verify`, also a clip whose sha256 no longer matches)."""
+        meta_path = self._dir(key) / f"{key}.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            clip = meta_path.parent / meta["file"]
+            if clip.stat().st_size != meta["size_bytes"] or meta["size_bytes"] <= 0:
+                return None
+            if verify and file_sha256(clip) != meta["sha256"]:
+                return None
+            return CachedClip(
+                path=clip,
+                provider=meta["provider"],
+                model=meta["model"],
+                job_id=meta.get("job_id"),
+                cost_usd=meta.get("cost_usd"),
+                created_at=meta["created_at"],
+                sha256=meta["sha256"],
+                size_bytes=meta["size_bytes"],
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(
+        self,
+        key: str,
+        src: Path,
+        *,
+        provider: str,
+        model: str,
+        job_id: str | None,
+        cost_usd: float | None,
+    ) -> CachedClip:
+        """Publish `src` (the raw vendor download) under `key`; atomic, last writer wins."""
+        src = Path(src)
+        folder = self._dir(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = file_sha256(src)
+        size = src.stat().st_size
+        if size <= 0:
+            raise ValueError(f"refusing to cache an empty file: {src}")
+        clip = folder / f"{key}.{digest[:16]}{src.suffix or '.mp4'}"
+        if not (clip.exists() and clip.stat().st_size == size):
+            _publish(src, clip, link=self.link, read_only=True)
+        entry = CachedClip(
+            path=clip,
+            provider=provider,
+            model=model,
+            job_id=job_id,
+            cost_usd=None if cost_usd is None else round(float(cost_usd), 6),
+            created_at=datetime.now(UTC).isoformat(),
+            sha256=digest,
+            size_bytes=size,
+        )
+        meta = {**asdict(entry), "file": clip.name, "key": key}
+        del meta["path"]
+        _write_atomic(folder / f"{key}.json", json.dumps(meta, indent=1, sort_keys=True))
+        return entry
+
+    def copy_to(self, entry: CachedClip, dest: Path) -> Path:
+        """Give a run its own copy of a cached clip (hardlink when possible), atomically."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _publish(entry.path, dest, link=self.link, read_only=False)
+        return dest
+
+
+def _temp_name(folder: Path, name: str) -> Path:
+    """A fresh unused name in `folder` (same filesystem, so os.replace is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)  # os.link needs the name free; mkstemp only reserved a unique one
+    return Path(tmp)
+
+
+def _publish(src: Path, dest: Path, *, link: bool, read_only: bool) -> None:
+    """Make `dest` a complete copy (or hardlink) of `src` in one atomic rename."""
+    tmp = _temp_name(dest.parent, dest.name)
+    try:
+        linked = False
+        if link:
+            try:
+                os.link(src, tmp)
+                linked = True
+            except OSError:  # another filesystem, or links not allowed: copy instead
+                pass
+        if not linked:
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            if read_only:  # a guard against in-place rewrites (root ignores it, hence copies)
+                os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,171 @@
+"""Conform any vendor clip into the house intermediate, so that clips join by stream copy.
+
+The intermediate (ffmpeg.md §2.1): exactly n = round(duration * fps) frames at constant rate,
+W x H with square pixels (SAR-aware scale, then letterbox or crop-fill), yuv420p, BT.709 tags,
+libx264 with fixed settings and a fixed track timescale, and PCM s16le 48 kHz stereo audio
+exactly as long as the video (silence when the source has none). PCM rather than AAC because
+AAC priming samples pile up at every stream-copied join (+33 ms per join, ffmpeg.md §1.4);
+the final cut encodes AAC once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import ffmpeg as ffmpeg_python
+
+from flows.errors import MediaError
+from flows.ffmpeg import ffmpeg_exe, run_ffmpeg
+from flows.probe import VideoInfo, probe
+
+SAMPLE_RATE = 48000
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    width: int
+    height: int
+    fps: int
+    fit: Literal["pad", "crop"] = "pad"
+
+    def __post_init__(self) -> None:
+        if self.width < 2 or self.height < 2 or self.width % 2 or self.height % 2:
+            raise ValueError(f"{self.width}x{self.height}: width and height must be even (4:2:0)")
+        if not 1 <= self.fps <= 240:
+            raise ValueError(f"fps {self.fps} is out of range")
+
+    def frames(self, seconds: float) -> int:
+        """Whole frames for a duration (at least one)."""
+        return max(1, round(seconds * self.fps))
+
+    def samples(self, frames: int) -> int:
+        """Audio samples that last exactly as long as `frames` video frames (rounded)."""
+        return round(frames * SAMPLE_RATE / self.fps)
+
+    @property
+    def timescale(self) -> int:
+        # One time base for every intermediate (concat copy needs it); 90 kHz divides most rates.
+        return 90000 if 90000 % self.fps == 0 else self.fps * 1000
+
+
+def video_codec_args(fmt: OutputFormat, preset: str = "veryfast") -> dict[str, object]:
+    """Encoder settings shared by every segment that is later joined by stream copy."""
+    return {
+        "c:v": "libx264",
+        "preset": preset,
+        "crf": 20,
+        "profile:v": "high",
+        # Headers that do not depend on the content, so that segments encoded apart join.
+        "x264-params": "stitchable=1",
+        "pix_fmt": "yuv420p",
+        "g": 2 * fmt.fps,
+        "threads": 1,
+        "video_track_timescale": fmt.timescale,
+        "colorspace": "bt709",
+        "color_primaries": "bt709",
+        "color_trc": "bt709",
+        "color_range": "tv",
+    }
+
+
+PCM_ARGS: dict[str, object] = {"c:a": "pcm_s16le", "ar": SAMPLE_RATE, "ac": 2}
+
+
+def as_argv(options: dict[str, object]) -> list[str]:
+    return [x for k, v in options.items() for x in (f"-{k}", str(v))]
+
+
+def _fit_size(fmt: OutputFormat) -> tuple[str, str]:
+    """scale w/h expressions on the display aspect (`dar` includes SAR), evaluated by ffmpeg.
+
+    Evaluated at run time rather than from the probe so that rotated phone clips (autorotated
+    by ffmpeg before the graph) are sized right too. A naive scale ignoring SAR squeezes a
+    720x480 32:27 clip to 3:2 (ffmpeg.md §2.1).
+    """
+    w, h = fmt.width, fmt.height
+    wide = f"gte(dar,{w}/{h})"
+    if fmt.fit == "pad":  # fit inside, bars on the short side
+        return (f"if({wide},{w},max(2,2*round({h}*dar/2)))",
+                f"if({wide},max(2,2*round({w}/dar/2)),{h})")
+    return (f"if({wide},2*round({h}*dar/2),{w})",  # cover, then crop the overflow
+            f"if({wide},{h},2*round({w}/dar/2))")
+
+
+def conform_argv(src: Path, out: Path, fmt: OutputFormat, frames: int, has_audio: bool) -> list[str]:
+    """The ffmpeg arguments (without the binary) that make the intermediate."""
+    seconds = frames / fmt.fps
+    # Read a little past what we keep: decoding the rest of a long source is wasted work.
+    inp = ffmpeg_python.input(str(src), t=f"{seconds + 1:.3f}")
+    sw, sh = _fit_size(fmt)
+    v = (
+        inp.video.filter("setpts", "PTS-STARTPTS")
+        .filter("fps", fmt.fps)
+        .filter("scale", w=sw, h=sh, flags="bicubic", out_color_matrix="bt709", out_range="tv")
+        .filter("format", "yuv420p")
+        # Tag the frames too: recent ffmpeg lets frame tags override -color_primaries & co.
+        .filter("setparams", range="tv", color_primaries="bt709", color_trc="bt709",
+                colorspace="bt709")
+        .filter("setsar", "1")
+    )
+    if fmt.fit == "pad":
+        v = v.filter("pad", fmt.width, fmt.height, "(ow-iw)/2", "(oh-ih)/2", color="black")
+    else:
+        v = v.filter("crop", fmt.width, fmt.height)
+    # Hold the last frame for short sources, then cut at exactly n frames.
+    v = v.filter("tpad", stop=-1, stop_mode="clone").filter("trim", end_frame=frames)
+    if has_audio:
+        a = (
+            inp.audio.filter("aresample", SAMPLE_RATE)
+            .filter("aformat", sample_fmts="s16", channel_layouts="stereo")
+            .filter("asetpts", "PTS-STARTPTS")
+            .filter("apad")
+        )
+    else:
+        a = ffmpeg_python.input(f"anullsrc=r={SAMPLE_RATE}:cl=stereo", f="lavfi").audio
+    a = a.filter("atrim", end_sample=fmt.samples(frames))
+    options = {**video_codec_args(fmt), **PCM_ARGS, "frames:v": frames, "map_metadata": -1}
+    stream = ffmpeg_python.output(v, a, str(out), f="mov", **options)
+    return ffmpeg_python.compile(stream, cmd=ffmpeg_exe())[1:]
+
+
+def temp_name(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
+
+
+def check_intermediate(path: Path, fmt: OutputFormat, frames: int) -> VideoInfo:
+    info = probe(path)
+    want_audio = frames / fmt.fps
+    problems = []
+    if info.nb_frames != frames:
+        problems.append(f"{info.nb_frames} frames instead of {frames}")
+    if (info.width, info.height) != (fmt.width, fmt.height):
+        problems.append(f"size {info.width}x{info.height} instead of {fmt.width}x{fmt.height}")
+    if abs(info.fps - fmt.fps) > 1e-3:
+        problems.append(f"{info.fps:g} fps instead of {fmt.fps}")
+    if info.audio_codec != "pcm_s16le" or info.audio_duration is None:
+        problems.append("no PCM audio track")
+    elif abs(info.audio_duration - want_audio) > 1 / fmt.fps:
+        problems.append(f"audio lasts {info.audio_duration:.3f} s, video {want_audio:.3f} s")
+    if problems:
+        raise MediaError(f"{path.name}: conformed clip is wrong: " + "; ".join(problems))
+    return info
+
+
+async def conform(src: Path, dest: Path, fmt: OutputFormat, duration: float) -> VideoInfo:
+    """Make the house intermediate (.mov) of `src` lasting `duration` (in whole frames)."""
+    src, dest = Path(src), Path(dest)
+    source = probe(src)
+    frames = fmt.frames(duration)
+    tmp = temp_name(dest)
+    try:
+        await run_ffmpeg(conform_argv(src, tmp, fmt, frames, source.has_audio))
+        check_intermediate(tmp, fmt, frames)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    info = probe(dest)
+    return info

@@ -1,0 +1,184 @@
+"""Finding and running the ffmpeg binary: argv lists only (never a shell), bounded concurrency.
+
+ffmpeg's exit code is not proof of a good file (ffmpeg.md §1.1): callers verify outputs with
+`flows.probe`. Every process is started with `-threads 1` by the callers that encode, and this
+module caps how many run at once (default: one per CPU), which measured ~20% faster on 2 cores
+than fewer processes with more threads each (ffmpeg.md §2.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+from flows.errors import MediaError
+
+log = logging.getLogger(__name__)
+
+BASE_ARGS = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error"]
+
+
+@functools.cache
+def ffmpeg_exe() -> str:
+    """FFMPEG_BINARY, else `ffmpeg` on PATH, else the binary shipped in the imageio-ffmpeg wheel."""
+    env = os.environ.get("FFMPEG_BINARY")
+    if env:
+        return env
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:  # pragma: no cover - it is a declared dependency
+        raise MediaError("no ffmpeg found: set FFMPEG_BINARY or install imageio-ffmpeg") from exc
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@functools.cache
+def font_file() -> str | None:
+    """A TrueType file for drawtext, found through fontconfig; None when there is none."""
+    fc = shutil.which("fc-match")
+    if not fc:
+        return None
+    try:
+        out = subprocess.run(
+            [fc, "-f", "%{file}", "DejaVu Sans"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    path = out.stdout.strip()
+    return path if out.returncode == 0 and path and Path(path).is_file() else None
+
+
+def filter_path(p: str | os.PathLike[str]) -> str:
+    """Escape a path for use as a filter option value inside a filter graph (ffmpeg.md §7.1)."""
+    v = "".join("\\" + c if c in "\\':" else c for c in str(p))  # level 1: option value
+    return "".join("\\" + c if c in "\\'[],;" else c for c in v)  # level 2: filter graph
+
+
+class _Slots:
+    """A counting limit shared by every thread and event loop in the process.
+
+    asyncio.Semaphore binds to one loop; Prefect may run tasks on several loops in worker
+    threads, and the CPU is what we are sharing, so the limit must be process-wide.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._free = self.size
+        self._lock = threading.Lock()
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+
+    async def __aenter__(self) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.append((loop, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            with self._lock:
+                if (loop, fut) in self._waiters:
+                    self._waiters.remove((loop, fut))
+                    raise
+            # A slot was already handed to us: give it back (or let _grant do so).
+            if fut.done() and not fut.cancelled():
+                self._release()
+            else:
+                fut.cancel()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            while self._waiters:
+                loop, fut = self._waiters.popleft()
+                if loop.is_closed():
+                    continue
+                loop.call_soon_threadsafe(self._grant, fut)
+                return
+            self._free += 1
+
+    def _grant(self, fut: asyncio.Future[None]) -> None:
+        if fut.done():  # its waiter was cancelled meanwhile: pass the slot on
+            self._release()
+        else:
+            fut.set_result(None)
+
+
+def _default_jobs() -> int:
+    try:
+        return int(os.environ.get("STORYREEL_FFMPEG_JOBS", "")) or (os.cpu_count() or 1)
+    except ValueError:
+        return os.cpu_count() or 1
+
+
+SLOTS = _Slots(_default_jobs())
+
+
+async def _drain(stream: asyncio.StreamReader, sink: bytearray) -> None:
+    while chunk := await stream.read(65536):
+        sink += chunk
+        if len(sink) > 1_000_000:  # keep the tail only: errors are at the end
+            del sink[:-200_000]
+
+
+async def run_ffmpeg(args: Sequence[str], *, timeout: float = 600) -> None:
+    """Run ffmpeg with `args`; raise MediaError on a non-zero exit or after `timeout` seconds."""
+    argv = [ffmpeg_exe(), *BASE_ARGS, *args]
+    async with SLOTS:
+        log.debug("ffmpeg: %s", shlex.join(argv))
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        err = bytearray()
+        assert proc.stderr is not None
+        drain = asyncio.ensure_future(_drain(proc.stderr, err))
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout)
+            await drain
+        except BaseException as exc:  # timeout, cancellation: never leave ffmpeg running
+            if proc.returncode is None:
+                proc.kill()
+            await asyncio.shield(proc.wait())
+            drain.cancel()
+            if isinstance(exc, TimeoutError):
+                raise MediaError(
+                    f"ffmpeg did not finish within {timeout:g} s", argv, err.decode(errors="replace")
+                ) from None
+            raise
+    if proc.returncode != 0:
+        raise MediaError(
+            f"ffmpeg failed (exit code {proc.returncode})", argv, err.decode(errors="replace")
+        )
+
+
+def run_ffmpeg_sync(args: Sequence[str], *, timeout: float = 600) -> None:
+    """Blocking variant for tests and tools (no concurrency limit)."""
+    argv = [ffmpeg_exe(), *BASE_ARGS, *args]
+    try:
+        out = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode(errors="replace") if exc.stderr else ""
+        raise MediaError(f"ffmpeg did not finish within {timeout:g} s", argv, stderr) from None
+    if out.returncode != 0:
+        raise MediaError(
+            f"ffmpeg failed (exit code {out.returncode})", argv, out.stderr.decode(errors="replace")
+        )

@@ -1,0 +1,327 @@
+"""Write-ahead journal of every paid attempt: an SQLite file in the run's folder.
+
+The rule that makes "never pay twice" possible: an `intent` row is committed
+*before* a submit leaves the machine, and the vendor's job id is committed
+right after the answer. A run killed at any moment and started again reads
+this file and knows, per shot, whether a job exists (poll it), a clip is
+already on disk (reuse it), or a submit may have reached the vendor without
+an answer (report it as "unconfirmed"; never resubmit it blindly).
+
+Durability: WAL mode with synchronous=FULL, and every write is its own
+committed transaction, so a row that a call returned for survives SIGKILL
+and power loss. One connection per Journal; a threading lock serialises use
+of it from the event loop and from worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+STATUSES = frozenset(
+    {
+        "intent",  # about to submit: money reserved, nothing sent yet (or no answer seen)
+        "submitted",  # the vendor accepted; job_id known
+        "running",
+        "succeeded",  # the vendor says done; clip not yet downloaded
+        "downloaded",  # raw clip on disk
+        "done",  # conformed and ready for assembly
+        "failed",
+        "canceled",
+        "unconfirmed",  # a submit may have reached the vendor unanswered: a person decides
+        "skipped",  # not attempted (budget, on_exhausted, dependency)
+        "cached",  # clip reused from the cache, nothing paid
+    }
+)
+TERMINAL = frozenset({"done", "failed", "canceled", "unconfirmed", "skipped", "cached"})
+# In flight: a resumed run must look at these before it spends anything on the shot.
+OPEN = STATUSES - TERMINAL
+
+STATUS_FIELDS = frozenset(
+    {
+        "failure_reason",
+        "actual_usd",
+        "cost_source",
+        "clip_path",
+        "conformed_path",
+        "queued_s",
+        "generation_s",
+        "download_s",
+        "finished_at",
+    }
+)
+# `record` may also fill these (a cache hit knows its key, a refusal its estimate).
+RECORD_FIELDS = STATUS_FIELDS | {"cache_key", "job_id", "job_data", "estimated_usd", "reserved_usd"}
+_MONEY = {"estimated_usd", "reserved_usd", "actual_usd"}
+_SECONDS = {"queued_s", "generation_s", "download_s"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    shot_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    cache_key TEXT,
+    job_id TEXT,
+    job_data TEXT,
+    status TEXT NOT NULL,
+    failure_reason TEXT,
+    estimated_usd REAL,
+    reserved_usd REAL,
+    actual_usd REAL,
+    cost_source TEXT,
+    clip_path TEXT,
+    conformed_path TEXT,
+    queued_s REAL,
+    generation_s REAL,
+    download_s REAL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_shot ON attempts (shot_id, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    id: int
+    run_id: str
+    shot_id: str
+    attempt: int
+    provider: str
+    model: str
+    cache_key: str | None
+    job_id: str | None
+    job_data: dict[str, Any] | None
+    status: str
+    failure_reason: str | None
+    estimated_usd: float | None
+    reserved_usd: float | None
+    actual_usd: float | None
+    cost_source: str | None
+    clip_path: str | None
+    conformed_path: str | None
+    queued_s: float | None
+    generation_s: float | None
+    download_s: float | None
+    started_at: str
+    finished_at: str | None
+    updated_at: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+_COLUMNS = [f.name for f in fields(Attempt)]
+
+
+def utcnow() -> str:
+    """ISO-8601 UTC, e.g. 2025-01-31T12:00:00.123456+00:00."""
+    return datetime.now(UTC).isoformat()
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+class Journal:
+    """The run's attempt log; see the module docstring for the durability contract."""
+
+    def __init__(self, path: Path, run_id: str | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        # isolation_level=None: autocommit; each statement below is one durable transaction.
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('run_id', ?)",
+                (json.dumps(run_id or new_run_id()),),
+            )
+        except BaseException:
+            self._db.close()
+            raise
+        # An existing journal keeps its run id: a resumed run is the same run.
+        self.run_id: str = self.meta_get("run_id")
+
+    # -- writes ------------------------------------------------------------------
+    def intent(
+        self,
+        *,
+        shot_id: str,
+        attempt: int,
+        provider: str,
+        model: str,
+        cache_key: str,
+        estimated_usd: float,
+        reserved_usd: float,
+    ) -> int:
+        """Commit the intent to submit, BEFORE the submit; returns the attempt's row id."""
+        return self._insert(
+            shot_id=shot_id,
+            attempt=attempt,
+            provider=provider,
+            model=model,
+            status="intent",
+            cache_key=cache_key,
+            estimated_usd=estimated_usd,
+            reserved_usd=reserved_usd,
+        )
+
+    def submitted(self, row: int, job_id: str, job_data: dict[str, Any]) -> None:
+        """Commit the vendor's job id (and whatever is needed to poll it) right after submit."""
+        self._update(row, {"status": "submitted", "job_id": job_id, "job_data": job_data})
+
+    def status(self, row: int, status: str, **fields: Any) -> None:
+        _check_status(status)
+        unknown = set(fields) - STATUS_FIELDS
+        if unknown:
+            raise ValueError(f"unknown journal field(s): {', '.join(sorted(unknown))}")
+        values = {"status": status, **fields}
+        if status in TERMINAL and "finished_at" not in fields:
+            values["finished_at"] = utcnow()
+        self._update(row, values)
+
+    def record(
+        self, *, shot_id: str, attempt: int, provider: str, model: str, status: str, **fields: Any
+    ) -> int:
+        """One-shot row for work that never submits: cache hits, skips, plan-time refusals."""
+        _check_status(status)
+        unknown = set(fields) - RECORD_FIELDS
+        if unknown:
+            raise ValueError(f"unknown journal field(s): {', '.join(sorted(unknown))}")
+        return self._insert(
+            shot_id=shot_id, attempt=attempt, provider=provider, model=model, status=status, **fields
+        )
+
+    def meta_set(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value (the plan hash, the spec path, ...)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )
+
+    def _insert(self, **values: Any) -> int:
+        now = utcnow()
+        values = _encode(values)
+        values.update(run_id=self.run_id, started_at=now, updated_at=now)
+        if values["status"] in TERMINAL:  # a one-shot row is over as soon as it is written
+            values.setdefault("finished_at", now)
+        cols = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        with self._lock:
+            cur = self._db.execute(
+                f"INSERT INTO attempts ({cols}) VALUES ({marks})", tuple(values.values())
+            )
+            return int(cur.lastrowid)
+
+    def _update(self, row: int, values: dict[str, Any]) -> None:
+        values = _encode(values)
+        values["updated_at"] = utcnow()
+        sets = ", ".join(f"{c} = ?" for c in values)
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE attempts SET {sets} WHERE id = ?", (*values.values(), row)
+            )
+        if cur.rowcount != 1:
+            raise KeyError(f"journal {self.path}: no attempt row {row}")
+
+    # -- reads -------------------------------------------------------------------
+    def attempts(self, shot_id: str | None = None) -> list[Attempt]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM attempts"
+        args: tuple[Any, ...] = ()
+        if shot_id is not None:
+            sql += " WHERE shot_id = ?"
+            args = (shot_id,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
+        return [_decode(r) for r in rows]
+
+    def latest(self, shot_id: str) -> Attempt | None:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM attempts WHERE shot_id = ? ORDER BY id DESC"
+        with self._lock:
+            row = self._db.execute(sql + " LIMIT 1", (shot_id,)).fetchone()
+        return _decode(row) if row else None
+
+    def get(self, row: int) -> Attempt:
+        with self._lock:
+            found = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM attempts WHERE id = ?", (row,)
+            ).fetchone()
+        if found is None:
+            raise KeyError(f"journal {self.path}: no attempt row {row}")
+        return _decode(found)
+
+    def in_flight(self) -> list[Attempt]:
+        """Attempts not yet terminal: what a resumed run must poll, fetch or flag."""
+        return [a for a in self.attempts() if a.status in OPEN]
+
+    def next_attempt(self, shot_id: str) -> int:
+        """1 + the highest attempt number recorded for the shot (1 for a new shot)."""
+        with self._lock:
+            (top,) = self._db.execute(
+                "SELECT MAX(attempt) FROM attempts WHERE shot_id = ?", (shot_id,)
+            ).fetchone()
+        return 1 if top is None else int(top) + 1
+
+    def meta_get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    # -- lifetime ----------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"unknown attempt status {status!r}; one of {', '.join(sorted(STATUSES))}")
+
+
+def _encode(values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    if "job_data" in out and out["job_data"] is not None:
+        out["job_data"] = json.dumps(out["job_data"], sort_keys=True)
+    for key in _MONEY & out.keys():
+        if out[key] is not None:
+            out[key] = round(float(out[key]), 6)
+    for key in _SECONDS & out.keys():
+        if out[key] is not None:
+            out[key] = round(float(out[key]), 3)
+    for key in ("clip_path", "conformed_path"):
+        if out.get(key) is not None:
+            out[key] = str(out[key])
+    return out
+
+
+def _decode(row: tuple[Any, ...]) -> Attempt:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    if values["job_data"] is not None:
+        values["job_data"] = json.loads(values["job_data"])
+    return Attempt(**values)

@@ -1,0 +1,238 @@
+"""The run's money: a hard cap that holds under any concurrency.
+
+A shot *reserves* its estimated cost before it submits; when the vendor's job
+ends the reservation is either *settled* (it becomes spend, at the actual
+cost) or *released* (nothing was charged). A reservation is refused when
+settled + reserved + asked would pass the run's cap, or the shot's own
+settled + reserved + asked would pass the per-shot cap. So, as long as each
+settle is at most what was reserved, settled + reserved <= cap at every moment.
+
+A vendor may charge more than we estimated. That money is gone: `settle`
+records the overrun, spend may then pass the cap, and from then on every
+reservation is refused (except for zero-cost work).
+
+Amounts are Decimal inside, rounded to 1e-6 USD, so sums have no float noise.
+One ledger serves one run on one asyncio event loop; a threading lock also
+guards the state so that settle/release from a worker thread stay consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+from flows.errors import BudgetError
+
+_MICRO = Decimal("0.000001")
+_ZERO = Decimal(0)
+
+
+def to_money(value: float | int | str | Decimal) -> Decimal:
+    """Decimal USD rounded to a millionth; floats go through str() so 0.1 stays 0.1."""
+    d = value if isinstance(value, Decimal) else Decimal(str(value))
+    if not d.is_finite():
+        raise ValueError(f"amount must be finite, got {value!r}")
+    return d.quantize(_MICRO, rounding=ROUND_HALF_UP)
+
+
+def usd(d: Decimal | float) -> str:
+    """'$1.25', '$0.000001': at least cents, at most micro-dollars, no trailing noise."""
+    text = f"{to_money(d):f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"${whole}.{frac.ljust(2, '0')}"
+
+
+@dataclass
+class Reservation:
+    """Money held for one attempt of one shot. `state`: open -> settled | released."""
+
+    id: int
+    shot_id: str
+    amount: Decimal
+    state: str = "open"
+    actual: Decimal | None = None
+
+    @property
+    def amount_usd(self) -> float:
+        return float(self.amount)
+
+
+@dataclass
+class Overrun:
+    """A settle that charged more than was reserved (the vendor billed above our estimate)."""
+
+    shot_id: str
+    reserved_usd: float
+    actual_usd: float
+    over_cap: bool  # did it push total spend past the cap?
+
+
+@dataclass
+class _Shot:
+    settled: Decimal = _ZERO
+    reserved: Decimal = _ZERO
+
+
+class Ledger:
+    """Reservations and spend for one run, against an optional run cap and per-shot cap."""
+
+    def __init__(
+        self,
+        cap_usd: float | None,
+        per_shot_cap_usd: float | None = None,
+        already_spent_usd: float = 0.0,
+    ) -> None:
+        self.cap = _cap(cap_usd)
+        self.per_shot_cap = _cap(per_shot_cap_usd)
+        for name, value in (("cap_usd", self.cap), ("per_shot_cap_usd", self.per_shot_cap)):
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        # A resumed run starts with what its journal says was already paid.
+        self._settled: Decimal = to_money(already_spent_usd)
+        self._reserved: Decimal = _ZERO
+        self._shots: dict[str, _Shot] = {}
+        self._open: dict[int, Reservation] = {}
+        self.overruns: list[Overrun] = []
+        self.stop_reason: str | None = None
+        self._ids = itertools.count(1)
+        self._alock = asyncio.Lock()
+        self._tlock = threading.Lock()
+
+    # -- reading ---------------------------------------------------------------
+    @property
+    def spent_usd(self) -> float:
+        return float(self._settled)
+
+    @property
+    def reserved_usd(self) -> float:
+        return float(self._reserved)
+
+    @property
+    def remaining_usd(self) -> float | None:
+        """What may still be reserved; None without a cap; never negative."""
+        left = self._left()
+        return None if left is None else float(max(left, _ZERO))
+
+    @property
+    def overspent_usd(self) -> float:
+        """How far settled spend has passed the cap (0 unless a vendor overcharged)."""
+        if self.cap is None:
+            return 0.0
+        return float(max(self._settled - self.cap, _ZERO))
+
+    def shot_spent_usd(self, shot_id: str) -> float:
+        shot = self._shots.get(shot_id)
+        return float(shot.settled) if shot else 0.0
+
+    def _left(self) -> Decimal | None:
+        if self.cap is None:
+            return None
+        return self.cap - self._settled - self._reserved
+
+    def _shot_left(self, shot_id: str) -> Decimal | None:
+        if self.per_shot_cap is None:
+            return None
+        shot = self._shots.get(shot_id, _Shot())
+        return self.per_shot_cap - shot.settled - shot.reserved
+
+    def _refusal(self, shot_id: str, amount: Decimal) -> str | None:
+        """Why `amount` cannot be reserved for `shot_id` now, or None if it can."""
+        if self.stop_reason is not None:
+            return f"run stopped ({self.stop_reason}); shot {shot_id} asked {usd(amount)}"
+        if amount == 0:
+            return None  # free work (the local renderer) never touches the cap
+        left = self._left()
+        if left is not None and amount > left:
+            return (
+                f"budget cap {usd(self.cap)} reached: {usd(max(left, _ZERO))} left "
+                f"(spent {usd(self._settled)}, reserved {usd(self._reserved)}); "
+                f"shot {shot_id} asked {usd(amount)}"
+            )
+        shot_left = self._shot_left(shot_id)
+        if shot_left is not None and amount > shot_left:
+            return (
+                f"shot {shot_id}: per-shot cap {usd(self.per_shot_cap)} reached: "
+                f"{usd(max(shot_left, _ZERO))} left; asked {usd(amount)}"
+            )
+        return None
+
+    def can_afford(self, shot_id: str, amount: float) -> bool:
+        with self._tlock:
+            return self._refusal(shot_id, _amount(amount)) is None
+
+    # -- changing --------------------------------------------------------------
+    async def reserve(self, shot_id: str, amount: float) -> Reservation:
+        """Hold `amount` for one attempt of `shot_id`, or raise BudgetError saying why not."""
+        money = _amount(amount)
+        async with self._alock:
+            with self._tlock:
+                why = self._refusal(shot_id, money)
+                if why is not None:
+                    raise BudgetError(why)
+                r = Reservation(id=next(self._ids), shot_id=shot_id, amount=money)
+                self._reserved += money
+                self._shots.setdefault(shot_id, _Shot()).reserved += money
+                self._open[r.id] = r
+                return r
+
+    def settle(self, r: Reservation, actual_usd: float) -> None:
+        """The attempt was charged `actual_usd`: the reservation becomes spend at that price."""
+        actual = _amount(actual_usd)
+        with self._tlock:
+            self._close(r, "settled")
+            r.actual = actual
+            self._settled += actual
+            self._shots.setdefault(r.shot_id, _Shot()).settled += actual
+            if actual > r.amount:
+                over_cap = self.cap is not None and self._settled + self._reserved > self.cap
+                self.overruns.append(
+                    Overrun(r.shot_id, float(r.amount), float(actual), over_cap=over_cap)
+                )
+
+    def release(self, r: Reservation) -> None:
+        """The attempt was not charged: drop the reservation."""
+        with self._tlock:
+            self._close(r, "released")
+
+    def _close(self, r: Reservation, state: str) -> None:
+        if self._open.pop(r.id, None) is not r:
+            raise ValueError(
+                f"reservation {r.id} for shot {r.shot_id} is {r.state}, not open (cannot {state})"
+            )
+        r.state = state
+        self._reserved -= r.amount
+        self._shots[r.shot_id].reserved -= r.amount
+
+    def stop(self, reason: str) -> None:
+        """on_exhausted: stop -- refuse every further reservation; open ones may still settle."""
+        with self._tlock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
+
+    def open_reservations(self) -> list[Reservation]:
+        with self._tlock:
+            return list(self._open.values())
+
+    def __repr__(self) -> str:
+        cap = "none" if self.cap is None else usd(self.cap)
+        return (
+            f"Ledger(cap={cap}, spent={usd(self._settled)}, reserved={usd(self._reserved)}, "
+            f"open={len(self._open)}, stopped={self.stopped()})"
+        )
+
+
+def _amount(value: float) -> Decimal:
+    money = to_money(value)
+    if money < 0:
+        raise ValueError(f"amount must be >= 0, got {value!r}")
+    return money
+
+
+def _cap(value: float | None) -> Decimal | None:
+    return None if value is None else to_money(value)

@@ -1,0 +1,289 @@
+"""fal.ai queue API.
+
+Protocol source: fal-ai/fal `projects/fal_client/src/fal_client/client.py`
+(`_BaseRequestHandle`, `_parse_status`, `cancel`), fal.ai/docs inference-api
+queue pages, docs.fal.ai errors / request-errors; research/vendors.md §1.
+
+* POST {base}/{owner}/{app}[/{path}] with `Authorization: Key <FAL_KEY>`; the
+  body is the model's own schema (see `SCHEMAS`). -> {request_id, status_url,
+  response_url, cancel_url}. Follow-up URLs come from that answer: they name
+  only owner/app, never the endpoint path, so they are not built by hand.
+* GET status_url: HTTP 202 while IN_QUEUE / IN_PROGRESS, 200 once COMPLETED.
+  There is no FAILED state: a failed request is COMPLETED with `error` /
+  `error_type` set, and the real error is what GET response_url answers
+  (the model's own status and body, e.g. 422 {"detail": [{loc, msg, type}]}).
+* GET response_url -> {"video": {"url", ...}}; fetched as soon as the status is
+  COMPLETED because fal keeps results >= 10 KB for only 6 minutes.
+* PUT cancel_url (queued requests are dropped, running ones signalled).
+* 403 {"detail": "User is locked. Reason: Exhausted balance ..."} is a credit
+  problem, not a bad key. fal bills only successful requests; it reports no
+  per-request cost, so `cost_usd` stays None (`x-fal-billable-units` is kept
+  in `Poll.raw` where present).
+
+Local images are sent inline as data URIs (fal accepts them in every
+`*_image_url` field); large files would be better uploaded to fal's CDN
+(not done). UNCONFIRMED: the exact `type` string of a content-policy model
+error (we match `content_policy*` plus keywords); what a canceled request's
+status looks like (we treat `error_type` client_cancelled/request_cancelled
+as canceled); the HTTP code of each cancel answer (any 2xx means accepted).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import httpx
+
+from flows.errors import (
+    AuthError,
+    ContentPolicyError,
+    InsufficientCreditError,
+    InvalidRequestError,
+    JobFailedError,
+    NotFoundError,
+    ProviderError,
+    UnconfirmedSubmitError,
+)
+from providers import http
+from providers.base import Provider
+from providers.catalog import find_model
+from providers.types import Clip, Job, Poll, ShotRequest
+
+
+@dataclass(frozen=True)
+class Schema:
+    """How one fal model family spells the common fields (fal has no common schema)."""
+
+    duration: Literal["str", "str_s", "int", "frames", "none"] = "str"  # "5" | "8s" | 5 | frames
+    image_field: str = "image_url"
+    aspect: bool = True  # aspect_ratio on text-to-video
+    aspect_image: bool = False  # ... and on image-to-video (else the image decides)
+    resolution: bool = False
+    seed: bool = True
+    negative: bool = True
+    fps: int = 16  # native frame rate, for duration="frames" (num_frames)
+
+
+# first matching prefix wins; from each model's fal.ai/models/<id>/llms.txt input schema
+SCHEMAS: tuple[tuple[str, Schema], ...] = (
+    ("fal-ai/veo3", Schema(duration="str_s", resolution=True, aspect_image=True)),
+    ("fal-ai/kling-video/v3/pro", Schema(image_field="start_image_url", seed=False)),
+    ("fal-ai/kling-video", Schema(seed=False)),
+    ("fal-ai/wan/v2.2-a14b", Schema(duration="frames", resolution=True, aspect_image=True)),
+    ("fal-ai/wan/v2.7", Schema(duration="int", resolution=True, aspect_image=True)),
+    ("fal-ai/hunyuan-video", Schema(duration="none", resolution=True, negative=False)),
+    ("fal-ai/ltx-video", Schema(duration="none", aspect=False)),
+)
+_DEFAULT = Schema()
+
+_POLICY = re.compile(r"content[_ ]?polic|nsfw|safety|flagged|moderat", re.I)
+_CANCELED_TYPES = {"client_cancelled", "request_cancelled", "cancelled", "canceled"}
+_STATES = {"IN_QUEUE": "queued", "IN_PROGRESS": "running"}
+
+
+def schema_for(model_id: str) -> Schema:
+    for prefix, schema in SCHEMAS:
+        if model_id.startswith(prefix):
+            return schema
+    return _DEFAULT
+
+
+def fal_body(req: ShotRequest, model_id: str) -> dict[str, Any]:
+    """The JSON input for a fal model: common fields in its spelling, then catalog
+    `params`, then the shot's own `params` (last, so a storyboard can override)."""
+    s = schema_for(model_id)
+    body: dict[str, Any] = {"prompt": req.prompt}
+    seconds = int(round(req.duration_s))
+    if s.duration == "str":
+        body["duration"] = str(seconds)
+    elif s.duration == "str_s":
+        body["duration"] = f"{seconds}s"
+    elif s.duration == "int":
+        body["duration"] = seconds
+    elif s.duration == "frames":  # n frames at fps cover (n - 1) / fps seconds
+        body["num_frames"] = int(round(req.duration_s * s.fps)) + 1
+    if req.image is not None:
+        body[s.image_field] = req.image.data_uri()
+    if s.aspect and (req.image is None or s.aspect_image):
+        body["aspect_ratio"] = req.aspect_ratio
+    if s.resolution:
+        body["resolution"] = req.resolution
+    if s.negative and req.negative_prompt:
+        body["negative_prompt"] = req.negative_prompt  # a string (the HF SDK's list is wrong)
+    if s.seed and req.seed is not None:
+        body["seed"] = int(req.seed)
+    info = find_model(req.provider, req.model)
+    body.update(info.params if info else {})
+    body.update(req.params)
+    return body
+
+
+def detail_message(body: Any) -> tuple[str, str | None]:
+    """(message, machine type) from fal's two error shapes:
+    {"detail": [{loc, msg, type}]} (model) and {"detail": str, "error_type": str} (request)."""
+    if not isinstance(body, dict):
+        return "", None
+    detail = body.get("detail")
+    if isinstance(detail, list) and detail:
+        msgs, kind = [], None
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(x) for x in item.get("loc", []) if x != "body")
+                msg = str(item.get("msg", ""))
+                msgs.append(f"{loc}: {msg}" if loc else msg)
+                kind = kind or item.get("type")
+        return "; ".join(m for m in msgs if m), kind
+    if isinstance(detail, str):
+        return detail, body.get("error_type")
+    for key in ("error", "message"):
+        if isinstance(body.get(key), str):
+            return body[key], body.get("error_type")
+    return "", body.get("error_type")
+
+
+class FalProvider(Provider):
+    name: ClassVar[str] = "fal"
+    key_env: ClassVar[str | None] = "FAL_KEY"
+    default_base_url: ClassVar[str] = "https://queue.fal.run"
+    base_url_env: ClassVar[str | None] = "STORYREEL_FAL_BASE_URL"
+    supports_cancel: ClassVar[bool] = True
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Key {self.key}"} if self.key else {}
+
+    # -- model id and URLs (the Hugging Face router adapter overrides these) ----------
+
+    def model_id(self, req: ShotRequest) -> str:
+        return req.vendor_model
+
+    def submit_url(self, model_id: str) -> str:
+        return f"{self.base_url}/{model_id}"
+
+    def followup_urls(self, answer: dict[str, Any], model_id: str) -> dict[str, str]:
+        urls = {k: answer[k] for k in ("status_url", "response_url", "cancel_url")
+                if isinstance(answer.get(k), str)}
+        if len(urls) < 3:  # fal always sends them; else do as fal_client's from_request_id
+            owner_app = "/".join(model_id.split("/")[:2])
+            root = f"{self.base_url}/{owner_app}/requests/{answer['request_id']}"
+            urls = {"response_url": root, "status_url": f"{root}/status",
+                    "cancel_url": f"{root}/cancel", **urls}
+        return urls
+
+    # -- verbs --------------------------------------------------------------------------
+
+    async def submit(self, req: ShotRequest) -> Job:
+        model_id = self.model_id(req)
+        answer = await self.call_json("POST", self.submit_url(model_id), stage="submit",
+                                      json=fal_body(req, model_id))
+        request_id = answer.get("request_id") if isinstance(answer, dict) else None
+        if not request_id:  # accepted (2xx) but unnamed: it may run and bill, so say so
+            raise self.error(UnconfirmedSubmitError, "submit answered 2xx without a "
+                             f"request_id: {str(answer)[:200]}")
+        data = {"model": model_id, **self.followup_urls(answer, model_id)}
+        return Job(provider=self.name, job_id=str(request_id), data=data)
+
+    async def poll(self, job: Job) -> Poll:
+        # 202 (queued/running) and 200 (completed) are both answers; the body decides
+        status = await self.call_json("GET", job.data["status_url"], stage="poll")
+        state = status.get("status") if isinstance(status, dict) else None
+        if state in _STATES:
+            return Poll(state=_STATES[state], raw=status)  # type: ignore[arg-type]
+        if state != "COMPLETED":
+            raise self.error(ProviderError, f"unknown status {state!r}", job=job)
+        return await self._completed(job, status)
+
+    async def _completed(self, job: Job, status: dict[str, Any]) -> Poll:
+        """COMPLETED is not success: check `error`, then the result's HTTP status and body."""
+        error_type = str(status.get("error_type") or "").lower()
+        if status.get("error") or error_type:
+            if error_type in _CANCELED_TYPES:
+                err = self.error(JobFailedError, "request was canceled", job=job)
+                return Poll(state="canceled", error=err, raw=status)
+            body, code = await self._final_answer(job)
+            err = self._failure(job, body, code, status)
+            return Poll(state="failed", error=err, raw={"status": status, "result": body})
+        try:
+            resp = await self.call("GET", job.data["response_url"], stage="poll")
+        except (InvalidRequestError, ContentPolicyError, NotFoundError) as exc:
+            # the result URL replays the model's own error status and body
+            policy = isinstance(exc, ContentPolicyError) or _POLICY.search(str(exc.message))
+            cls = ContentPolicyError if policy else (
+                NotFoundError if isinstance(exc, NotFoundError) else JobFailedError)
+            err = self.error(cls, f"job failed: {exc.vendor_message}", job=job,
+                             status_code=exc.status_code, vendor_message=exc.vendor_message)
+            return Poll(state="failed", error=err, raw={"status": status})
+        try:
+            result = resp.json()
+        except ValueError:
+            result = None
+        video = result.get("video") if isinstance(result, dict) else None
+        url = video.get("url") if isinstance(video, dict) else None
+        if not url:
+            err = self.error(JobFailedError, "job completed but its result names no video: "
+                             f"{str(result)[:200]}", job=job)
+            return Poll(state="failed", error=err, raw={"status": status, "result": result})
+        raw: dict[str, Any] = {"status": status, "result": result}
+        if resp.headers.get("x-fal-billable-units"):
+            raw["billable_units"] = resp.headers["x-fal-billable-units"]
+        return Poll(state="succeeded", video_url=url, progress=1.0, raw=raw)
+
+    async def _final_answer(self, job: Job) -> tuple[Any, int | None]:
+        """The result of a job whose status already says it failed: one plain try, since
+        the answer is the model's error (even a 5xx) and retrying it changes nothing."""
+        try:
+            resp = await self.client.get(job.data["response_url"], headers=self.auth_headers())
+        except httpx.HTTPError:
+            return None, None
+        try:
+            return resp.json(), resp.status_code
+        except ValueError:
+            return None, resp.status_code
+
+    def _failure(self, job: Job, body: Any, code: int | None,
+                 status: dict[str, Any]) -> ProviderError:
+        message, kind = detail_message(body)
+        message = message or str(status.get("error") or "") or f"result answered HTTP {code}"
+        kind = kind or status.get("error_type")
+        cls = ContentPolicyError if _POLICY.search(f"{kind or ''} {message}") else JobFailedError
+        text = f"{message} ({kind})" if kind else message
+        return self.error(cls, f"job failed: {text}", job=job, status_code=code,
+                          vendor_message=message)
+
+    async def fetch(self, job: Job, done: Poll, dest: Path) -> Clip:
+        try:
+            return await super().fetch(job, done, dest)
+        except NotFoundError:
+            # the media URL expired: the result may still name a fresh one
+            # the media URL expired or vanished: re-read the result (it may name a fresh
+            # URL) and try once more; the result itself lives 6 min to 1 h
+            fresh = await self._completed(job, {"status": "COMPLETED"})
+            if fresh.state != "succeeded":
+                raise
+            return await super().fetch(job, fresh, dest)
+
+    async def cancel(self, job: Job) -> bool:
+        try:
+            await self.call("PUT", job.data["cancel_url"], stage="cancel")
+        except ProviderError:
+            return False  # ALREADY_COMPLETED / NOT_FOUND: nothing left to stop
+        return True
+
+    # -- errors -------------------------------------------------------------------------
+
+    def error_message(self, body: Any, resp: httpx.Response) -> str:
+        message, kind = detail_message(body)
+        if message:
+            return f"{message} ({kind})" if kind else message
+        return super().error_message(body, resp)
+
+    def classify(self, resp: httpx.Response, message: str) -> type[ProviderError]:
+        if resp.status_code in (402, 403) and "user is locked" in message.lower():
+            low = message.lower()
+            credit = any(w in low for w in ("balance", "top_up", "top up", "billing"))
+            return InsufficientCreditError if credit else AuthError
+        if resp.status_code == 422 and _POLICY.search(message):
+            return ContentPolicyError
+        return http.error_class_for_status(resp.status_code)

@@ -1,0 +1,97 @@
+"""Real MP4 clips for the emulator to serve, made once per parameter set and cached.
+
+Clips are H.264 + AAC with +faststart, like what vendors deliver, so the code
+under test (probe, conform, concat) sees real media. Generation is ffmpeg's
+lavfi test pattern, which takes a fraction of a second at the small sizes the
+emulator serves by default.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+_MEMORY_LIMIT = 64  # clips kept in memory; each is tens to hundreds of KB at test sizes
+_memory: dict[tuple, bytes] = {}
+_locks: dict[tuple, threading.Lock] = {}
+_guard = threading.Lock()
+
+
+def ffmpeg_exe() -> str:
+    exe = os.environ.get("FFMPEG_BINARY")
+    if exe:
+        return exe
+    import imageio_ffmpeg  # lazy: only needed when a clip is actually made
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("STORYREEL_EMULATOR_CACHE")
+    path = Path(configured) if configured else Path(tempfile.gettempdir()) / "storyreel-emulator"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def even(n: float) -> int:
+    """Nearest even integer >= 2 (yuv420p needs even dimensions)."""
+    return max(2, int(round(n / 2)) * 2)
+
+
+def fit_size(media_size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """`media_size`'s pixel area with the aspect of width x height: 320x180 -> 180x320 for 9:16."""
+    if width <= 0 or height <= 0:
+        width, height = 16, 9
+    area = media_size[0] * media_size[1]
+    aspect = width / height
+    return even(math.sqrt(area * aspect)), even(math.sqrt(area / aspect))
+
+
+def clip_bytes(duration: float, width: int, height: int, fps: int = 24) -> bytes:
+    """A real MP4 of `duration` seconds at width x height (made even); cached on disk and in memory."""
+    duration = max(round(float(duration), 3), 1.0 / fps)
+    width, height = even(width), even(height)
+    key = (duration, width, height, int(fps))
+    cached = _memory.get(key)
+    if cached is not None:
+        return cached
+    with _guard:
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:  # one ffmpeg per key even when many requests ask at once
+        cached = _memory.get(key)
+        if cached is not None:
+            return cached
+        path = cache_dir() / f"clip-{duration:g}s-{width}x{height}-{fps}fps.mp4"
+        if not path.exists():
+            _render(path, duration, width, height, fps)
+        data = path.read_bytes()
+        with _guard:
+            if len(_memory) >= _MEMORY_LIMIT:
+                _memory.pop(next(iter(_memory)))
+            _memory[key] = data
+        return data
+
+
+def _render(path: Path, duration: float, width: int, height: int, fps: int) -> None:
+    # unique temp name + atomic rename: safe across processes (pytest-xdist, a standalone server)
+    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent)
+    os.close(fd)
+    cmd = [
+        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={duration}",
+        "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={duration}",
+        "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        "-c:a", "aac", "-b:a", "64k", "-shortest", "-movflags", "+faststart", tmp,
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ffmpeg failed making a test clip: {proc.stderr.decode()[-500:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,282 @@
+"""fal.ai queue API emulator (research/vendors.md §1; fal_client/client.py).
+
+  POST /{owner}/{app}[/{path}]                 submit -> {request_id, status_url, response_url,
+                                                          cancel_url, status: IN_QUEUE}
+  GET  /{owner}/{app}/requests/{id}/status     202 IN_QUEUE / IN_PROGRESS, 200 COMPLETED
+                                               (a failed job is COMPLETED with error/error_type)
+  GET  /{owner}/{app}/requests/{id}            result: the model's answer, errors included
+  PUT  /{owner}/{app}/requests/{id}/cancel     202 CANCELLATION_REQUESTED / 400 ALREADY_COMPLETED
+Follow-up URLs name owner/app only: one built with the endpoint path answers 404.
+Auth: "Authorization: Key <FAL_KEY>". Errors: {"detail": "..."} (request errors add
+"error_type" and an X-Fal-Error-Type header), 422 {"detail": [{loc, msg, type}]} for
+model errors. Inputs are checked per model (`MODELS`): duration "5" vs "8s" vs int vs
+num_frames. Base URL override: <emulator url>/fal (BASE_PATH "").
+
+The module is shared with the Hugging Face router emulator through `Queue`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.emulator.core import EmuJob, Emulator, dimensions
+
+VENDOR = "fal"
+KEY_ENV = "FAL_KEY"
+BASE_PATH = ""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """One model's input schema, as far as the emulator checks it."""
+
+    duration_field: str | None = "duration"
+    durations: tuple[Any, ...] = ("5", "10")  # allowed values, with their exact JSON types
+    image_field: str | None = None  # required on image-to-video endpoints
+    aspects: tuple[str, ...] = ("16:9", "9:16", "1:1")
+    resolutions: tuple[str, ...] = ()
+    fps: int = 24  # for num_frames
+    default_seconds: float = 5.0
+
+
+_K3 = tuple(str(n) for n in range(3, 16))
+_VEO = dict(durations=("4s", "6s", "8s"), aspects=("16:9", "9:16"),
+            resolutions=("720p", "1080p", "4k"))
+_WAN22 = dict(duration_field="num_frames", durations=tuple(range(17, 162)), fps=16,
+              resolutions=("480p", "580p", "720p"))
+_WAN27 = dict(durations=tuple(range(2, 16)), resolutions=("720p", "1080p"),
+              aspects=("16:9", "9:16", "1:1", "4:3", "3:4"))
+_I2V_AUTO = ("auto", "16:9", "9:16", "1:1")
+
+# from each model's fal.ai/models/<id>/llms.txt input schema
+MODELS: dict[str, Rules] = {
+    "fal-ai/kling-video/v2.5-turbo/pro/text-to-video": Rules(),
+    "fal-ai/kling-video/v2.5-turbo/pro/image-to-video": Rules(image_field="image_url"),
+    "fal-ai/kling-video/v2.5-turbo/standard/image-to-video": Rules(image_field="image_url"),
+    "fal-ai/kling-video/v3/pro/text-to-video": Rules(durations=_K3),
+    "fal-ai/kling-video/v3/pro/image-to-video": Rules(durations=_K3,
+                                                      image_field="start_image_url"),
+    "fal-ai/veo3.1": Rules(**_VEO),
+    "fal-ai/veo3.1/image-to-video": Rules(**{**_VEO, "aspects": _I2V_AUTO[:3]},
+                                          image_field="image_url"),
+    "fal-ai/veo3.1/fast": Rules(**_VEO),
+    "fal-ai/veo3.1/fast/image-to-video": Rules(**{**_VEO, "aspects": _I2V_AUTO[:3]},
+                                               image_field="image_url"),
+    "fal-ai/wan/v2.2-a14b/text-to-video": Rules(**_WAN22),
+    "fal-ai/wan/v2.2-a14b/image-to-video": Rules(**_WAN22, aspects=_I2V_AUTO,
+                                                 image_field="image_url"),
+    "fal-ai/wan/v2.7/text-to-video": Rules(**_WAN27),
+    "fal-ai/wan/v2.7/image-to-video": Rules(**_WAN27, image_field="image_url"),
+    "fal-ai/hunyuan-video": Rules(duration_field="num_frames", durations=("129", "85"),
+                                  aspects=("16:9", "9:16"), resolutions=("480p", "580p", "720p")),
+    "fal-ai/ltx-video": Rules(duration_field=None, aspects=()),
+    "fal-ai/ltx-video/image-to-video": Rules(duration_field=None, aspects=(),
+                                             image_field="image_url"),
+}
+
+
+def error_response(status: int, message: str, headers: dict | None = None) -> Response:
+    if status == 422:  # model errors are typed lists
+        body: Any = {"detail": [{"loc": ["body"], "msg": message, "type": "value_error"}]}
+    else:
+        body = {"detail": message}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _invalid(field_name: str, msg: str, kind: str, value: Any = None) -> Response:
+    item = {"loc": ["body", field_name], "msg": msg, "type": kind, "input": value}
+    return JSONResponse({"detail": [item]}, status_code=422)
+
+
+def validate(model: str, body: Any) -> Response | None:
+    """The model's 422 for a body it would refuse, else None."""
+    rules = MODELS[model]
+    if not isinstance(body, dict):
+        return _invalid("body", "Input should be a valid dictionary", "dict_type", body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        return _invalid("prompt", "Field required", "missing")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return _invalid("prompt", "Input should be a non-empty string", "string_type", prompt)
+    if rules.duration_field and rules.duration_field in body:
+        value = body[rules.duration_field]
+        # exact JSON type matters: "5" is not 5, and True is not 1
+        ok = any(type(value) is type(v) and value == v for v in rules.durations)
+        if not ok:
+            shown = ", ".join(repr(v) for v in rules.durations[:6])
+            return _invalid(rules.duration_field, f"Input should be one of {shown}...", "enum",
+                            value)
+    if rules.image_field:
+        image = body.get(rules.image_field)
+        if image is None:
+            return _invalid(rules.image_field, "Field required", "missing")
+        if not isinstance(image, str) or not image.startswith(("http://", "https://", "data:")):
+            return _invalid(rules.image_field, "Input should be a URL or a data URI",
+                            "url_parsing", str(image)[:50])
+    aspect = body.get("aspect_ratio")
+    if aspect is not None and aspect not in rules.aspects:
+        return _invalid("aspect_ratio", f"Input should be one of {rules.aspects}", "enum", aspect)
+    res = body.get("resolution")
+    if res is not None and res not in rules.resolutions:
+        return _invalid("resolution", f"Input should be one of {rules.resolutions}", "enum", res)
+    seed = body.get("seed")
+    if seed is not None and type(seed) is not int:
+        return _invalid("seed", "Input should be a valid integer", "int_type", seed)
+    neg = body.get("negative_prompt")
+    if neg is not None and not isinstance(neg, str):
+        return _invalid("negative_prompt", "Input should be a valid string", "string_type", neg)
+    return None
+
+
+def seconds_of(model: str, body: dict) -> float:
+    rules = MODELS[model]
+    value = body.get(rules.duration_field) if rules.duration_field else None
+    if value is None or model == "fal-ai/hunyuan-video":
+        return rules.default_seconds
+    if rules.duration_field == "num_frames":
+        return round((int(value) - 1) / rules.fps, 3)
+    return float(str(value).rstrip("s"))
+
+
+@dataclass(frozen=True)
+class Queue:
+    """The fal queue protocol, served directly (fal) or behind the HF router."""
+
+    vendor: str
+    scheme: str = "Key"
+    model_prefix: str = ""  # how the vendor's catalog names the model ("fal-ai:" on HF)
+    public_root: str | None = None  # base of the URLs in answers; None = the emulator's own
+
+    def root(self, emu: Emulator) -> str:
+        return self.public_root or emu.base_url(self.vendor)
+
+    def urls(self, emu: Emulator, job: EmuJob) -> dict[str, str]:
+        base = f"{self.root(emu)}/{job.data['owner_app']}/requests/{job.id}"
+        return {"response_url": base, "status_url": f"{base}/status",
+                "cancel_url": f"{base}/cancel"}
+
+    def denied(self, request: Request, emu: Emulator) -> Response | None:
+        return emu.check_key(request, self.vendor, scheme=self.scheme)
+
+    async def submit(self, request: Request, emu: Emulator, model: str) -> Response:
+        if (denied := self.denied(request, emu)) is not None:
+            return denied
+        if model not in MODELS:
+            return error_response(404, f"Application '{model}' not found")
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            return error_response(400, "Request body is not valid JSON")
+        if (refused := validate(model, body)) is not None:
+            return refused
+        aspect = body.get("aspect_ratio") or "16:9"
+        resolution = body.get("resolution") or "720p"
+        width, height = dimensions(aspect if ":" in aspect else "16:9", resolution)
+        job = emu.new_job(self.vendor, model=self.model_prefix + model,
+                          duration=seconds_of(model, body), width=width, height=height,
+                          resolution=resolution, request=body)
+        job.data.update(owner_app="/".join(model.split("/")[:2]), path=request.url.path,
+                        query=request.url.query, headers=dict(request.headers))
+        answer = {"request_id": job.id, "status": "IN_QUEUE", "queue_position": 0,
+                  **self.urls(emu, job)}
+        return JSONResponse(answer, headers={"x-fal-request-id": job.id})
+
+    def find(self, request: Request, emu: Emulator) -> EmuJob | Response:
+        job = emu.get_job(self.vendor, request.path_params["rid"])
+        # fal's follow-up URLs are owner/app only; the endpoint path there is not found
+        if job is None or request.path_params["app"] != job.data.get("owner_app"):
+            return JSONResponse({"detail": "Request not found", "status": "NOT_FOUND"},
+                                status_code=404)
+        return job
+
+    async def status(self, request: Request, emu: Emulator) -> Response:
+        if (denied := self.denied(request, emu)) is not None:
+            return denied
+        emu.count(self.vendor, "polls")
+        job = self.find(request, emu)
+        if isinstance(job, Response):
+            return job
+        state = emu.state(job)
+        logs = [] if request.query_params.get("logs") in ("1", "true", "True") else None
+        urls = self.urls(emu, job)
+        if state == "queued":
+            body = {"status": "IN_QUEUE", "queue_position": 0, **urls}
+            return JSONResponse(body, status_code=202)
+        if state == "running":
+            return JSONResponse({"status": "IN_PROGRESS", "logs": logs, **urls}, status_code=202)
+        error, error_type = {
+            "succeeded": (None, None),
+            "failed": (job.error, "runner_server_error"),
+            "policy": (job.error, None),  # a model error: no request error type
+            "canceled": ("Request was cancelled by the client", "client_cancelled"),
+        }[state]
+        body = {"status": "COMPLETED", "logs": logs, "metrics": {"inference_time": job.ready_after},
+                "error": error, "error_type": error_type, **urls}
+        return JSONResponse(body, status_code=200)
+
+    async def result(self, request: Request, emu: Emulator) -> Response:
+        if (denied := self.denied(request, emu)) is not None:
+            return denied
+        emu.count(self.vendor, "results")
+        job = self.find(request, emu)
+        if isinstance(job, Response):
+            return job
+        state = emu.state(job)
+        rid = {"x-fal-request-id": job.id}
+        if state in ("queued", "running"):
+            return JSONResponse({"detail": "Request is still in progress"}, status_code=400,
+                                headers=rid)
+        if state == "failed":
+            return JSONResponse({"detail": job.error, "error_type": "runner_server_error"},
+                                status_code=500,
+                                headers={**rid, "X-Fal-Error-Type": "runner_server_error"})
+        if state == "policy":
+            item = {"loc": ["body", "prompt"], "msg": job.error,
+                    "type": "content_policy_violation",
+                    "url": "https://docs.fal.ai/errors#content_policy_violation"}
+            return JSONResponse({"detail": [item]}, status_code=422,
+                                headers={**rid, "X-Fal-Retryable": "false"})
+        if state == "canceled":
+            return JSONResponse({"detail": "Request was cancelled", "error_type":
+                                 "client_cancelled"}, status_code=499, headers=rid)
+        video = {"url": emu.video_url(job), "content_type": "video/mp4",
+                 "file_name": "output.mp4"}
+        headers = {**rid, "x-fal-billable-units": f"{job.duration:g}"}
+        return JSONResponse({"video": video, "seed": job.request.get("seed", 42)},
+                            headers=headers)
+
+    async def cancel(self, request: Request, emu: Emulator) -> Response:
+        if (denied := self.denied(request, emu)) is not None:
+            return denied
+        emu.count(self.vendor, "cancels")
+        job = self.find(request, emu)
+        if isinstance(job, Response):
+            return job
+        if emu.cancel(job):
+            return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+        return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+
+    def routes(self, emu: Emulator, prefix: str = "") -> list[Route]:
+        async def submit(request: Request, emu: Emulator) -> Response:
+            return await self.submit(request, emu, request.path_params["model"])
+
+        p, v = prefix, self.vendor
+        return [  # follow-ups first: the submit route's path would swallow them
+            emu.route(v, p + "/{app:path}/requests/{rid}/status", self.status, stage="poll"),
+            emu.route(v, p + "/{app:path}/requests/{rid}/cancel", self.cancel, methods=["PUT"],
+                      stage="cancel"),
+            emu.route(v, p + "/{app:path}/requests/{rid}", self.result, stage="result"),
+            emu.route(v, p + "/{model:path}", submit, methods=["POST"], stage="submit"),
+        ]
+
+
+QUEUE = Queue(VENDOR)
+
+
+def routes(emu: Emulator) -> list[Route]:
+    return QUEUE.routes(emu)

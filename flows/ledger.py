@@ -178,6 +178,17 @@ class Ledger:
                 self._open[r.id] = r
                 return r
 
+    def hold(self, shot_id: str, amount: float) -> Reservation:
+        """Reserve money already committed at a vendor (a resumed in-flight job), with no cap
+        check: refusing it would not un-spend it, only hide it from the cap."""
+        money = _amount(amount)
+        with self._tlock:
+            r = Reservation(id=next(self._ids), shot_id=shot_id, amount=money)
+            self._reserved += money
+            self._shots.setdefault(shot_id, _Shot()).reserved += money
+            self._open[r.id] = r
+            return r
+
     def settle(self, r: Reservation, actual_usd: float) -> None:
         """The attempt was charged `actual_usd`: the reservation becomes spend at that price."""
         actual = _amount(actual_usd)

@@ -33,7 +33,7 @@ def errors_of(tmp_path: Path, text: str, **kw) -> str:
 
 
 def test_valid_board_plans(tmp_path: Path) -> None:
-    plan = make_plan(write(tmp_path, BASE + "  - {id: a, prompt: hello}\n  - {id: b, prompt: x, duration: 2}\n"))
+    plan = make_plan(write(tmp_path, BASE + "  - {id: a, prompt: hello}\n  - {id: b, prompt: x, duration: 2}\n"))  # noqa: E501
     assert [s.shot_id for s in plan.shots] == ["a", "b"]
     assert [s.duration for s in plan.shots] == [3, 2]
     assert (plan.width, plan.height, plan.fps) == (1280, 720, 24)
@@ -41,23 +41,23 @@ def test_valid_board_plans(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text, expected", [
-    (BASE + "  - {id: a, prompt: x, durration: 3}\n", "shots[0].durration (line 5): unknown field 'durration'"),
-    (BASE + "  - {id: a, prompt: x, duration: fast}\n", "shots[0].duration (line 5): Input should be a valid number"),
+    (BASE + "  - {id: a, prompt: x, durration: 3}\n", "shots[0].durration (line 5): unknown field 'durration'"),  # noqa: E501
+    (BASE + "  - {id: a, prompt: x, duration: fast}\n", "shots[0].duration (line 5): Input should be a valid number"),  # noqa: E501
     (BASE + "  - {id: a}\n", "shots[0].prompt (line 5): required field is missing"),
     (BASE + "  - {id: a, prompt: '   '}\n", "shots[0].prompt (line 5): prompt is empty"),
-    (BASE + "  - {id: a, prompt: x, duration: 0}\n", "shots[0].duration (line 5): Input should be greater than 0"),
-    (BASE + "  - {id: a, prompt: x, duration: 900}\n", "shots[0].duration (line 5): Input should be less than or equal to 600"),
-    (BASE + "  - {id: a, prompt: x}\n  - {id: a, prompt: y}\n", "shots[1].id: duplicate id 'a' (also shots[0])"),
+    (BASE + "  - {id: a, prompt: x, duration: 0}\n", "shots[0].duration (line 5): Input should be greater than 0"),  # noqa: E501
+    (BASE + "  - {id: a, prompt: x, duration: 900}\n", "shots[0].duration (line 5): Input should be less than or equal to 600"),  # noqa: E501
+    (BASE + "  - {id: a, prompt: x}\n  - {id: a, prompt: y}\n", "shots[1].id: duplicate id 'a' (also shots[0])"),  # noqa: E501
     (BASE + "  - {id: ../evil, prompt: x}\n", "shots[0].id (line 5): '../evil' is not a safe file name"),
     (BASE + "  - {id: a, prompt: x, image: missing.png}\n", "shots[0].image: file not found:"),
-    (BASE + "  - {id: a, prompt: x, provider: nope}\n", "shots[0].provider: 'nope' is not a provider (known:"),
-    (BASE + "  - {id: a, prompt: x, model: kling-9}\n", "shots[0].model: 'kling-9' is not a model of provider 'local' (known: animatic)"),
+    (BASE + "  - {id: a, prompt: x, provider: nope}\n", "shots[0].provider: 'nope' is not a provider (known:"),  # noqa: E501
+    (BASE + "  - {id: a, prompt: x, model: kling-9}\n", "shots[0].model: 'kling-9' is not a model of provider 'local' (known: animatic)"),  # noqa: E501
     (BASE + "  - {id: a, prompt: 'hi ${who}'}\n", "shots[0].prompt (line 5): unknown variable ${who}"),
     (BASE + "  - {id: a, prompt: x, provider: openai, model: sora-2}\n",
      "shots[0].model: OpenAI's Sora API model 'sora-2' was retired on 2026-09-24"),
     ("version: 1\ntitle: t\nshots:\n  - {id: a, prompt: x\n", "line 5, column 1: malformed YAML"),
     ("version: 1\ntitle: t\nshots: []\n", "shots (line 3): List should have at least 1 item"),
-    ("title: t\noutput: {size: 1281x720}\nshots: [{id: a, prompt: x}]\n", "output.size (line 2): '1281x720': width and height must be even"),
+    ("title: t\noutput: {size: 1281x720}\nshots: [{id: a, prompt: x}]\n", "output.size (line 2): '1281x720': width and height must be even"),  # noqa: E501
 ])
 def test_bad_input_names_its_place(tmp_path: Path, text: str, expected: str) -> None:
     message = errors_of(tmp_path, text)

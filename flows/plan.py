@@ -27,6 +27,7 @@ class Option:
     model: str
     info: ModelInfo
     estimate_usd: float
+    resolution: str = "720p"  # what is asked of the vendor (conform scales to the output)
 
     @property
     def label(self) -> str:
@@ -60,7 +61,7 @@ class ShotPlan:
         return ShotRequest(
             shot_id=self.shot_id, provider=option.provider, model=option.model,
             vendor_model=vendor_model, prompt=self.prompt, duration_s=self.duration,
-            aspect_ratio=plan.aspect_ratio, resolution=plan.resolution, width=plan.width,
+            aspect_ratio=plan.aspect_ratio, resolution=option.resolution, width=plan.width,
             height=plan.height, fps=plan.fps, negative_prompt=self.negative_prompt, seed=self.seed,
             image=self.image if use_image else None, params={**info.params, **self.params},
         )
@@ -165,7 +166,9 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
             continue
         options = [
             Option(o.provider, o.model, o.info,
-                   _estimate(board, o, duration, resolution, f"pricing.{o.label}", issues))
+                   _estimate(board, o, duration, vendor_resolution(o.info, resolution),
+                             f"pricing.{o.label}", issues),
+                   vendor_resolution(o.info, resolution))
             for o in options
         ]
         shots.append(ShotPlan(
@@ -177,6 +180,20 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
     if issues:
         raise SpecError(issues, str(source))
     return Plan(board, source, width, height, board.output.fps, aspect, resolution, shots)
+
+
+def _lines(label: str) -> int:
+    digits = "".join(ch for ch in label if ch.isdigit())
+    return 2160 if label.lower() == "4k" else int(digits or 0)
+
+
+def vendor_resolution(info: ModelInfo, wanted: str) -> str:
+    """The model's smallest resolution at least as fine as the output's, else its finest:
+    asking a 1080p-only model for a 720p cut is fine, the clip is scaled down."""
+    if wanted in info.resolutions:
+        return wanted
+    offered = sorted(info.resolutions, key=_lines)
+    return next((r for r in offered if _lines(r) >= _lines(wanted)), offered[-1])
 
 
 def _aspect_of(board: Storyboard, w: int, h: int) -> str:
@@ -242,9 +259,6 @@ def _check_option(opt: Option, duration: float, aspect: str, resolution: str,
     if aspect not in info.aspect_ratios and opt.provider != "local":
         issues.append(("output.aspect_ratio", f"{aspect} is not offered by {opt.label} (used at "
                        f"{where}; allowed: {', '.join(info.aspect_ratios)})"))
-    if resolution not in info.resolutions and opt.provider != "local":
-        issues.append(("output.size", f"{resolution} is not offered by {opt.label} (used at "
-                       f"{where}; allowed: {', '.join(info.resolutions)})"))
     if image is not None and "image" not in info.inputs:
         issues.append((img_place, f"{opt.label} takes no reference image (text-to-video only)"))
     if image is None and "text" not in info.inputs:

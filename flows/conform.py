@@ -133,6 +133,8 @@ def conform_argv(src: Path, out: Path, fmt: OutputFormat, frames: int, has_audio
 
 
 def temp_name(dest: Path) -> Path:
+    """A hidden temp name beside `dest` (created folder included), for write-then-rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
     return dest.with_name(f".{dest.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
 
 

@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
+from flows import redaction
 from flows.cache import ClipCache, default_cache_dir
 from flows.errors import BudgetError, ContentPolicyError, PlanError, SpecError
 from flows.keys import env_key
@@ -71,23 +72,47 @@ def _flow_run_name() -> str:
 
 def _gcl_limiter(names: set[str]) -> Any:
     """Cross-run per-vendor limits (`vendor:<id>` global concurrency limits), strict so that a
-    missing limit is an error, not silent unthrottling."""
+    missing limit is an error, not silent unthrottling. A failed lease renewal (a server hiccup
+    during a 10-minute vendor job) must not kill a job that is already paid for: with strict=True
+    Prefect would, unless told otherwise; the lease then just lapses and the slot frees early."""
     from prefect.concurrency.asyncio import concurrency
 
     def limiter(provider: str) -> Any:
         if provider not in names:
             return contextlib.nullcontext()
-        return concurrency(f"vendor:{provider}", occupy=1, strict=True)
+        return concurrency(f"vendor:{provider}", occupy=1, strict=True,
+                           raise_on_lease_renewal_failure=False)
 
     return limiter
 
 
 async def _ensure_limits(limits: dict[str, int]) -> None:
+    """Create or update `vendor:<id>` to the storyboard's value (the last run to start wins
+    when storyboards disagree). Two runs starting together may both try to create it: the
+    loser of that race updates instead."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
 
     async with get_client() as client:
         for provider, limit in limits.items():
-            await client.upsert_global_concurrency_limit_by_name(f"vendor:{provider}", limit)
+            name = f"vendor:{provider}"
+            try:
+                await client.upsert_global_concurrency_limit_by_name(name, limit)
+            except ObjectAlreadyExists:
+                await client.upsert_global_concurrency_limit_by_name(name, limit)
+
+
+def _uses_server() -> bool:
+    """True when runs share a Prefect server (PREFECT_API_URL set, as every deployment run and
+    worker has); False for `storyreel run` on a temporary server only it can see."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def _scheduled_date() -> str:
+    """The flow run's scheduled date (UTC), e.g. 2026-11-22; today for an unscheduled call."""
+    return flow_run.scheduled_start_time.date().isoformat()
 
 
 async def _resolve_keys(plan: Plan) -> dict[str, str | None]:
@@ -114,10 +139,22 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
                             budget: float | None = None, out: str | None = None,
                             no_cache: bool = False, regenerate: list[str] | None = None,
                             resubmit_unconfirmed: bool = False,
-                            shared_limits: bool = False) -> dict[str, Any]:
-    """Render one storyboard into final.mp4 + cost.csv. Parameters never carry keys."""
+                            shared_limits: bool | None = None,
+                            date_var: str | None = None) -> dict[str, Any]:
+    """Render one storyboard into final.mp4 + cost.csv. Parameters never carry keys.
+
+    shared_limits: the storyboard's `limits:` also hold across concurrent runs, as Prefect
+    global concurrency limits `vendor:<id>`; None (default) = on when talking to a Prefect
+    server (PREFECT_API_URL), off on a temporary one. date_var: the name of a storyboard
+    variable to fill with the run's scheduled date, for cron deployments (`vars` wins)."""
+    redaction.install()  # before anything can log a key
     logger = get_run_logger()
-    opts = RunOptions(out=Path(out) if out else None, variables=dict(vars or {}), budget=budget,
+    variables = dict(vars or {})
+    if date_var:
+        variables.setdefault(date_var, _scheduled_date())
+    if shared_limits is None:
+        shared_limits = _uses_server()
+    opts = RunOptions(out=Path(out) if out else None, variables=variables, budget=budget,
                       no_cache=no_cache, regenerate=set(regenerate or []),
                       resubmit_unconfirmed=resubmit_unconfirmed)
     plan = make_plan(storyboard, opts.variables, opts.budget)

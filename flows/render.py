@@ -22,6 +22,7 @@ from flows.errors import (
     BadMediaError,
     BudgetError,
     JobTimeoutError,
+    NotFoundError,
     ProviderError,
     UnconfirmedSubmitError,
 )
@@ -153,9 +154,18 @@ async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, conformed: Path
         try:
             job = await provider.submit(req)
         except UnconfirmedSubmitError as exc:
+            if exc.job_id:  # the vendor let us name the job (Runware): ask it instead of guessing
+                job = Job(provider=opt.provider, job_id=exc.job_id, data={"recovered": True})
+                journal.submitted(row, job.job_id, job.data)
+                ctx.log(f"{shot.shot_id}: submit answer lost; polling job {job.job_id} we named")
+                return await _complete(ctx, shot, opt, provider, job, row, reservation,
+                                       conformed, reasons, started)
             # the money may be gone: keep it reserved so the cap still counts it
             exc.at(shot_id=shot.shot_id)
-            journal.status(row, "unconfirmed", failure_reason=f"unconfirmed: {exc.message}")
+            # reported at the estimate: it may have been charged, and a report must never
+            # show less than was spent
+            journal.status(row, "unconfirmed", failure_reason=f"unconfirmed: {exc.message}",
+                           actual_usd=reservation.amount_usd, cost_source="estimate")
             ctx.log(f"{shot.shot_id}: {exc} - not resubmitted; check the vendor's dashboard")
             return ShotResult(shot.shot_id, "unconfirmed", reason=str(exc))
         except ProviderError as exc:
@@ -186,11 +196,20 @@ async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Prov
         _charge_failure(ledger, reservation, opt, journal, row)
         return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons, status="canceled")
     except ProviderError as exc:
-        # polling failed after its retries: the job may still run and be charged, so the
-        # reservation is kept as spend at the estimate (never under-reported)
-        ledger.settle(reservation, reservation.amount_usd)
-        journal.status(row, "failed", actual_usd=reservation.amount_usd, cost_source="estimate")
-        return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons)
+        if isinstance(exc, NotFoundError) and job.data.get("recovered"):
+            # the job we named never reached the vendor: nothing was charged
+            ledger.release(reservation)
+            journal.status(row, "failed", actual_usd=0.0, cost_source="none")
+            return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons)
+        # we lost track of a job that may still finish and be charged: no new attempt (that
+        # could pay twice); the reservation stays held and the journal keeps the job as
+        # submitted, so running the same --out again resumes polling it
+        exc.at(shot_id=shot.shot_id, job_id=job.job_id)
+        journal.status(row, "submitted", failure_reason=f"{exc.kind}: {exc.message}")
+        ctx.log(f"{shot.shot_id}: lost track of job {job.job_id}: {exc}; rerun with the same "
+                "--out to resume it")
+        return ShotResult(shot.shot_id, "failed", reason=f"lost track of job {job.job_id} on "
+                          f"{opt.label} ({exc.kind}); rerun the same --out to resume it")
     timings["generation_s"] = round(time.monotonic() - started, 3)
     if done.error is not None or done.state != "succeeded":
         _charge_failure(ledger, reservation, opt, journal, row, done.cost_usd)
@@ -291,7 +310,8 @@ async def _resume(ctx: RunContext, shot: ShotPlan, conformed: Path) -> ShotResul
     if last.status in ("intent", "unconfirmed") and not ctx.resubmit_unconfirmed:
         if last.status == "intent":
             ctx.journal.status(last.id, "unconfirmed", failure_reason=(
-                "unconfirmed: the run stopped between intent and the vendor's answer"))
+                "unconfirmed: the run stopped between intent and the vendor's answer"),
+                actual_usd=last.reserved_usd or 0.0, cost_source="estimate")
         ctx.log(f"{shot.shot_id}: attempt {last.attempt} on {opt.label} is unconfirmed (the "
                 "submit may have reached the vendor); not resubmitted without "
                 "--resubmit-unconfirmed")

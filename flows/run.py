@@ -24,7 +24,7 @@ from flows.plan import Plan, build_plan
 from flows.render import ShotResult
 from flows.report import rows_from_journal, summarize, write_cost_csv
 
-_HELD = ("unconfirmed",)  # may have been charged: counts against the cap on resume
+_HELD = ("unconfirmed", "intent")  # may have been charged: counts against the cap on resume
 
 
 @dataclass
@@ -55,8 +55,11 @@ def make_plan(spec: str | Path, variables: Mapping[str, Any] | None = None,
 def preflight(plan: Plan) -> None:
     """Everything that must hold before the first paid call."""
     over = plan.over_budget()
-    if over:
-        raise BudgetError("; ".join(over) + " (raise the cap with --budget or budget.max_usd)")
+    # with on_exhausted: skip the storyboard itself accepts a partial cut (shots that do not
+    # fit are skipped and reported); with stop, a plan over the cap never starts
+    if over and plan.storyboard.budget.on_exhausted == "stop":
+        raise BudgetError("; ".join(over) + " (raise the cap with --budget or budget.max_usd, "
+                          "or set budget.on_exhausted: skip to render what fits)")
     require_keys(plan.providers_used(), plan.storyboard.keys)
     try:
         ffmpeg_exe()

@@ -170,6 +170,7 @@ def _submitter(image: bool) -> Callable[[Request, Emulator], Awaitable[Response]
         throttled = emu.stats(VENDOR)["in_flight"] >= THROTTLE_AT
         job = emu.new_job(VENDOR, model=model, duration=float(body["duration"]), width=width,
                           height=height, resolution=resolution, request=body)
+        job.price_usd = _credits(job) / 100  # Runway bills whole credits (1 credit = $0.01)
         job.data.update(throttled=throttled, endpoint=request.url.path,
                         headers=dict(request.headers),
                         created_at=dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"))

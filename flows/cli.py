@@ -81,8 +81,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         storyboard=str(args.spec), vars=variables, budget=args.budget,
         out=str(args.out) if args.out else None, no_cache=args.no_cache,
         regenerate=args.regenerate, resubmit_unconfirmed=args.resubmit_unconfirmed))
-    print(f"\ncut:    {result['final']}\nreport: {result['cost_csv']}\n"
-          f"spent:  ${result['spent_usd']:.4f}")
+    cap = f"${args.budget if args.budget is not None else plan.cap_usd:.2f}" \
+        if (args.budget is not None or plan.cap_usd is not None) else "no cap"
+    print(f"\n{result.get('summary', '')}\n\ncut:    {result['final']}\n"
+          f"report: {result['cost_csv']}\nspent:  ${result['spent_usd']:.4f} of {cap}")
     if not result["ok"]:
         print(f"missing shots (placeholders in the cut): {', '.join(result['failed'])}",
               file=sys.stderr)
@@ -121,15 +123,21 @@ def cmd_providers(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from flows.report import aggregate_runs, format_frame
 
-    tables = aggregate_runs([Path(d) for d in args.dirs])
+    try:
+        tables = aggregate_runs([Path(d) for d in args.dirs])
+    except FileNotFoundError as exc:
+        raise SpecError([("report", str(exc))]) from None
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
         print(f"== {name}\n{format_frame(df)}\n")
         if args.out:
-            df.to_csv(args.out / f"{name}.csv", index=False)
+            df.to_csv(args.out / f"{name}.csv", index=df.index.name is not None
+                      or isinstance(df.index, pd.MultiIndex))
     return 0
 
 

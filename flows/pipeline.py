@@ -45,13 +45,14 @@ from flows.run import (
 from providers.http import new_client
 
 
-def _retry_shot(task: Any, task_run: Any, state: Any) -> bool:
+async def _retry_shot(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retries a shot task once for unexpected errors (a crashed conform, a lost
     connection): safe because render_shot resumes from the journal instead of paying again.
     Vendor verdicts and budget refusals are final; the attempt loop inside already handled
-    retries and fallbacks with the ledger, which Prefect's task retries cannot see."""
+    retries and fallbacks with the ledger, which Prefect's task retries cannot see.
+    Async: in the async task engine a sync `state.result()` is only a coroutine, never raises."""
     try:
-        state.result()
+        await state.aresult()
     except (ContentPolicyError, BudgetError, PlanError, SpecError):
         return False
     except Exception:
@@ -62,7 +63,13 @@ def _retry_shot(task: Any, task_run: Any, state: Any) -> bool:
 @task(name="render-shot", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_shot,
       cache_policy=NO_CACHE, persist_result=False)
 async def shot_task(ctx: RunContext, shot: ShotPlan) -> ShotResult:
-    return await render_shot(ctx, shot)
+    try:
+        return await render_shot(ctx, shot)
+    except Exception as exc:  # an adapter bug must not put a key in the task's state message
+        clean = redaction.scrub(exc)
+        if clean is exc:
+            raise
+        raise clean from None
 
 
 def _flow_run_name() -> str:
@@ -168,7 +175,8 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
                        "; ".join(f"{r.shot_id} ({r.status}: {r.reason})" for r in summary.failures()))
     return {"run_id": summary.run_id, "run_dir": str(summary.run_dir), "final": str(summary.final),
             "cost_csv": str(summary.cost_csv), "spent_usd": summary.spent_usd,
-            "ok": summary.ok, "failed": [r.shot_id for r in summary.failures()]}
+            "ok": summary.ok, "failed": [r.shot_id for r in summary.failures()],
+            "summary": summary.table}
 
 
 async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool = False) -> RunSummary:

@@ -120,3 +120,44 @@ def test_cli_plan_over_budget_exits_nonzero(tmp_path: Path, capsys: pytest.Captu
 def test_every_example_spec_validates() -> None:
     for spec in sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.yaml")):
         make_plan(spec)
+
+
+KEY_VARS = ["FAL_KEY", "REPLICATE_API_TOKEN", "RUNWAYML_API_SECRET", "LUMAAI_API_KEY", "HF_TOKEN",
+            "PERF_API_KEY", "NANOGPT_API_KEY", "VIDEOGENAPI_API_KEY", "RUNWARE_API_KEY",
+            "GEMINI_API_KEY"]
+
+
+def test_missing_key_is_refused_before_anything_runs(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    for var in KEY_VARS:
+        monkeypatch.delenv(var, raising=False)
+    spec = Path(__file__).parent.parent / "specs" / "vendors-demo.yaml"
+    assert main(["plan", str(spec)]) == 2
+    err = capsys.readouterr().err
+    for var in KEY_VARS:
+        assert f"set {var}" in err
+    # run refuses the same way, before Prefect or any vendor is touched
+    assert main(["run", str(spec), "--out", "/nonexistent/never-created"]) == 2
+    assert "no API key for provider 'fal': set FAL_KEY" in capsys.readouterr().err
+    assert not Path("/nonexistent/never-created").exists()
+
+
+def test_providers_lists_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["providers", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"fal", "replicate", "runway", "luma", "huggingface", "perf", "nanogpt",
+            "videogenapi", "runware", "gemini", "local", "openai"} <= set(data)
+    assert data["openai"]["models"]["sora-2"]["retired"] == "2026-09-24"
+    assert main(["providers"]) == 0
+    out = capsys.readouterr().out
+    assert "FAL_KEY" in out and "RETIRED 2026-09-24" in out
+
+
+def test_schema_is_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["additionalProperties"] is False and "shots" in schema["required"]

@@ -9,15 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from flows.cache import ClipCache, cache_key
-from flows.conform import OutputFormat, conform
+from flows.conform import conform
+from flows.context import RunContext, ShotResult, clip_key
 from flows.errors import (
     BadMediaError,
     BudgetError,
@@ -28,69 +24,10 @@ from flows.errors import (
 )
 from flows.journal import Attempt, Journal
 from flows.ledger import Ledger
-from flows.plan import Option, Plan, ShotPlan
+from flows.plan import Option, ShotPlan
 from flows.probe import verify_clip
 from providers.base import Provider
-from providers.registry import get_provider_class
 from providers.types import Job, Poll
-
-Limiter = Callable[[str], contextlib.AbstractAsyncContextManager[Any]]
-
-
-@dataclass
-class ShotResult:
-    shot_id: str
-    status: str  # done | cached | failed | skipped | unconfirmed
-    conformed: Path | None = None
-    option: str | None = None
-    reason: str | None = None
-
-
-@dataclass
-class RunContext:
-    """What every shot of one run shares."""
-
-    plan: Plan
-    run_dir: Path
-    journal: Journal
-    ledger: Ledger
-    client: httpx.AsyncClient
-    keys: dict[str, str | None]
-    fmt: OutputFormat
-    cache: ClipCache | None = None
-    regenerate: set[str] = field(default_factory=set)
-    resubmit_unconfirmed: bool = False
-    limits: dict[str, int] = field(default_factory=dict)
-    limiter: Limiter | None = None  # cross-run limit (Prefect GCL), entered around each job
-    log: Callable[[str], None] = print
-    _providers: dict[str, Provider] = field(default_factory=dict)
-    _sems: dict[str, asyncio.Semaphore] = field(default_factory=dict)
-
-    def provider(self, name: str) -> Provider:
-        if name not in self._providers:
-            cls = get_provider_class(name)
-            self._providers[name] = cls(client=self.client, key=self.keys.get(name))
-        return self._providers[name]
-
-    @contextlib.asynccontextmanager
-    async def slot(self, name: str) -> Any:
-        """Per-provider concurrency inside this run, then the cross-run limit if any."""
-        sem = self._sems.setdefault(name, asyncio.Semaphore(self.limits.get(name, 1_000_000)))
-        async with sem:
-            if self.limiter is None:
-                yield
-            else:
-                async with self.limiter(name):
-                    yield
-
-
-def _key(ctx: RunContext, shot: ShotPlan, opt: Option) -> str:
-    req = shot.request(opt, ctx.plan)
-    return cache_key(provider=req.provider, model=req.model, vendor_model=req.vendor_model,
-                     prompt=req.prompt, negative_prompt=req.negative_prompt,
-                     duration_s=req.duration_s, aspect_ratio=req.aspect_ratio,
-                     resolution=req.resolution, width=req.width, height=req.height, fps=req.fps,
-                     seed=req.seed, params=req.params, image_sha256=shot.image_sha256)
 
 
 async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
@@ -101,7 +38,7 @@ async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
         return resumed
     if ctx.cache is not None and shot.shot_id not in ctx.regenerate:
         for opt in shot.options:
-            hit = ctx.cache.get(_key(ctx, shot, opt))
+            hit = ctx.cache.get(clip_key(ctx, shot, opt))
             if hit is not None:
                 row = ctx.journal.record(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(
                     shot.shot_id), provider=opt.provider, model=opt.model, status="cached",
@@ -144,7 +81,7 @@ async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, conformed: Path
             ledger.stop(f"shot {shot.shot_id} could not reserve ${opt.estimate_usd:.2f}")
         ctx.log(f"{shot.shot_id}: skipped {opt.label}: {exc}")
         return None
-    key = _key(ctx, shot, opt)
+    key = clip_key(ctx, shot, opt)
     row = journal.intent(**base, cache_key=key, estimated_usd=opt.estimate_usd,
                          reserved_usd=reservation.amount_usd)
     provider = ctx.provider(opt.provider)
@@ -239,7 +176,7 @@ async def _download(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Prov
     ctx.journal.status(row, "downloaded", clip_path=str(raw),
                        download_s=round(time.monotonic() - t0, 3))
     if ctx.cache is not None:
-        ctx.cache.put(_key(ctx, shot, opt), raw, provider=opt.provider, model=opt.model,
+        ctx.cache.put(clip_key(ctx, shot, opt), raw, provider=opt.provider, model=opt.model,
                       job_id=job.job_id, cost_usd=ctx.journal.get(row).actual_usd)
     return await _finish(ctx, shot, opt, row, raw, conformed, "done")
 
@@ -285,7 +222,9 @@ def _failed(ctx: RunContext, row: int, shot: ShotPlan, exc: ProviderError, reaso
 async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: Path,
                   conformed: Path, status: str) -> ShotResult:
     conformed.parent.mkdir(parents=True, exist_ok=True)
-    await conform(raw, conformed, ctx.fmt, shot.duration)
+    # conformed clips are cached next to the raw ones: a re-run re-encodes only what changed
+    cache_dir = ctx.cache.root / "conformed" if ctx.cache is not None else None
+    await conform(raw, conformed, ctx.fmt, shot.duration, cache_dir=cache_dir)
     ctx.journal.status(row, "done" if status == "done" else "cached", conformed_path=str(conformed))
     return ShotResult(shot.shot_id, status, conformed=conformed, option=opt.label)
 

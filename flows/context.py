@@ -1,0 +1,80 @@
+"""What every shot of one run shares: the plan, the run folder, the money books, one HTTP
+client, adapters built once per provider, and the per-provider concurrency gates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from flows.cache import ClipCache, cache_key
+from flows.conform import OutputFormat
+from flows.journal import Journal
+from flows.ledger import Ledger
+from flows.plan import Option, Plan, ShotPlan
+from providers.base import Provider
+from providers.registry import get_provider_class
+
+Limiter = Callable[[str], contextlib.AbstractAsyncContextManager[Any]]
+
+
+@dataclass
+class ShotResult:
+    shot_id: str
+    status: str  # done | cached | failed | skipped | unconfirmed
+    conformed: Path | None = None
+    option: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class RunContext:
+    """What every shot of one run shares."""
+
+    plan: Plan
+    run_dir: Path
+    journal: Journal
+    ledger: Ledger
+    client: httpx.AsyncClient
+    keys: dict[str, str | None]
+    fmt: OutputFormat
+    cache: ClipCache | None = None
+    regenerate: set[str] = field(default_factory=set)
+    resubmit_unconfirmed: bool = False
+    limits: dict[str, int] = field(default_factory=dict)
+    limiter: Limiter | None = None  # cross-run limit (Prefect GCL), entered around each job
+    log: Callable[[str], None] = print
+    _providers: dict[str, Provider] = field(default_factory=dict)
+    _sems: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+
+    def provider(self, name: str) -> Provider:
+        if name not in self._providers:
+            cls = get_provider_class(name)
+            self._providers[name] = cls(client=self.client, key=self.keys.get(name))
+        return self._providers[name]
+
+    @contextlib.asynccontextmanager
+    async def slot(self, name: str) -> Any:
+        """Per-provider concurrency inside this run, then the cross-run limit if any."""
+        sem = self._sems.setdefault(name, asyncio.Semaphore(self.limits.get(name, 1_000_000)))
+        async with sem:
+            if self.limiter is None:
+                yield
+            else:
+                async with self.limiter(name):
+                    yield
+
+
+def clip_key(ctx: RunContext, shot: ShotPlan, opt: Option) -> str:
+    """The content address of the clip this option would make for this shot."""
+    req = shot.request(opt, ctx.plan)
+    return cache_key(provider=req.provider, model=req.model, vendor_model=req.vendor_model,
+                     prompt=req.prompt, negative_prompt=req.negative_prompt,
+                     duration_s=req.duration_s, aspect_ratio=req.aspect_ratio,
+                     resolution=req.resolution, width=req.width, height=req.height, fps=req.fps,
+                     seed=req.seed, params=req.params, image_sha256=shot.image_sha256)

@@ -9,10 +9,11 @@ mapping into flows.errors, and the polling loop `wait`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -81,9 +82,10 @@ class Provider:
 
     async def fetch(self, job: Job, done: Poll, dest: Path) -> Clip:
         """Download the finished video to `dest`."""
-        if not done.video_url:
-            raise self.error(ProviderError, "job succeeded but names no video", job=job)
-        await self.download(done.video_url, dest)
+        with self.about(job):
+            if not done.video_url:
+                raise self.error(ProviderError, "job succeeded but names no video", job=job)
+            await self.download(done.video_url, dest)
         return Clip(path=dest, job_id=job.job_id, cost_usd=done.cost_usd)
 
     async def cancel(self, job: Job) -> bool:
@@ -152,6 +154,16 @@ class Provider:
     async def download(self, url: str, dest: Path, headers: dict[str, str] | None = None) -> Path:
         return await http.download(self.client, url, dest, provider=self.name,
                                    headers=headers, policy=self.retry)
+
+    @contextlib.contextmanager
+    def about(self, job: Job) -> Iterator[None]:
+        """Errors raised inside name `job`: fetch and cancel run outside `wait`, which
+        does this for polls, and the shared HTTP layer knows no job ids."""
+        try:
+            yield
+        except ProviderError as exc:
+            exc.at(job_id=job.job_id)
+            raise
 
     def error(self, cls: type[ProviderError], message: str, *, job: Job | None = None,
               **kw: Any) -> ProviderError:

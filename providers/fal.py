@@ -15,6 +15,8 @@ queue pages, docs.fal.ai errors / request-errors; research/vendors.md §1.
 * GET response_url -> {"video": {"url", ...}}; fetched as soon as the status is
   COMPLETED because fal keeps results >= 10 KB for only 6 minutes.
 * PUT cancel_url (queued requests are dropped, running ones signalled).
+* A submit answered 502/503/504 is resent only without `x-fal-request-id` (a gateway
+  page, fal_client's `_is_ingress_error`); with it fal's servers saw the request.
 * 403 {"detail": "User is locked. Reason: Exhausted balance ..."} is a credit
   problem, not a bad key. fal bills only successful requests; it reports no
   per-request cost, so `cost_usd` stays None (`x-fal-billable-units` is kept
@@ -256,10 +258,10 @@ class FalProvider(Provider):
         try:
             return await super().fetch(job, done, dest)
         except NotFoundError:
-            # the media URL expired: the result may still name a fresh one
             # the media URL expired or vanished: re-read the result (it may name a fresh
             # URL) and try once more; the result itself lives 6 min to 1 h
-            fresh = await self._completed(job, {"status": "COMPLETED"})
+            with self.about(job):
+                fresh = await self._completed(job, {"status": "COMPLETED"})
             if fresh.state != "succeeded":
                 raise
             return await super().fetch(job, fresh, dest)
@@ -267,8 +269,10 @@ class FalProvider(Provider):
     async def cancel(self, job: Job) -> bool:
         try:
             await self.call("PUT", job.data["cancel_url"], stage="cancel")
-        except ProviderError:
-            return False  # ALREADY_COMPLETED / NOT_FOUND: nothing left to stop
+        except (InvalidRequestError, NotFoundError):
+            return False  # 400 ALREADY_COMPLETED / 404 NOT_FOUND: nothing left to stop
+        except ProviderError as exc:  # not known to be stopped: say so, naming the job
+            raise exc.at(job_id=job.job_id) from None
         return True
 
     # -- errors -------------------------------------------------------------------------
@@ -278,6 +282,16 @@ class FalProvider(Provider):
         if message:
             return f"{message} ({kind})" if kind else message
         return super().error_message(body, resp)
+
+    def map_error(self, resp: httpx.Response, stage: http.Stage) -> ProviderError:
+        err = super().map_error(resp, stage)
+        rid = resp.headers.get("x-fal-request-id")
+        if stage == "submit" and rid and resp.status_code in (502, 503, 504):
+            # fal's own servers answered (fal_client's _is_ingress_error): not a gateway
+            # that never passed the request on, so the paid submit is not resent
+            err.retryable = False
+            err.job_id = rid
+        return err
 
     def classify(self, resp: httpx.Response, message: str) -> type[ProviderError]:
         if resp.status_code in (402, 403) and "user is locked" in message.lower():

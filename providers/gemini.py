@@ -177,7 +177,9 @@ class GeminiProvider(Provider):
         # the Files API wants the key; never hand it to any other host
         host = urlsplit(done.video_url).netloc
         ours = host in (GOOGLE_HOST, urlsplit(self.base_url).netloc)
-        await self.download(done.video_url, dest, headers=self.auth_headers() if ours else None)
+        with self.about(job):
+            await self.download(done.video_url, dest,
+                                headers=self.auth_headers() if ours else None)
         return Clip(path=dest, job_id=job.job_id, cost_usd=done.cost_usd)
 
     # -- errors -------------------------------------------------------------------------

@@ -174,11 +174,14 @@ class ReplicateProvider(Provider):
         # the key goes only to Replicate's own API host (files API URLs), never to a CDN
         same_host = httpx.URL(done.video_url).host == httpx.URL(self.base_url).host
         headers = self.auth_headers() if same_host and "/v1/files/" in done.video_url else None
-        await self.download(done.video_url, dest, headers=headers)
+        with self.about(job):
+            await self.download(done.video_url, dest, headers=headers)
         return Clip(path=dest, job_id=job.job_id, cost_usd=done.cost_usd)
 
     async def cancel(self, job: Job) -> bool:
-        pred = await self.call_json("POST", f"v1/predictions/{job.job_id}/cancel", stage="cancel")
+        with self.about(job):
+            pred = await self.call_json("POST", f"v1/predictions/{job.job_id}/cancel",
+                                        stage="cancel")
         return isinstance(pred, dict) and pred.get("status") in ("canceled", "aborted")
 
     # -- errors --------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from flows.errors import (
     NotFoundError,
     ProviderError,
     RateLimitedError,
+    TransientError,
     UnconfirmedSubmitError,
 )
 from providers.base import Provider
@@ -124,8 +125,10 @@ class RunwareProvider(Provider):
         try:
             body = await self.call_json("POST", self.base_url, stage="submit",
                                         json=[self.task(req, task_uuid)])
-        except UnconfirmedSubmitError as exc:
-            exc.at(job_id=task_uuid)  # the job may exist: poll it, never resend
+        except (UnconfirmedSubmitError, TransientError) as exc:
+            # no answer, or a 5xx from the app after it may have taken the task: the job
+            # may exist under our id, so name it (poll it, never resend it)
+            exc.at(job_id=task_uuid)
             raise
         err = _first_error(body)
         if err:  # a 200 that still refuses the task: nothing was accepted

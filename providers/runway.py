@@ -168,27 +168,29 @@ class RunwayProvider(Provider):
     async def fetch(self, job: Job, done: Poll, dest: Path) -> Clip:
         if not done.video_url:
             raise self.error(ProviderError, "task succeeded but lists no output", job=job)
-        try:
-            await self.download(done.video_url, dest)
-        except NotFoundError:
-            # signed output URL expired: the task hands out fresh URLs when fetched again
-            fresh = await self.poll(job)
-            if fresh.state != "succeeded" or not fresh.video_url:
-                raise
-            await self.download(fresh.video_url, dest)
-            done = fresh if fresh.cost_usd is not None else done
+        with self.about(job):
+            try:
+                await self.download(done.video_url, dest)
+            except NotFoundError:
+                # signed output URL expired: the task hands out fresh URLs when fetched again
+                fresh = await self.poll(job)
+                if fresh.state != "succeeded" or not fresh.video_url:
+                    raise
+                await self.download(fresh.video_url, dest)
+                done = fresh if fresh.cost_usd is not None else done
         return Clip(path=dest, job_id=job.job_id, cost_usd=done.cost_usd)
 
     async def cancel(self, job: Job) -> bool:
         """DELETE cancels a queued/running task; on a finished one it would *delete* it (and
         a paid output with it), so the task is looked at first."""
-        if (await self.poll(job)).done:
-            return False
-        try:
-            await self.call("DELETE", job.data.get("task", f"/v1/tasks/{job.job_id}"),
-                            stage="cancel")
-        except NotFoundError:
-            return False
+        with self.about(job):
+            if (await self.poll(job)).done:
+                return False
+            try:
+                await self.call("DELETE", job.data.get("task", f"/v1/tasks/{job.job_id}"),
+                                stage="cancel")
+            except NotFoundError:
+                return False
         return True
 
     # -- errors -------------------------------------------------------------------------

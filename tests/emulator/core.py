@@ -398,6 +398,9 @@ class Emulator:
             fault = self.take_fault(vendor, stage)
             if fault is not None:
                 if fault.kind == "slow":
+                    # received in full, then slow to answer: a client that gives up meanwhile
+                    # leaves a request the vendor still handles (and bills)
+                    await _drain(request)
                     await asyncio.sleep(float(fault.params["delay"]))
                 elif fault.kind == "http":
                     return self.http_fault(vendor, fault)
@@ -419,6 +422,7 @@ class Emulator:
         headers = {}
         if fault.params.get("retry_after") is not None:
             headers["Retry-After"] = str(fault.params["retry_after"])
+        headers.update(fault.params.get("headers") or {})  # e.g. fal's x-fal-request-id
         if vendor is None:
             return Response(message, status_code=status, headers=headers, media_type="text/plain")
         return self.error_response(vendor, status, message, headers or None)

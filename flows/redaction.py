@@ -2,47 +2,57 @@
 
 Prefect has no log redaction of its own (research/prefect.md §7): its engine logs exception
 reprs on every retry and failure, and ships log lines to the server, where they are stored and
-shown in the UI. Adapters keep keys out of messages already (flows.errors.redact); this filter
-is the second line: a key that reaches a log record anyway, in the message, its arguments or
-its traceback, is replaced by `***` before any handler formats or sends it.
+shown in the UI. Adapters keep keys out of messages already (flows.errors.redact); this is the
+second line: a key that reaches a log record anyway, in the message, its arguments or its
+traceback, is replaced by `***` before any handler formats or sends it.
 
-A filter on a *logger* only sees records logged to that very logger, not ones propagating from
-its children, so `install` puts it on every *handler* (root's, Prefect's console and API
-handlers, pytest's capture handlers) as well as on Prefect's run loggers.
+Two hooks, because each alone has a gap. A log-record factory scrubs every record at birth,
+from any logger, and survives `logging.config.dictConfig` (Prefect re-runs it when `prefect`
+is first fully imported, replacing every handler). A filter on every handler present at install
+time also catches records built without the factory. (A filter on a *logger* would only see
+records logged to that very logger, not those propagating from its children.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
-from flows.errors import redact, register_secret
+from flows.errors import StoryreelError, redact, register_secret
 
 _RUN_LOGGERS = ("prefect", "prefect.flow_runs", "prefect.task_runs")
 
 
-class RedactingFilter(logging.Filter):
-    """Rewrites a record in place when it carries a registered secret; never drops one."""
+def scrub_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Rewrite a record in place when it carries a registered secret."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken %-format is the handler's problem, not ours
+        return record
+    clean = redact(message)
+    if clean != message:
+        record.msg, record.args = clean, ()
+    if record.exc_info and record.exc_info[1] is not None:
+        text = record.exc_text or _FORMATTER.formatException(record.exc_info)
+        clean = redact(text)
+        if clean != text:
+            record.exc_text = clean  # Formatter.format uses exc_text when it is set
+    elif record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    return record
 
-    _formatter = logging.Formatter()
+
+_FORMATTER = logging.Formatter()
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs records in place; never drops one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            message = record.getMessage()
-        except Exception:  # a broken %-format is the handler's problem, not ours
-            return True
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, ()
-        if record.exc_info and record.exc_info[1] is not None:
-            text = record.exc_text or self._formatter.formatException(record.exc_info)
-            clean = redact(text)
-            if clean != text:
-                record.exc_text = clean  # Formatter.format uses exc_text when it is set
-        elif record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+        scrub_record(record)
         return True
 
 
@@ -70,11 +80,18 @@ def _loggers() -> list[logging.Logger]:
 
 
 def install() -> None:
-    """Register the environment's keys and put the filter on every handler there is now.
+    """Register the environment's keys, hook the record factory, filter every handler.
 
-    Idempotent; call it when a run starts (after logging is configured). Secrets registered
-    later (Secret blocks) are masked too: the filter reads the registry on every record."""
+    Idempotent; call it when a run starts. Secrets registered later (Secret blocks) are masked
+    too: both hooks read the registry on every record."""
     register_env_keys()
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "_storyreel_redacting", False):
+        def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            return scrub_record(factory(*args, **kwargs))
+
+        redacting_factory._storyreel_redacting = True  # type: ignore[attr-defined]
+        logging.setLogRecordFactory(redacting_factory)
     for logger in _loggers():
         for handler in logger.handlers:
             if FILTER not in handler.filters:
@@ -85,4 +102,14 @@ def install() -> None:
             logger.addFilter(FILTER)
 
 
-__all__ = ["FILTER", "RedactingFilter", "install", "register_env_keys"]
+def scrub(exc: BaseException) -> BaseException:
+    """`exc` itself when its text holds no registered secret; otherwise a StoryreelError with
+    the masked text, to be raised `from None`. Prefect copies an exception's text into the
+    task's state message and events, which no log filter sees."""
+    text = f"{type(exc).__name__}: {exc}"
+    clean = redact(text)
+    return exc if clean == text else StoryreelError(clean)
+
+
+__all__ = ["FILTER", "RedactingFilter", "install", "register_env_keys", "scrub",
+           "scrub_record"]

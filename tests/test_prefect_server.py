@@ -1,0 +1,358 @@
+"""Production shape, for real: a throw-away PostgreSQL cluster, `prefect server start` on it,
+`prefect deploy` from prefect.yaml, and a process worker running two deployment runs at once
+against the vendor emulator, sharing one per-vendor limit through the server.
+
+One server per module (it takes ~8-15 s to start on 2 cores). Every process started here runs
+in its own session and is killed by process group in a finalizer, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import datetime as dt
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flows.probe import probe
+from tests.storyboards import write_board
+
+pytestmark = pytest.mark.server
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL = "storyreel-pool"
+SHOTS = 3  # per run; two runs, `limits: {fal: 2}`: 4 jobs could be in flight without the GCL
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(argv: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
+    """A child in its own session (pid == process group id), output to a log file."""
+    with open(log, "ab") as fh:
+        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, **kw)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+    """Signal the child's whole process group, then SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers (postgres backends, flow runs)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+def _pg_user() -> pwd.struct_passwd | None:
+    """postgres refuses to run as root: run it as `postgres` (or `nobody`) then."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    pytest.skip("running as root with no unprivileged user for postgres")
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str | None]:
+    """A throw-away PostgreSQL cluster on a free port; None (SQLite) without the binaries."""
+    initdb, postgres = shutil.which("initdb"), shutil.which("postgres")
+    if not (initdb and postgres):
+        yield None
+        return
+    user = _pg_user()
+    tmp = Path(tempfile.mkdtemp(prefix="storyreel-pg-"))  # not under pytest's 0700 root dir
+    as_user: dict[str, Any] = {}
+    if user is not None:
+        os.chown(tmp, user.pw_uid, user.pw_gid)
+        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    proc = None
+    try:
+        subprocess.run([initdb, "-D", str(tmp / "data"), "-U", "postgres", "-A", "trust",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True,
+                       timeout=120, cwd=tmp, **as_user)
+        port = free_port()
+        log = tmp / "postgres.log"
+        proc = start([postgres, "-D", str(tmp / "data"), "-p", str(port), "-k", str(tmp),
+                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                      "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
+                     log, cwd=tmp, **as_user)
+        deadline = time.monotonic() + 60
+        while "ready to accept connections" not in tail(log, 100_000):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"postgres did not start:\n{tail(log)}")
+            time.sleep(0.1)
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        if proc is not None:
+            stop(proc, signal.SIGINT)  # "fast" shutdown; SIGTERM would wait for clients
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- Prefect server --------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    url: str  # .../api
+    env: dict[str, str]  # for CLI subprocesses: PREFECT_API_URL and a private PREFECT_HOME
+    log: Path
+    database_url: str | None
+    startup_s: float
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_UI_ENABLED="false", PREFECT_UI_ENABLED="false",
+               PREFECT_LOGGING_LEVEL="INFO",
+               # a run waiting for a vendor slot retries after at most this long (default 30 s,
+               # fine for minutes-long vendor jobs, slow for the emulator's 1.5 s ones)
+               PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS="1")
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    log = home / "server.log"
+    t0 = time.monotonic()
+    proc = start([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                  "--port", str(port)], log, env=env, cwd=home)
+    try:
+        url = f"http://127.0.0.1:{port}/api"
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"prefect server did not start:\n{tail(log)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        startup = time.monotonic() - t0
+        print(f"\nprefect server ({'PostgreSQL' if database_url else 'SQLite'}) healthy "
+              f"after {startup:.1f} s")
+        yield Server(url, {**env, "PREFECT_API_URL": url}, log, database_url, startup)
+    finally:
+        stop(proc)
+
+
+def client(server: Server) -> Any:
+    from prefect.client.orchestration import PrefectClient
+
+    return PrefectClient(server.url)
+
+
+def prefect_cli(server: Server, *args: str, cwd: Path = ROOT, timeout: float = 180,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=timeout, env=env or server.env)
+
+
+async def wait_for(probe_fn: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe_fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.5)
+
+
+# -- deploy ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+async def deployed(server: Server) -> dict[str, Any]:
+    """`prefect --no-prompt deploy --all` from the repository root, as the README says."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    async with client(server) as c:
+        await c.create_work_pool(WorkPoolCreate(
+            name=POOL, type="process",
+            base_job_template=ProcessWorker.get_default_base_job_template()))
+    t0 = time.monotonic()
+    proc = await asyncio.to_thread(prefect_cli, server, "--no-prompt", "deploy", "--all")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    print(f"prefect deploy --all: {time.monotonic() - t0:.1f} s")
+    async with client(server) as c:
+        return {d: await c.read_deployment_by_name(f"render-storyboard/{d}")
+                for d in ("daily-recap", "on-demand")}
+
+
+async def test_deployments_from_prefect_yaml(server: Server, deployed: dict[str, Any]) -> None:
+    daily, demand = deployed["daily-recap"], deployed["on-demand"]
+    for d in (daily, demand):
+        assert d.entrypoint == "flows.pipeline.render_storyboard"
+        assert d.work_pool_name == POOL
+        # the pull step was resolved at deploy time to this checkout
+        assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory":
+                                 {"directory": str(ROOT)}}]
+        assert set(d.parameters) <= {"storyboard", "vars", "budget", "out"}
+    assert daily.parameters["storyboard"] == "specs/demo.yaml"
+    [schedule] = daily.schedules
+    assert schedule.schedule.cron == "0 6 * * *" and schedule.active
+    assert schedule.parameters == {"date_var": "day", "vars": {}}
+    assert not demand.schedules
+
+    # the server's scheduler turns the cron into upcoming runs carrying the schedule's
+    # parameters (SQLAlchemy 2.1 broke exactly this: see pyproject.toml)
+    from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter
+    from prefect.client.schemas.objects import StateType
+
+    async with client(server) as c:
+        async def upcoming() -> list[Any]:
+            return await c.read_flow_runs(
+                deployment_filter=DeploymentFilter(id={"any_": [daily.id]}),
+                flow_run_filter=FlowRunFilter(state={"type": {"any_": [StateType.SCHEDULED]}}))
+
+        runs = await wait_for(upcoming, 60, "the scheduler to create the daily runs")
+        for run in runs:
+            assert run.parameters["date_var"] == "day"
+            assert run.expected_start_time.hour == 6 and run.expected_start_time.minute == 0
+        # the worker below must not pick one up (at 05:59:5x UTC it would): pause and clear
+        await c.update_deployment_schedule(daily.id, schedule.id, active=False)
+        for run in await upcoming():
+            await c.delete_flow_run(run.id)
+
+
+# -- two runs at once through a process worker -----------------------------------------------
+
+def reel(folder: Path, name: str, shots: int) -> Path:
+    return write_board(
+        folder, [{"id": f"{name[-1]}{i}", "prompt": f"{name} shot {i}"} for i in range(shots)],
+        name=f"{name}.yaml", title=f"{name} ${{day}}", vars={"day": "someday"},
+        defaults={"provider": "fal", "model": "kling-3-pro", "duration": 3},
+        limits={"fal": 2}, budget={"max_usd": 5})
+
+
+async def test_worker_runs_two_deployment_runs_sharing_a_vendor_limit(
+        server: Server, deployed: dict[str, Any], emu: Any, tmp_path: Path) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter
+    from prefect.client.schemas.objects import StateType
+
+    emu.configure(latency=1.5)
+    boards = {n: reel(tmp_path / "boards", n, SHOTS) for n in ("reel-a", "reel-b")}
+    outs = {n: tmp_path / "out" / n for n in boards}
+    demand = deployed["on-demand"]
+    async with client(server) as c:
+        runs = {n: await c.create_flow_run_from_deployment(
+                    demand.id, parameters={"storyboard": str(boards[n]), "out": str(outs[n]),
+                                           "date_var": "day"})
+                for n in boards}
+
+    # the worker starts in an unrelated folder: the deployment's pull step finds the code
+    env = {**server.env, **emu.env(), "STORYREEL_POLL_FIRST_S": "0.2",
+           "STORYREEL_POLL_MAX_S": "0.5", "STORYREEL_CACHE_DIR": str(tmp_path / "cache")}
+    log = tmp_path / "worker.log"
+    t0 = time.monotonic()
+    worker = start([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
+                    "--run-once"], log, env=env, cwd=tmp_path)
+    try:
+        await asyncio.to_thread(worker.wait, 240)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"worker did not finish:\n{tail(log)}")
+    finally:
+        stop(worker)
+    print(f"worker --run-once, two flow runs: {time.monotonic() - t0:.1f} s")
+
+    fal = emu.stats("fal")
+    assert fal["submits"] == 2 * SHOTS, tail(log)
+    # the point: both runs at once never had more than the storyboard's 2 fal jobs in flight
+    assert fal["max_in_flight"] <= 2, fal
+    spans = {n: _job_span(emu, n) for n in boards}
+    assert spans["reel-a"][0] < spans["reel-b"][1] and spans["reel-b"][0] < spans["reel-a"][1], (
+        f"the two runs did not overlap, so the limit was not tested: {spans}")
+
+    async with client(server) as c:
+        for name, ref in runs.items():
+            run = await c.read_flow_run(ref.id)
+            assert run.state.type == StateType.COMPLETED, (run.state, tail(log))
+            assert run.name == name  # named after the storyboard file
+            day = run.expected_start_time.astimezone(dt.UTC).date().isoformat()
+            title = f"{name} {day}"  # date_var filled ${day} with the scheduled date
+            key = title.replace(" ", "-")
+
+            async def tasks(run_id: Any = ref.id) -> list[Any]:
+                found = await c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run_id]}))
+                done = [t for t in found if t.state and t.state.type == StateType.COMPLETED]
+                return found if len(done) == SHOTS else []
+
+            task_runs = await wait_for(tasks, 30, f"{name}'s task runs to be recorded")
+            assert sorted(t.name for t in task_runs) == [f"{name[-1]}{i}" for i in range(SHOTS)]
+            assert all("provider:fal" in t.tags for t in task_runs)
+
+            artifacts = {a.key: a for a in await c.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id={"any_": [ref.id]}))}
+            assert set(artifacts) == {f"progress-{key}", f"cost-report-{key}", f"summary-{key}"}
+            assert float(artifacts[f"progress-{key}"].data) == 100.0
+            assert artifacts[f"progress-{key}"].type == "progress"
+            table = artifacts[f"cost-report-{key}"]
+            assert table.type == "table" and "kling-3-pro" in str(table.data)
+            summary = artifacts[f"summary-{key}"]
+            assert summary.type == "markdown" and f"# {title}" in summary.data
+            assert str(outs[name] / "final.mp4") in summary.data
+
+        limit = await c.read_global_concurrency_limit_by_name("vendor:fal")
+        assert limit.limit == 2 and limit.active_slots == 0  # every slot was given back
+
+    for name, out in outs.items():
+        info = probe(out / "final.mp4")
+        assert (info.width, info.height) == (320, 180) and info.video_codec == "h264"
+        assert abs(info.duration - 3.0 * SHOTS) < 0.2, info
+        with open(out / "cost.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert sorted(r["shot_id"] for r in rows) == [f"{name[-1]}{i}" for i in range(SHOTS)]
+        assert all(r["status"] == "done" and r["provider"] == "fal" for r in rows)
+
+
+def _job_span(emu: Any, name: str) -> tuple[float, float]:
+    """When a run's jobs were at the vendor: (first submit, last finish), monotonic seconds."""
+    jobs = [j for j in emu.jobs("fal") if name in str(j.request)]
+    assert len(jobs) == SHOTS
+    return min(j.created for j in jobs), max(j.created + j.ready_after for j in jobs)
+
+
+async def test_server_stores_in_postgresql(server: Server, deployed: dict[str, Any]) -> None:
+    if not server.database_url:
+        pytest.skip("PostgreSQL binaries (initdb, postgres) not installed: the server used SQLite")
+    import asyncpg
+
+    conn = await asyncpg.connect(server.database_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        count = await conn.fetchval("select count(*) from deployment")
+    finally:
+        await conn.close()
+    assert count == 2

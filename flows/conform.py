@@ -10,15 +10,18 @@ the final cut encodes AAC once.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import ffmpeg as ffmpeg_python
 
-from flows.errors import MediaError
+from flows.errors import MediaError, StoryreelError
 from flows.ffmpeg import ffmpeg_exe, run_ffmpeg
 from flows.probe import VideoInfo, probe
 
@@ -157,17 +160,55 @@ def check_intermediate(path: Path, fmt: OutputFormat, frames: int) -> VideoInfo:
     return info
 
 
-async def conform(src: Path, dest: Path, fmt: OutputFormat, duration: float) -> VideoInfo:
-    """Make the house intermediate (.mov) of `src` lasting `duration` (in whole frames)."""
-    src, dest = Path(src), Path(dest)
-    source = probe(src)
-    frames = fmt.frames(duration)
+def _cache_path(cache_dir: Path, src: Path, fmt: OutputFormat, frames: int,
+                has_audio: bool) -> Path:
+    """Where the intermediate of `src` lives in a conform cache: keyed by the source's bytes
+    and the exact ffmpeg arguments, so a change of settings never reuses a stale clip."""
+    from flows.cache import file_sha256
+
+    argv = conform_argv(Path("SRC"), Path("OUT"), fmt, frames, has_audio)
+    material = json.dumps([file_sha256(src), argv])
+    key = hashlib.sha256(material.encode()).hexdigest()
+    return Path(cache_dir) / key[:2] / f"{key}.mov"
+
+
+def _copy_atomic(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(dest)
     try:
-        await run_ffmpeg(conform_argv(src, tmp, fmt, frames, source.has_audio))
-        check_intermediate(tmp, fmt, frames)
+        shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    info = probe(dest)
+
+
+async def conform(src: Path, dest: Path, fmt: OutputFormat, duration: float,
+                  cache_dir: Path | None = None) -> VideoInfo:
+    """Make the house intermediate (.mov) of `src` lasting `duration` (in whole frames).
+
+    With `cache_dir`, an intermediate made before from the same bytes with the same settings
+    is copied instead of encoded again (an edited storyboard re-conforms only what changed)."""
+    src, dest = Path(src), Path(dest)
+    source = probe(src)
+    frames = fmt.frames(duration)
+    cached = _cache_path(cache_dir, src, fmt, frames, source.has_audio) if cache_dir else None
+    if cached is not None and cached.exists():
+        try:
+            info = check_intermediate(cached, fmt, frames)
+            _copy_atomic(cached, dest)
+            return info
+        except StoryreelError:  # damaged entry: make it again
+            cached.unlink(missing_ok=True)
+    tmp = temp_name(dest)
+    try:
+        await run_ffmpeg(conform_argv(src, tmp, fmt, frames, source.has_audio))
+        info = check_intermediate(tmp, fmt, frames)  # the same file `dest` becomes
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if cached is not None:
+        try:
+            _copy_atomic(dest, cached)
+        except OSError:
+            pass  # a cache that cannot be written only costs a later re-encode
     return info

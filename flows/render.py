@@ -81,13 +81,14 @@ async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, conformed: Path
             ledger.stop(f"shot {shot.shot_id} could not reserve ${opt.estimate_usd:.2f}")
         ctx.log(f"{shot.shot_id}: skipped {opt.label}: {exc}")
         return None
-    key = clip_key(ctx, shot, opt)
-    row = journal.intent(**base, cache_key=key, estimated_usd=opt.estimate_usd,
-                         reserved_usd=reservation.amount_usd)
     provider = ctx.provider(opt.provider)
     req = shot.request(opt, ctx.plan)
-    started = time.monotonic()
     async with ctx.slot(opt.provider):
+        # intent is written once a slot is ours, right before the POST: a run killed while
+        # queueing for a slot leaves no false "unconfirmed" behind, and timings exclude the queue
+        row = journal.intent(**base, cache_key=clip_key(ctx, shot, opt),
+                             estimated_usd=opt.estimate_usd, reserved_usd=reservation.amount_usd)
+        started = time.monotonic()
         try:
             job = await provider.submit(req)
         except UnconfirmedSubmitError as exc:

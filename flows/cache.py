@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flows.atomic import write_text_atomic
+
 KEY_VERSION = 1  # bump when the key's material changes meaning
 
 
@@ -189,7 +191,7 @@ class ClipCache:
         )
         meta = {**asdict(entry), "file": clip.name, "key": key}
         del meta["path"]
-        _write_atomic(folder / f"{key}.json", json.dumps(meta, indent=1, sort_keys=True))
+        write_text_atomic(folder / f"{key}.json", json.dumps(meta, indent=1, sort_keys=True))
         return entry
 
     def copy_to(self, entry: CachedClip, dest: Path) -> Path:
@@ -229,17 +231,3 @@ def _publish(src: Path, dest: Path, *, link: bool, read_only: bool) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -13,15 +13,13 @@ Conventions (finance reads these files):
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from flows.atomic import write_text_atomic
 from flows.journal import Journal
 
 COLUMNS = [
@@ -123,18 +121,7 @@ def write_cost_csv(rows: list[dict[str, Any]], path: Path) -> Path:
         out[col] = [money_text(v) for v in df[col]]
     for col in SECONDS:
         out[col] = [("" if pd.isna(v) else round(float(v), 3)) for v in df[col]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            out.to_csv(f, index=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, out.to_csv(index=False))
     return path
 
 

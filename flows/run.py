@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.assemble import Transition, assemble
+from flows.atomic import write_text_atomic
 from flows.conform import OutputFormat, conform
 from flows.errors import BudgetError, MediaError, StoryreelError
 from flows.ffmpeg import ffmpeg_exe
@@ -22,7 +22,6 @@ from flows.ledger import Ledger
 from flows.loading import load_storyboard
 from flows.plan import Plan, build_plan
 from flows.render import ShotResult
-from flows.report import rows_from_journal, summarize, write_cost_csv
 
 _HELD = ("unconfirmed", "intent")  # may have been charged: counts against the cap on resume
 
@@ -150,6 +149,10 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
             await sheet(final, run_dir / "contact_sheet.png")
         except StoryreelError:
             pass  # a picture of the cut is nice to have, never worth failing the run
+    # here, not at the top: flows.report imports pandas (~0.5 s), which would delay the
+    # first vendor submit of every run for a report written only at the end
+    from flows.report import rows_from_journal, summarize, write_cost_csv
+
     rows = rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots})
     cost_csv = write_cost_csv(rows, run_dir / "cost.csv")
     table = summarize(rows, plan.cap_usd).to_string()
@@ -165,8 +168,4 @@ def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotRes
             "results": [{"shot_id": r.shot_id, "status": r.status, "option": r.option,
                          "reason": r.reason,
                          "clip": str(r.conformed) if r.conformed else None} for r in results]}
-    path = run_dir / "run.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(run_dir / "run.json", json.dumps(data, indent=2, default=str))

@@ -105,7 +105,9 @@ class Provider:
                 if isinstance(v, str) and v:
                     return v
                 if isinstance(v, dict) and isinstance(v.get("message"), str):
-                    return v["message"]
+                    kind = v.get("type")  # OpenAI-style {"error": {"message", "type"}}
+                    return f"{v['message']} ({kind})" if isinstance(kind, str) and kind \
+                        else v["message"]
             if body:
                 return str(body)[:300]
         return http.body_text(resp, 300) or f"HTTP {resp.status_code}"

@@ -109,13 +109,6 @@ class PerfProvider(Provider):
             poll_after=hint,
         )
 
-    def error_message(self, body: Any, resp: httpx.Response) -> str:
-        err = body.get("error") if isinstance(body, dict) else None
-        if isinstance(err, dict) and err.get("message"):
-            kind = err.get("type")
-            return f"{err['message']} ({kind})" if kind else str(err["message"])
-        return super().error_message(body, resp)
-
     def classify(self, resp: httpx.Response, message: str) -> type[ProviderError]:
         if resp.status_code == 400 and _POLICY.search(message):
             return ContentPolicyError

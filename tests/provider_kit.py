@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 
 from providers.base import PollSettings, Provider
@@ -59,3 +60,14 @@ async def run_job(p: Provider, req: ShotRequest, dest: Path) -> Clip:
     if done.error is not None:
         raise done.error
     return await p.fetch(job, done, dest)
+
+
+def assert_mp4(path: Path) -> None:
+    """A real, decodable H.264 MP4 with a duration (what every vendor download must be)."""
+    with av.open(str(path)) as container:
+        assert "mp4" in container.format.name
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        frame = next(container.decode(stream))
+        assert frame.width > 0 and frame.height > 0
+        assert container.duration and container.duration > 0

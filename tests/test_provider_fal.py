@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import httpx
 import pytest
 from PIL import Image
@@ -20,17 +19,11 @@ from flows.errors import (
 from providers.base import PollSettings
 from providers.catalog import load_catalog
 from tests.emulator.core import FAKE_KEYS
-from tests.provider_kit import make_provider, request_for, run_job
+from tests.provider_kit import assert_mp4, make_provider, request_for, run_job
 
 KEY = FAKE_KEYS["fal"]
 
 
-def assert_mp4(path: Path) -> None:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        assert stream.codec_context.name == "h264"
-        frame = next(container.decode(stream))
-        assert frame.width > 0 and frame.height > 0
 
 
 @pytest.fixture

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import av
 import httpx
 import pytest
 from PIL import Image
@@ -20,17 +17,12 @@ from flows.errors import (
 from providers.base import PollSettings
 from providers.catalog import load_catalog
 from tests.emulator.core import FAKE_KEYS
-from tests.provider_kit import make_provider, request_for, run_job
+from tests.provider_kit import assert_mp4, make_provider, request_for, run_job
 
 KEY = FAKE_KEYS["huggingface"]
 QUEUE = "?_subdomain=queue"
 
 
-def assert_mp4(path: Path) -> None:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frame = next(container.decode(stream))
-        assert stream.codec_context.name == "h264" and frame.width > 0
 
 
 async def test_text_to_video_through_the_router(emu, tmp_path):

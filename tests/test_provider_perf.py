@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import av
 import httpx
 import pytest
 
@@ -18,16 +17,11 @@ from flows.errors import (
     NotFoundError,
 )
 from providers.types import Job
-from tests.provider_kit import make_provider, request_for, run_job
+from tests.provider_kit import assert_mp4, make_provider, request_for, run_job
 
 KEY = "test-perf-key"
 
 
-def assert_mp4(path: Path) -> None:
-    with av.open(str(path)) as container:
-        assert "mp4" in container.format.name
-        frame = next(container.decode(video=0))
-        assert frame.width > 0 and frame.height > 0
 
 
 async def test_text_to_video_wire_and_cost(emu, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import av
 import httpx
 import pytest
 from PIL import Image
@@ -21,15 +20,11 @@ from flows.errors import (
 )
 from providers.runware import class_for_code
 from providers.types import Job
-from tests.provider_kit import make_provider, request_for, run_job
+from tests.provider_kit import assert_mp4, make_provider, request_for, run_job
 
 KEY = "test-runware-key"
 
 
-def assert_mp4(path: Path) -> None:
-    with av.open(str(path)) as container:
-        assert "mp4" in container.format.name
-        assert next(container.decode(video=0)).width > 0
 
 
 async def test_text_to_video_task_and_cost(emu, tmp_path: Path) -> None:

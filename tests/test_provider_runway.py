@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-import av
 import httpx
 import pytest
 from PIL import Image
@@ -20,16 +19,11 @@ from flows.errors import (
 from providers import runway as runway_mod
 from tests.emulator.core import FAKE_KEYS, Emulator
 from tests.emulator.vendors import runway as runway_emu
-from tests.provider_kit import make_provider, request_for, run_job
+from tests.provider_kit import assert_mp4, make_provider, request_for, run_job
 
 KEY = FAKE_KEYS["runway"]
 
 
-def assert_mp4(path: Path) -> None:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frame = next(container.decode(stream))
-        assert frame.width > 0 and container.duration and container.duration > 0
 
 
 def png(tmp_path: Path) -> Path:

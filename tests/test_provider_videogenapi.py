@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import httpx
 import pytest
 
@@ -15,15 +14,11 @@ from flows.errors import (
     InvalidRequestError,
     JobFailedError,
 )
-from tests.provider_kit import make_provider, request_for, run_job
+from tests.provider_kit import assert_mp4, make_provider, request_for, run_job
 
 KEY = "test-videogenapi-key"
 
 
-def assert_mp4(path: Path) -> None:
-    with av.open(str(path)) as container:
-        assert "mp4" in container.format.name
-        assert next(container.decode(video=0)).width > 0
 
 
 async def test_text_to_video_wire(emu, tmp_path: Path) -> None:

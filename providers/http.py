@@ -13,10 +13,12 @@ Retry policy (DESIGN "never retry a paid POST blindly"):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import os
 import random
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,10 +60,36 @@ def default_timeout() -> httpx.Timeout:
     return httpx.Timeout(float(os.environ.get("STORYREEL_HTTP_TIMEOUT_S", "60")), connect=15.0)
 
 
+# Requests in flight per client. httpcore's pool does work proportional to connections x
+# (connections + queued requests) on every request: at 200 connections a 1000-shot run spent
+# ~37 ms of CPU per job in it and ran into PoolTimeout (bench/README.md P2). So: few
+# connections, and gates in front so that its queue stays empty; downloads have their own
+# gate so that slow ones never hold up polls and submits.
+_GATES: weakref.WeakKeyDictionary[httpx.AsyncClient, tuple[asyncio.Semaphore, asyncio.Semaphore]] \
+    = weakref.WeakKeyDictionary()
+
+
+def in_flight_limits() -> tuple[int, int]:
+    """(API calls, downloads) at once per client: STORYREEL_HTTP_CONNECTIONS (default 16)
+    and half as many downloads."""
+    api = max(1, int(os.environ.get("STORYREEL_HTTP_CONNECTIONS", "16")))
+    return api, max(2, api // 2)
+
+
 def new_client() -> httpx.AsyncClient:
     """The one AsyncClient a run shares across all adapters."""
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-    return httpx.AsyncClient(timeout=default_timeout(), limits=limits, follow_redirects=True)
+    api, downloads = in_flight_limits()
+    limits = httpx.Limits(max_connections=api + downloads,
+                          max_keepalive_connections=api + downloads)
+    client = httpx.AsyncClient(timeout=default_timeout(), limits=limits, follow_redirects=True)
+    _GATES[client] = (asyncio.Semaphore(api), asyncio.Semaphore(downloads))
+    return client
+
+
+def _gate(client: httpx.AsyncClient, download: bool = False) -> contextlib.AbstractAsyncContextManager[Any]:
+    """The client's in-flight limit for API calls or downloads (none for other clients)."""
+    gates = _GATES.get(client)
+    return gates[download] if gates else contextlib.nullcontext()
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:
@@ -124,9 +152,12 @@ async def send(
         attempt += 1
         limit = policy.submit_attempts if stage == "submit" else policy.attempts
         try:
-            resp = await client.request(method, url, **kwargs)
-        except httpx.ConnectError as exc:  # nothing was sent: safe for every stage
-            err: ProviderError = TransientError(f"cannot connect: {exc}", provider=provider)
+            async with _gate(client):
+                resp = await client.request(method, url, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # nothing was sent (no connection, or none free in the pool): safe for every stage
+            err: ProviderError = TransientError(f"cannot connect: {type(exc).__name__}: {exc}",
+                                                provider=provider)
         except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
             if stage == "submit":
                 raise UnconfirmedSubmitError(
@@ -187,7 +218,7 @@ async def _download_once(
     client: httpx.AsyncClient, url: str, tmp: Path, headers: dict[str, str],
     max_bytes: int, provider: str,
 ) -> None:
-    async with client.stream("GET", url, headers=headers) as resp:
+    async with _gate(client, download=True), client.stream("GET", url, headers=headers) as resp:
         if not resp.is_success:
             await resp.aread()
             cls = error_class_for_status(resp.status_code)

@@ -9,12 +9,14 @@ mtimes are wall-clock and are converted with one offset taken here.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import platform
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -82,11 +84,35 @@ def wait_quiet(max_load: float = 1.0, timeout: float | None = None) -> None:
 
 # -- the emulator --------------------------------------------------------------------------
 
+_served = itertools.count()
+
+
+def _unique_clips() -> None:
+    """Make every clip the emulator serves unique. It renders one MP4 per (duration, size), so
+    every job of a run would download the same bytes, and storyreel's conform cache (keyed
+    by the bytes) would encode one clip and copy the rest: a vendor never does that. A
+    trailing MP4 'free' box (skipped by every reader) with a serial number differs each time."""
+    from tests.emulator import media
+
+    if getattr(media.clip_bytes, "unique", False):
+        return
+    original = media.clip_bytes
+
+    def clip_bytes(*args: Any, **kwargs: Any) -> bytes:
+        tag = f"storyreel-bench {next(_served)} {time.monotonic_ns()}".encode()
+        return original(*args, **kwargs) + struct.pack(">I", 8 + len(tag)) + b"free" + tag
+
+    clip_bytes.unique = True  # type: ignore[attr-defined]
+    media.clip_bytes = clip_bytes
+
+
 def start_emulator(latency: float, jitter: float, media_size: tuple[int, int] | None = (320, 180),
                    seed: int = 0) -> Any:
     """The vendor emulator on 127.0.0.1, in a thread of this process, remembering when each
-    clip was downloaded (the end of "generation")."""
+    clip was downloaded (the end of "generation") and serving a unique file each time."""
     from tests.emulator.core import Emulator
+
+    _unique_clips()
 
     class BenchEmulator(Emulator):
         def reset(self) -> None:
@@ -321,32 +347,48 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a live process and its live descendants, summed (MB)."""
+def _children_map() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 raw = (d / "stat").read_text()
                 kids.setdefault(int(raw[raw.rindex(")") + 2:].split()[1]), []).append(int(d.name))
-    total, todo = 0, [pid]
+    return kids
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1024**2
+
+
+def tree_rss_mb(pid: int) -> tuple[float, float]:
+    """(the process's own RSS, the sum of its live descendants' RSS) in MB."""
+    kids = _children_map()
+    total, todo = 0.0, list(kids.get(pid, []))
     while todo:
         p = todo.pop()
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1])
+        total += _rss_mb(p)
         todo.extend(kids.get(p, []))
-    return total * os.sysconf("SC_PAGE_SIZE") / 1024**2
+    return _rss_mb(pid), total
 
 
 def run_sampled(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 1800,
-                every: float = 0.05) -> tuple[Proc, float]:
-    """run_child, also sampling the summed RSS of the child's process tree; returns the peak."""
-    peak = [0.0]
+                every: float = 0.05) -> tuple[Proc, dict[str, float]]:
+    """run_child, also sampling RSS every `every` s: peaks of the whole tree (summed), of the
+    process alone and of its descendants (summed; ffmpeg for the media benchmarks)."""
+    peak = {"tree_mb": 0.0, "self_mb": 0.0, "children_mb": 0.0}
     stop = threading.Event()
 
     def sample(pid: int) -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], tree_rss_mb(pid))
+            own, kids = tree_rss_mb(pid)
+            peak["tree_mb"] = max(peak["tree_mb"], own + kids)
+            peak["self_mb"] = max(peak["self_mb"], own)
+            peak["children_mb"] = max(peak["children_mb"], kids)
             stop.wait(every)
 
     def start(pid: int) -> None:
@@ -356,7 +398,7 @@ def run_sampled(argv: list[str], *, env: dict[str, str] | None = None, timeout: 
         proc = run_child(argv, env=env or dict(os.environ), timeout=timeout, on_start=start)
     finally:
         stop.set()
-    return proc, peak[0]
+    return proc, peak
 
 
 @contextlib.contextmanager

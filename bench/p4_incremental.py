@@ -36,11 +36,12 @@ def run(emu: Any, work: Path, api: str, spec: Path, name: str) -> dict[str, Any]
     res: dict[str, Any] = {"wall": proc.wall, "paid_jobs": len(jobs), "out": str(out),
                            "final": h.mono_of_mtime(out / "final.mp4") - proc.started,
                            "cpu_s": proc.self_cpu_s, "children_cpu_s": proc.children_cpu_s}
+    res["exit_after_final"] = proc.ended - proc.started - res["final"]
     if jobs:
         gt = h.gen_times(emu)
         res["startup"] = gt.first_submit - proc.started
         res["generation"] = gt.last_download - gt.first_submit
-        res["after_download"] = proc.ended - gt.last_download
+        res["final_after_download"] = res["final"] - (gt.last_download - proc.started)
     else:
         res["startup"] = proc.report["stamps"].get("pipeline_ready", proc.started) - proc.started
     return res
@@ -95,10 +96,11 @@ def report(out: dict[str, Any]) -> str:
     r1, r2, r3 = out["first"], out["edited"], out["unchanged"]
     target = r2["generation"] + out["one_conform"] + 1.0
     rows = [[name, r["paid_jobs"], r["startup"], r.get("generation", float("nan")),
-             r["final"], r["wall"], r["wall"] / r1["wall"], r["wall"] - r["startup"]]
+             r.get("final_after_download", float("nan")), r["final"], r["exit_after_final"],
+             r["wall"], r["wall"] / r1["wall"], r["wall"] - r["startup"]]
             for name, r in (("first run", r1), ("1 shot edited", r2), ("unchanged", r3))]
-    head = ["run", "paid jobs", "start-up", "generation", "final.mp4 at", "wall", "vs first",
-            "wall - start-up"]
+    head = ["run", "paid jobs", "start-up", "generation", "download->final", "final.mp4 at",
+            "final->exit", "wall", "vs first", "wall - start-up"]
     return "\n".join([
         f"P4 incremental: {out['args']['shots']} x 5 s shots at {out['args']['size']}, latency "
         f"{out['args']['latency']} s + U(0,{out['args']['jitter']}) s (seconds from the command)",

@@ -7,8 +7,10 @@ trimmed, everything joined by the concat demuxer), in a child process.
 Baseline: one ffmpeg with every clip as an input and a chained xfade + acrossfade graph
 (ffmpeg.md §3.1), libx264 veryfast, ffmpeg's default threads.
 Memory is the peak of the summed RSS of the child's whole process tree (Python + every
-ffmpeg), sampled every 50 ms. Clips are house-format intermediates (conformed from four
-different test patterns, then reused round-robin), made once in $TMPDIR/storyreel-bench-media.
+ffmpeg), sampled every 50 ms; storyreel's is also split into its Python process (in a real
+run: the flow process, whose size does not depend on the assembly) and its ffmpeg children.
+Clips are house-format intermediates (conformed from four different test patterns, then
+reused round-robin), made once in $TMPDIR/storyreel-bench-media.
 """
 
 from __future__ import annotations
@@ -102,14 +104,17 @@ def main() -> int:
                                   env=env)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr_tail)
-        res[n] = {"storyreel": {"wall": proc.wall, "cpu_s": proc.tree_cpu_s, "peak_mb": rss}}
+        res[n] = {"storyreel": {"wall": proc.wall, "cpu_s": proc.tree_cpu_s,
+                                "peak_mb": rss["tree_mb"], "python_mb": rss["self_mb"],
+                                "ffmpeg_mb": rss["children_mb"]}}
         if n <= args.skip_chain_above:
             h.wait_quiet()
             proc, rss = h.run_sampled(chain_argv([Path(c) for c in clips], args.seconds,
                                                  work / f"chain-{n}.mp4"), env=env)
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr_tail)
-            res[n]["chain"] = {"wall": proc.wall, "cpu_s": proc.tree_cpu_s, "peak_mb": rss}
+            res[n]["chain"] = {"wall": proc.wall, "cpu_s": proc.tree_cpu_s,
+                               "peak_mb": rss["tree_mb"]}
     out = {"machine": h.machine(), "args": vars(args), "runs": res, "load_at_end": h.busy_note()}
     print(report(out))
     h.save("p6", out)
@@ -120,11 +125,12 @@ def report(out: dict[str, Any]) -> str:
     rows = []
     for n, r in out["runs"].items():
         s, c = r["storyreel"], r.get("chain")
-        rows.append([n, s["wall"], s["cpu_s"], s["peak_mb"],
+        rows.append([n, s["wall"], s["cpu_s"], s["peak_mb"], s["python_mb"], s["ffmpeg_mb"],
                      c["wall"] if c else "-", c["cpu_s"] if c else "-", c["peak_mb"] if c else "-",
                      f"{s['wall'] / c['wall']:.2f}" if c else "-",
                      f"{s['peak_mb'] / c['peak_mb']:.2f}" if c else "-"])
-    head = ["clips", "storyreel s", "CPU s", "peak MB", "chain s", "CPU s", "peak MB",
+    head = ["clips", "storyreel s", "CPU s", "peak MB", "python MB", "ffmpeg MB", "chain s",
+            "CPU s", "peak MB",
             "time ratio", "memory ratio"]
     return "\n".join([
         f"P6 crossfade ({FADE} s) at every junction, {out['args']['seconds']:g} s clips at "

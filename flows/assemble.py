@@ -74,33 +74,50 @@ def _encode_args(fmt: OutputFormat, frames: int, out: Path) -> list[str]:
             "-f", "mov", str(out)]
 
 
+def _at(frame: float, fmt: OutputFormat) -> str:
+    """A time half a frame before `frame`: as -ss it keeps that frame and drops the one
+    before; as -t it keeps frames up to `frame - 1`. Frame-exact on 1/fps timestamps."""
+    return f"{max(0.0, frame - 0.5) / fmt.fps:.6f}"
+
+
+# Decoders single-threaded like the encoders: two ffmpeg run at once on a 2-core machine.
+_IN = ["-threads", "1"]
+
+
 async def _render_body(clip: Path, out: Path, fmt: OutputFormat, start: int, end: int) -> None:
     graph = (
         f"[0:v]trim=start_frame={start}:end_frame={end},setpts=PTS-STARTPTS[v];"
         f"[0:a]atrim=start_sample={fmt.samples(start)}:end_sample={fmt.samples(end)},"
         "asetpts=PTS-STARTPTS[a]"
     )
-    await run_ffmpeg(["-i", str(clip), "-filter_complex", graph, "-map", "[v]", "-map", "[a]",
-                      *_encode_args(fmt, end - start, out)])
+    # -t: stop reading at the body's end instead of decoding the rest of the clip
+    await run_ffmpeg([*_IN, "-t", _at(end + 1, fmt), "-i", str(clip), "-filter_complex", graph,
+                      "-map", "[v]", "-map", "[a]", *_encode_args(fmt, end - start, out)])
 
 
 async def _render_join(a: Path, a_frames: int, b: Path, out: Path, fmt: OutputFormat,
                        frames: int, kind: str) -> None:
+    """Only the frames of the junction are decoded: clip a's tail by an input seek (its
+    audio, cheap PCM, is read whole from a second, unseeked input so that sample positions
+    stay exact), clip b's head by an input duration. Decoding whole clips made joins cost
+    ~3x the decode of a single xfade chain (bench/README.md P6)."""
     start = a_frames - frames
     tail = fmt.samples(a_frames) - fmt.samples(start)
     head = fmt.samples(frames)
     graph = (
-        f"[0:v]trim=start_frame={start},setpts=PTS-STARTPTS[va];"
+        "[0:v]setpts=PTS-STARTPTS[va];"
         f"[1:v]trim=end_frame={frames},setpts=PTS-STARTPTS[vb];"
         f"[va][vb]xfade=transition={XFADE[kind]}:duration={frames / fmt.fps:.6f}:offset=0,"
         # xfade may round its last frame away: hold it, then cut exactly.
         f"tpad=stop=-1:stop_mode=clone,trim=end_frame={frames}[v];"
-        f"[0:a]atrim=start_sample={fmt.samples(start)},asetpts=PTS-STARTPTS[aa];"
+        f"[2:a]atrim=start_sample={fmt.samples(start)},asetpts=PTS-STARTPTS[aa];"
         f"[1:a]atrim=end_sample={head},asetpts=PTS-STARTPTS[ab];"
         f"[aa][ab]acrossfade=ns={min(tail, head)}:c1=tri:c2=tri,"
         f"apad,atrim=end_sample={head}[a]"
     )
-    await run_ffmpeg(["-i", str(a), "-i", str(b), "-filter_complex", graph,
+    await run_ffmpeg([*_IN, "-ss", _at(start, fmt), "-i", str(a),
+                      *_IN, "-t", _at(frames + 1, fmt), "-i", str(b),
+                      *_IN, "-vn", "-i", str(a), "-filter_complex", graph,
                       "-map", "[v]", "-map", "[a]", *_encode_args(fmt, frames, out)])
 
 

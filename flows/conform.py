@@ -194,13 +194,14 @@ def _copy_atomic(src: Path, dest: Path) -> None:
 
 
 async def conform(src: Path, dest: Path, fmt: OutputFormat, duration: float,
-                  cache_dir: Path | None = None) -> VideoInfo:
+                  cache_dir: Path | None = None, source: VideoInfo | None = None) -> VideoInfo:
     """Make the house intermediate (.mov) of `src` lasting `duration` (in whole frames).
 
     With `cache_dir`, an intermediate made before from the same bytes with the same settings
-    is copied instead of encoded again (an edited storyboard re-conforms only what changed)."""
+    is copied instead of encoded again (an edited storyboard re-conforms only what changed).
+    `source`: the caller's probe of `src` (a just-verified download), to not open it again."""
     src, dest = Path(src), Path(dest)
-    source = probe(src)
+    source = source if source is not None else probe(src)
     frames = fmt.frames(duration)
     cached = _cache_path(cache_dir, src, fmt, frames, source.has_audio) if cache_dir else None
     if cached is not None and cached.exists():

@@ -25,7 +25,7 @@ from flows.errors import (
 from flows.journal import Attempt, Journal
 from flows.ledger import Ledger
 from flows.plan import Option, ShotPlan
-from flows.probe import verify_clip
+from flows.probe import VideoInfo, verify_clip
 from providers.base import Provider
 from providers.types import Job, Poll
 
@@ -170,7 +170,7 @@ async def _download(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Prov
     raw = ctx.run_dir / "raw" / f"{shot.shot_id}-{job.job_id}.mp4"
     t0 = time.monotonic()
     try:
-        await _fetch_verified(provider, job, done, raw, shot.duration)
+        info = await _fetch_verified(provider, job, done, raw, shot.duration)
     except ProviderError as exc:
         # paid but unusable: the cost stays reported; the next attempt may pay again
         return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons)
@@ -179,17 +179,17 @@ async def _download(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Prov
     if ctx.cache is not None:
         ctx.cache.put(clip_key(ctx, shot, opt), raw, provider=opt.provider, model=opt.model,
                       job_id=job.job_id, cost_usd=ctx.journal.get(row).actual_usd)
-    return await _finish(ctx, shot, opt, row, raw, conformed, "done")
+    return await _finish(ctx, shot, opt, row, raw, conformed, "done", source=info)
 
 
-async def _fetch_verified(provider: Provider, job: Job, done: Poll, raw: Path, duration: float):
+async def _fetch_verified(provider: Provider, job: Job, done: Poll, raw: Path,
+                          duration: float) -> VideoInfo:
     """Download and check the clip; a bad download is fetched again (the job is paid once)."""
     last: ProviderError | None = None
     for _ in range(3):
         try:
-            clip = await provider.fetch(job, done, raw)
-            await asyncio.to_thread(verify_clip, raw, expect_duration=duration)
-            return clip
+            await provider.fetch(job, done, raw)
+            return await asyncio.to_thread(verify_clip, raw, expect_duration=duration)
         except BadMediaError as exc:
             last = exc
             exc.provider = exc.provider or provider.name
@@ -221,11 +221,11 @@ def _failed(ctx: RunContext, row: int, shot: ShotPlan, exc: ProviderError, reaso
 
 
 async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: Path,
-                  conformed: Path, status: str) -> ShotResult:
+                  conformed: Path, status: str, source: VideoInfo | None = None) -> ShotResult:
     conformed.parent.mkdir(parents=True, exist_ok=True)
     # conformed clips are cached next to the raw ones: a re-run re-encodes only what changed
     cache_dir = ctx.cache.root / "conformed" if ctx.cache is not None else None
-    await conform(raw, conformed, ctx.fmt, shot.duration, cache_dir=cache_dir)
+    await conform(raw, conformed, ctx.fmt, shot.duration, cache_dir=cache_dir, source=source)
     ctx.journal.status(row, "done" if status == "done" else "cached", conformed_path=str(conformed))
     return ShotResult(shot.shot_id, status, conformed=conformed, option=opt.label)
 

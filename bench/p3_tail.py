@@ -31,7 +31,7 @@ import harness as h
 def baseline(out: Path, fmt: Any, last_raw: Path, duration: float) -> dict[str, float]:
     from flows.assemble import concat_list
     from flows.conform import conform
-    from flows.ffmpeg import run_ffmpeg_sync
+    from flows.ffmpeg_exec import run_ffmpeg_sync
 
     clips = sorted((out / "clips").glob("*.mov"))
     t = time.monotonic()

@@ -69,7 +69,7 @@ SOURCES: dict[str, tuple[str, list[str], str, str, float, list[str] | None, str]
 
 
 def make_sources(folder: Path) -> dict[str, tuple[Path, float]]:
-    from flows.ffmpeg import run_ffmpeg_sync
+    from flows.ffmpeg_exec import run_ffmpeg_sync
 
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -105,7 +105,7 @@ def plain_argv(src: Path, dest: Path, w: int, hgt: int, fps: int, frames: int,
 
 
 def run_pool(argvs: list[list[str]], workers: int = 2) -> float:
-    from flows.ffmpeg import BASE_ARGS, ffmpeg_exe
+    from flows.ffmpeg_exec import BASE_ARGS, ffmpeg_exe
 
     def one(argv: list[str]) -> None:
         subprocess.run([ffmpeg_exe(), *BASE_ARGS, *argv], check=True, capture_output=True,

@@ -32,7 +32,7 @@ FADE = 0.5
 
 def make_clips(folder: Path, w: int, hgt: int, fps: int, seconds: float) -> list[Path]:
     from flows.conform import OutputFormat, conform
-    from flows.ffmpeg import run_ffmpeg_sync
+    from flows.ffmpeg_exec import run_ffmpeg_sync
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -50,7 +50,7 @@ def make_clips(folder: Path, w: int, hgt: int, fps: int, seconds: float) -> list
 
 
 def chain_argv(clips: list[Path], seconds: float, dest: Path) -> list[str]:
-    from flows.ffmpeg import BASE_ARGS, ffmpeg_exe
+    from flows.ffmpeg_exec import BASE_ARGS, ffmpeg_exe
 
     parts, prev_v, prev_a = [], "0:v", "0:a"
     for i in range(1, len(clips)):

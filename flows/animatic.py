@@ -24,7 +24,7 @@ from PIL import Image, ImageFont, ImageOps
 
 from flows.conform import OutputFormat, temp_name
 from flows.errors import MediaError
-from flows.ffmpeg import filter_path, font_file, run_ffmpeg
+from flows.ffmpeg_exec import filter_path, font_file, run_ffmpeg
 from flows.probe import probe
 
 log = logging.getLogger(__name__)

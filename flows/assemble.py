@@ -22,7 +22,7 @@ from typing import Literal
 
 from flows.conform import PCM_ARGS, OutputFormat, as_argv, temp_name, video_codec_args
 from flows.errors import MediaError
-from flows.ffmpeg import run_ffmpeg
+from flows.ffmpeg_exec import run_ffmpeg
 from flows.probe import VideoInfo, probe
 
 XFADE = {"crossfade": "fade", "fade_black": "fadeblack"}

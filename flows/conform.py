@@ -23,7 +23,7 @@ from typing import Literal
 import ffmpeg as ffmpeg_python
 
 from flows.errors import MediaError, StoryreelError
-from flows.ffmpeg import ffmpeg_exe, run_ffmpeg
+from flows.ffmpeg_exec import ffmpeg_exe, run_ffmpeg
 from flows.probe import VideoInfo, probe
 
 SAMPLE_RATE = 48000

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flows.conform import temp_name
 from flows.errors import MediaError
-from flows.ffmpeg import run_ffmpeg
+from flows.ffmpeg_exec import run_ffmpeg
 from flows.probe import probe
 
 TILE_WIDTH = 320

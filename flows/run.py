@@ -15,7 +15,7 @@ from flows.assemble import Transition, assemble
 from flows.atomic import write_text_atomic
 from flows.conform import OutputFormat, conform
 from flows.errors import BudgetError, MediaError, StoryreelError
-from flows.ffmpeg import ffmpeg_exe
+from flows.ffmpeg_exec import ffmpeg_exe
 from flows.journal import Journal
 from flows.keys import require_keys
 from flows.ledger import Ledger

@@ -20,7 +20,7 @@ from flows.assemble import Transition, assemble, concat_list, junction_frames
 from flows.conform import OutputFormat, conform
 from flows.contact_sheet import contact_sheet
 from flows.errors import BadMediaError, MediaError
-from flows.ffmpeg import _Slots, run_ffmpeg, run_ffmpeg_sync
+from flows.ffmpeg_exec import _Slots, run_ffmpeg, run_ffmpeg_sync
 from flows.probe import probe, verify_clip
 
 FMT = OutputFormat(320, 180, 24)

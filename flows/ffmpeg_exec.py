@@ -9,6 +9,7 @@ than fewer processes with more threads each (ffmpeg.md §2.2).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -130,6 +131,21 @@ def _default_jobs() -> int:
 SLOTS = _Slots(_default_jobs())
 
 
+def _nice() -> int:
+    try:
+        return int(os.environ.get("STORYREEL_FFMPEG_NICE", "10"))
+    except ValueError:
+        return 10
+
+
+def _lower_priority(pid: int) -> None:
+    """Encodes yield the CPU to the orchestrator: a poll or download that waits behind ffmpeg
+    delays a whole shot, an encode that waits a few ms delays nothing (bench/README.md P1).
+    Set right after the spawn, before ffmpeg starts its threads (they inherit it)."""
+    with contextlib.suppress(OSError):  # the process may already be gone
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + _nice()))
+
+
 async def _drain(stream: asyncio.StreamReader, sink: bytearray) -> None:
     while chunk := await stream.read(65536):
         sink += chunk
@@ -148,6 +164,7 @@ async def run_ffmpeg(args: Sequence[str], *, timeout: float = 600) -> None:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
+        _lower_priority(proc.pid)
         err = bytearray()
         assert proc.stderr is not None
         drain = asyncio.ensure_future(_drain(proc.stderr, err))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import resource
 import sys
 import threading
@@ -50,19 +49,6 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def _nice_children(level: int) -> None:
-    import asyncio
-
-    spawn = asyncio.create_subprocess_exec
-
-    async def niced(*args: object, **kw: object) -> asyncio.subprocess.Process:
-        proc = await spawn(*args, **kw)  # type: ignore[arg-type]
-        os.setpriority(os.PRIO_PROCESS, proc.pid, level)
-        return proc
-
-    asyncio.create_subprocess_exec = niced  # type: ignore[assignment]
-
-
 def main() -> int:
     report, mode, *args = sys.argv[1:]
 
@@ -75,8 +61,6 @@ def main() -> int:
     atexit.register(write)
     if mode == "cli":  # it stops once the flow module is imported; `plain` never imports it
         threading.Thread(target=_watch_imports, daemon=True).start()
-    if os.environ.get("BENCH_NICE_FFMPEG"):  # experiment: child processes at a lower priority
-        _nice_children(int(os.environ["BENCH_NICE_FFMPEG"]))
     root = Path(__file__).resolve().parent.parent
     sys.path[:0] = [str(root), str(root / "bench")]
     if mode == "cli":

@@ -73,13 +73,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     variables = _vars(args.var)
     plan = make_plan(args.spec, variables, args.budget)
     preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor
+    out = args.out
+    if not args.no_early_submit:  # vendors start while Prefect starts (flows/early.py)
+        from flows.early import submit_early
+        from flows.run import RunOptions, run_dir_for
+
+        out = run_dir_for(plan, args.out)
+        early = asyncio.run(submit_early(plan, out, RunOptions(
+            no_cache=args.no_cache, regenerate=set(args.regenerate))))
+        if early:
+            print(f"storyreel: {len(early)} shot(s) submitted before the flow started; run "
+                  f"folder {out}", file=sys.stderr)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from flows.pipeline import render_storyboard
 
     result: dict[str, Any] = asyncio.run(render_storyboard(
         storyboard=str(args.spec), vars=variables, budget=args.budget,
-        out=str(args.out) if args.out else None, no_cache=args.no_cache,
+        out=str(out) if out else None, no_cache=args.no_cache,
         regenerate=args.regenerate, resubmit_unconfirmed=args.resubmit_unconfirmed))
     cap = f"${args.budget if args.budget is not None else plan.cap_usd:.2f}" \
         if (args.budget is not None or plan.cap_usd is not None) else "no cap"
@@ -163,6 +174,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not reuse clips from earlier runs")
     p.add_argument("--regenerate", action="append", default=[], metavar="SHOT_ID",
                    help="generate this shot again even if cached (repeatable)")
+    p.add_argument("--no-early-submit", action="store_true",
+                   help="let the flow make every submit (by default the first attempts are sent "
+                   "while Prefect starts)")
     p.add_argument("--resubmit-unconfirmed", action="store_true",
                    help="resubmit shots whose earlier submit may or may not have been accepted")
     p.set_defaults(fn=cmd_run)

@@ -95,6 +95,7 @@ class Ledger:
         self._reserved: Decimal = _ZERO
         self._shots: dict[str, _Shot] = {}
         self._open: dict[int, Reservation] = {}
+        self._held: dict[int, Reservation] = {}  # by journal row: jobs already at a vendor
         self.overruns: list[Overrun] = []
         self.stop_reason: str | None = None
         self._ids = itertools.count(1)
@@ -178,16 +179,25 @@ class Ledger:
                 self._open[r.id] = r
                 return r
 
-    def hold(self, shot_id: str, amount: float) -> Reservation:
+    def hold(self, shot_id: str, amount: float, row: int | None = None) -> Reservation:
         """Reserve money already committed at a vendor (a resumed in-flight job), with no cap
-        check: refusing it would not un-spend it, only hide it from the cap."""
+        check: refusing it would not un-spend it, only hide it from the cap. With `row` (its
+        journal row) the hold is kept for `held(row)`: holds are made when the ledger is, so
+        that no other shot can reserve that money first."""
         money = _amount(amount)
         with self._tlock:
             r = Reservation(id=next(self._ids), shot_id=shot_id, amount=money)
             self._reserved += money
             self._shots.setdefault(shot_id, _Shot()).reserved += money
             self._open[r.id] = r
+            if row is not None:
+                self._held[row] = r
             return r
+
+    def held(self, row: int) -> Reservation | None:
+        """The hold made for journal row `row` (once: it is handed over)."""
+        with self._tlock:
+            return self._held.pop(row, None)
 
     def settle(self, r: Reservation, actual_usd: float) -> None:
         """The attempt was charged `actual_usd`: the reservation becomes spend at that price."""

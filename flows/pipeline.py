@@ -27,6 +27,7 @@ from prefect.utilities.annotations import quote
 
 from flows import redaction
 from flows.cache import ClipCache, default_cache_dir
+from flows.early import take_early
 from flows.errors import BudgetError, ContentPolicyError, PlanError, SpecError
 from flows.keys import env_key
 from flows.plan import Plan, ShotPlan
@@ -207,6 +208,7 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
                          keys=keys, fmt=output_format(plan), cache=cache,
                          regenerate=opts.regenerate, resubmit_unconfirmed=opts.resubmit_unconfirmed,
                          limits=limits, limiter=limiter, log=log)
+        take_early(ctx)
 
         async def one(shot: ShotPlan) -> ShotResult:
             nonlocal done, reported

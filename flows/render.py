@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,17 @@ from flows.probe import VideoInfo, verify_clip
 from providers.base import Provider
 from providers.types import Job, Poll
 
+# A reason that starts so means the same request to the same vendor would fail the same way.
+_FINAL = ("content_policy", "invalid_request", "auth", "insufficient_credit", "budget")
+
 
 async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
     """Produce the shot's conformed clip, or say precisely why not."""
     conformed = ctx.run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}.mov"
-    resumed = await _resume(ctx, shot, conformed)
+    # an early submit (flows/early.py) was this run's first attempt of the first option
+    reasons: list[str] = list(ctx.early.get(shot.shot_id, []))
+    used = 1 if shot.shot_id in ctx.early else 0
+    resumed = await _resume(ctx, shot, conformed, reasons)
     if resumed is not None:
         return resumed
     if ctx.cache is not None and shot.shot_id not in ctx.regenerate:
@@ -46,26 +53,38 @@ async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
                     cost_source="none", clip_path=str(hit.path))
                 ctx.log(f"{shot.shot_id}: reused cached clip from {opt.label} (job {hit.job_id})")
                 return await _finish(ctx, shot, opt, row, hit.path, conformed, "cached")
-    reasons: list[str] = []
-    for opt in shot.options:
-        for _ in range(1 + shot.retries):
+    for i, opt in enumerate(shot.options):
+        tries = 1 + shot.retries
+        if i == 0 and used:
+            tries = 0 if reasons and reasons[-1].startswith(_FINAL) else tries - used
+        for _ in range(tries):
             result = await _attempt(ctx, shot, opt, conformed, reasons)
             if result is not None:
                 return result
-            if reasons and reasons[-1].startswith(("content_policy", "invalid_request", "auth",
-                                                   "insufficient_credit", "budget")):
-                break  # the same request to the same vendor would fail the same way
+            if reasons and reasons[-1].startswith(_FINAL):
+                break
         if ctx.ledger.stopped():
             break
     status = "skipped" if reasons and all(r.startswith("budget") for r in reasons) else "failed"
     return ShotResult(shot.shot_id, status, reason="; ".join(reasons) or "no option could run")
 
 
+@dataclass
+class _Sent:
+    """A submit the vendor answered with a job id."""
+
+    provider: Provider
+    job: Job
+    row: int
+    reservation: Any
+    started: float
+
+
 async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, conformed: Path,
                    reasons: list[str]) -> ShotResult | None:
     journal, ledger = ctx.journal, ctx.ledger
-    attempt = journal.next_attempt(shot.shot_id)
-    base = dict(shot_id=shot.shot_id, attempt=attempt, provider=opt.provider, model=opt.model)
+    base = dict(shot_id=shot.shot_id, attempt=journal.next_attempt(shot.shot_id),
+                provider=opt.provider, model=opt.model)
     if ledger.stopped():
         reasons.append("budget: run stopped (budget.on_exhausted: stop)")
         journal.record(**base, status="skipped", estimated_usd=opt.estimate_usd,
@@ -81,38 +100,66 @@ async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, conformed: Path
             ledger.stop(f"shot {shot.shot_id} could not reserve ${opt.estimate_usd:.2f}")
         ctx.log(f"{shot.shot_id}: skipped {opt.label}: {exc}")
         return None
+    async with ctx.slot(opt.provider):
+        sent = await _send(ctx, shot, opt, base, reservation, reasons)
+        if not isinstance(sent, _Sent):
+            return sent
+        return await _complete(ctx, shot, opt, sent.provider, sent.job, sent.row,
+                               sent.reservation, conformed, reasons, sent.started)
+
+
+async def submit_first(ctx: RunContext, shot: ShotPlan) -> list[str] | None:
+    """Only the first attempt's submit, for flows/early.py: None when nothing was sent (the
+    budget said no: the flow decides and records that), else the reasons it failed (empty:
+    the job is at the vendor, journaled as submitted, for the flow to poll)."""
+    opt = shot.options[0]
+    if ctx.ledger.stopped():
+        return None
+    try:
+        reservation = await ctx.ledger.reserve(shot.shot_id, opt.estimate_usd)
+    except BudgetError:
+        return None
+    base = dict(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id),
+                provider=opt.provider, model=opt.model)
+    reasons: list[str] = []
+    async with ctx.slot(opt.provider):
+        await _send(ctx, shot, opt, base, reservation, reasons)
+    return reasons
+
+
+async def _send(ctx: RunContext, shot: ShotPlan, opt: Option, base: dict[str, Any],
+                reservation: Any, reasons: list[str]) -> _Sent | ShotResult | None:
+    """Journal the intent, submit, journal the job id. Called with the provider's slot held:
+    the intent is written once the slot is ours, right before the POST, so a run killed while
+    queueing for a slot leaves no false "unconfirmed" behind, and timings exclude the queue."""
+    journal, ledger = ctx.journal, ctx.ledger
     provider = ctx.provider(opt.provider)
     req = shot.request(opt, ctx.plan)
-    async with ctx.slot(opt.provider):
-        # intent is written once a slot is ours, right before the POST: a run killed while
-        # queueing for a slot leaves no false "unconfirmed" behind, and timings exclude the queue
-        row = journal.intent(**base, cache_key=clip_key(ctx, shot, opt),
-                             estimated_usd=opt.estimate_usd, reserved_usd=reservation.amount_usd)
-        started = time.monotonic()
-        try:
-            job = await provider.submit(req)
-        except UnconfirmedSubmitError as exc:
-            if exc.job_id:  # the vendor let us name the job (Runware): ask it instead of guessing
-                job = Job(provider=opt.provider, job_id=exc.job_id, data={"recovered": True})
-                journal.submitted(row, job.job_id, job.data)
-                ctx.log(f"{shot.shot_id}: submit answer lost; polling job {job.job_id} we named")
-                return await _complete(ctx, shot, opt, provider, job, row, reservation,
-                                       conformed, reasons, started)
-            # the money may be gone: keep it reserved so the cap still counts it
-            exc.at(shot_id=shot.shot_id)
-            # reported at the estimate: it may have been charged, and a report must never
-            # show less than was spent
-            journal.status(row, "unconfirmed", failure_reason=f"unconfirmed: {exc.message}",
-                           actual_usd=reservation.amount_usd, cost_source="estimate")
-            ctx.log(f"{shot.shot_id}: {exc} - not resubmitted; check the vendor's dashboard")
-            return ShotResult(shot.shot_id, "unconfirmed", reason=str(exc))
-        except ProviderError as exc:
-            ledger.release(reservation)  # the vendor refused it: nothing was charged
-            return _failed(ctx, row, shot, exc, reasons)
-        journal.submitted(row, job.job_id, job.data)
-        ctx.log(f"{shot.shot_id}: submitted to {opt.label}, job {job.job_id}")
-        return await _complete(ctx, shot, opt, provider, job, row, reservation, conformed,
-                               reasons, started)
+    row = journal.intent(**base, cache_key=clip_key(ctx, shot, opt),
+                         estimated_usd=opt.estimate_usd, reserved_usd=reservation.amount_usd)
+    started = time.monotonic()
+    try:
+        job = await provider.submit(req)
+    except UnconfirmedSubmitError as exc:
+        if exc.job_id:  # the vendor let us name the job (Runware): ask it instead of guessing
+            job = Job(provider=opt.provider, job_id=exc.job_id, data={"recovered": True})
+            journal.submitted(row, job.job_id, job.data)
+            ctx.log(f"{shot.shot_id}: submit answer lost; polling job {job.job_id} we named")
+            return _Sent(provider, job, row, reservation, started)
+        # the money may be gone: keep it reserved so the cap still counts it
+        exc.at(shot_id=shot.shot_id)
+        # reported at the estimate: it may have been charged, and a report must never
+        # show less than was spent
+        journal.status(row, "unconfirmed", failure_reason=f"unconfirmed: {exc.message}",
+                       actual_usd=reservation.amount_usd, cost_source="estimate")
+        ctx.log(f"{shot.shot_id}: {exc} - not resubmitted; check the vendor's dashboard")
+        return ShotResult(shot.shot_id, "unconfirmed", reason=str(exc))
+    except ProviderError as exc:
+        ledger.release(reservation)  # the vendor refused it: nothing was charged
+        return _failed(ctx, row, shot, exc, reasons)
+    journal.submitted(row, job.job_id, job.data)
+    ctx.log(f"{shot.shot_id}: submitted to {opt.label}, job {job.job_id}")
+    return _Sent(provider, job, row, reservation, started)
 
 
 async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Provider, job: Job,
@@ -230,7 +277,8 @@ async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: P
     return ShotResult(shot.shot_id, status, conformed=conformed, option=opt.label)
 
 
-async def _resume(ctx: RunContext, shot: ShotPlan, conformed: Path) -> ShotResult | None:
+async def _resume(ctx: RunContext, shot: ShotPlan, conformed: Path,
+                  reasons: list[str]) -> ShotResult | None:
     """Pick up what an interrupted run of this folder already did for the shot."""
     attempts = ctx.journal.attempts(shot.shot_id)
     if not attempts:
@@ -261,14 +309,14 @@ async def _resume(ctx: RunContext, shot: ShotPlan, conformed: Path) -> ShotResul
         ctx.log(f"{shot.shot_id}: resuming job {last.job_id} on {opt.label} (not resubmitted)")
         provider = ctx.provider(opt.provider)
         job = Job(provider=opt.provider, job_id=last.job_id, data=last.job_data or {})
-        reasons: list[str] = []
         async with ctx.slot(opt.provider):
             if last.status == "succeeded":  # already settled before the interruption
                 done = await provider.wait(job)
                 result = await _download(ctx, shot, opt, provider, job, done, last.id,
                                          conformed, reasons)
-            else:  # committed money: held outside the cap check, settled when it ends
-                reservation = ctx.ledger.hold(shot.shot_id, last.reserved_usd or 0.0)
+            else:  # committed money: held since the ledger was made (run.ledger_for)
+                reservation = ctx.ledger.held(last.id) or ctx.ledger.hold(
+                    shot.shot_id, last.reserved_usd or 0.0)
                 result = await _complete(ctx, shot, opt, provider, job, last.id, reservation,
                                          conformed, reasons, time.monotonic())
         return result  # None: that job failed, fresh attempts follow

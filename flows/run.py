@@ -88,7 +88,11 @@ def ledger_for(plan: Plan, journal: Journal) -> Ledger:
         elif a.actual_usd:
             spent += a.actual_usd
     budget = plan.storyboard.budget
-    return Ledger(budget.max_usd, budget.max_usd_per_shot, already_spent_usd=spent)
+    ledger = Ledger(budget.max_usd, budget.max_usd_per_shot, already_spent_usd=spent)
+    for a in journal.in_flight():  # jobs at a vendor, not yet settled: held before any reserve
+        if a.status in ("submitted", "running") and a.job_id:
+            ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id)
+    return ledger
 
 
 def output_format(plan: Plan) -> OutputFormat:

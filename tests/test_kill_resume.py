@@ -21,6 +21,9 @@ from tests.storyboards import charged, cost_rows, total, write_board
 
 pytestmark = pytest.mark.e2e
 SHOTS = 4
+# longer than Prefect's start-up: the CLI submits before the flow starts (flows/early.py), and
+# the jobs must still be running when the flow begins to poll them
+LATENCY = 5.0
 
 
 def board(folder: Path) -> Path:
@@ -71,7 +74,7 @@ def frame_digest(path: Path) -> list[str]:
 
 @pytest.fixture
 def env(emu_env, prefect_api: str, tmp_path: Path) -> dict[str, str]:
-    emu_env.configure(latency=2.0)
+    emu_env.configure(latency=LATENCY)
     return {**os.environ, "PREFECT_API_URL": prefect_api,
             "STORYREEL_CACHE_DIR": str(tmp_path / "cache"), "STORYREEL_POLL_FIRST_S": "0.2",
             "STORYREEL_POLL_MAX_S": "0.5"}
@@ -104,7 +107,7 @@ KILL_POINTS = {
 def test_sigkill_then_resume_pays_once(point: str, env: dict[str, str], emu_env, tmp_path: Path,
                                        reference: list[str]) -> None:
     emu = emu_env
-    emu.configure(latency=2.0)
+    emu.configure(latency=LATENCY)
     if point == "mid-download":
         emu.inject("fal", "download", "slow", delay=3.0, times=SHOTS)
     spec, out = board(tmp_path), tmp_path / "out"

@@ -1,0 +1,80 @@
+"""Early submits: `storyreel run` sends each shot's first vendor request before it imports
+Prefect, so the vendors' generation time (seconds to minutes) overlaps the orchestrator's
+start-up (1.5-4 s with a running server, 7-25 s with a temporary one) instead of following it
+(bench/README.md, P0 and P4).
+
+It does only what the flow would do first anyway, with the same money rules (reserve ->
+journal intent -> submit -> journal job id, flows/render.py), and only where nothing on the
+Prefect side could change that first step:
+- a fresh shot (no attempt in this run folder) whose options have no cached clip;
+- its first option's key is in the environment (a Secret block needs Prefect to read);
+- that provider has no `limits:` entry (limits are shared across runs through Prefect's
+  global concurrency limits, which only the flow holds);
+- not the local animatic provider (nothing to wait for).
+The flow then finds the job in the journal and polls it as a resumed run would. The journal's
+meta key `early` names the shots whose first attempt was made here (with the reasons, when it
+failed), so that retries are counted as if the flow had made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from flows import redaction
+from flows.cache import ClipCache, default_cache_dir
+from flows.context import RunContext, clip_key
+from flows.keys import env_key, key_env
+from flows.plan import Plan, ShotPlan
+from flows.render import submit_first
+from flows.run import RunOptions, ledger_for, open_journal, output_format
+from providers.http import new_client
+
+META_KEY = "early"
+
+
+def _log(line: str) -> None:
+    print(f"storyreel: {line}", file=sys.stderr)
+
+
+def eligible(ctx: RunContext, shot: ShotPlan) -> bool:
+    opt = shot.options[0]
+    if opt.provider == "local" or opt.provider in ctx.limits:
+        return False
+    if key_env(opt.provider) and not env_key(opt.provider):
+        return False
+    if ctx.journal.attempts(shot.shot_id):
+        return False
+    if ctx.cache is not None and shot.shot_id not in ctx.regenerate:
+        return not any(ctx.cache.get(clip_key(ctx, shot, o)) is not None for o in shot.options)
+    return True
+
+
+async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str, list[str]]:
+    """Submit the eligible shots' first attempts; record and return what was done."""
+    redaction.install()
+    journal = open_journal(run_dir)
+    try:
+        cache = None if opts.no_cache else ClipCache(opts.cache_dir or default_cache_dir())
+        async with new_client() as client:
+            ctx = RunContext(plan=plan, run_dir=run_dir, journal=journal,
+                             ledger=ledger_for(plan, journal), client=client,
+                             keys={p: env_key(p) for p in plan.providers_used()},
+                             fmt=output_format(plan), cache=cache, regenerate=opts.regenerate,
+                             limits=dict(plan.storyboard.limits), log=_log)
+            shots = [s for s in plan.shots if eligible(ctx, s)]
+            outcomes = await asyncio.gather(*(submit_first(ctx, s) for s in shots))
+        early = {s.shot_id: r for s, r in zip(shots, outcomes, strict=True) if r is not None}
+        journal.meta_set(META_KEY, early)
+        return early
+    finally:
+        journal.close()
+
+
+def take_early(ctx: RunContext) -> None:
+    """In the flow: read which shots were submitted early, once (a later resume of the same
+    folder must not count them again)."""
+    ctx.early = dict(ctx.journal.meta_get(META_KEY, {}) or {})
+    if ctx.early:
+        ctx.journal.meta_set(META_KEY, {})

@@ -43,6 +43,7 @@ from flows.run import (
     preflight,
     run_dir_for,
     slug,
+    warm_imports,
 )
 from providers.http import new_client
 
@@ -199,8 +200,9 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
         await _ensure_limits(limits)
         limiter = _gcl_limiter(set(limits))
     cache = None if opts.no_cache else ClipCache(opts.cache_dir or default_cache_dir())
-    progress = await acreate_progress_artifact(0.0, key=f"progress-{slug(plan.storyboard.title)}",
-                                               description="shots finished")
+    # created beside the first submits, not before them (a server round trip)
+    progress = asyncio.ensure_future(acreate_progress_artifact(
+        0.0, key=f"progress-{slug(plan.storyboard.title)}", description="shots finished"))
     done, reported = 0, 0.0  # reported: when the progress artifact was last updated
 
     async with new_client() as client:
@@ -209,6 +211,8 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
                          regenerate=opts.regenerate, resubmit_unconfirmed=opts.resubmit_unconfirmed,
                          limits=limits, limiter=limiter, log=log)
         take_early(ctx)
+        # pandas & co. for the reports, imported while the shots wait on vendors
+        warm = asyncio.get_running_loop().run_in_executor(None, warm_imports)
 
         async def one(shot: ShotPlan) -> ShotResult:
             nonlocal done, reported
@@ -223,12 +227,13 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
             # a time), so one per shot slowed 100-shot runs by seconds (bench/README.md P1)
             if time.monotonic() - reported >= 1.0 and done < len(plan.shots):
                 reported = time.monotonic()
-                await aupdate_progress_artifact(progress, 100.0 * done / len(plan.shots))
+                await aupdate_progress_artifact(await progress, 100.0 * done / len(plan.shots))
             return result
 
         try:
             results = list(await asyncio.gather(*(one(s) for s in plan.shots)))
-            await aupdate_progress_artifact(progress, 100.0)  # after every throttled update
+            await aupdate_progress_artifact(await progress, 100.0)  # after every throttled update
+            await warm
             return await finish(plan, run_dir, journal, ledger, results)
         finally:
             journal.close()

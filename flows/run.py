@@ -3,6 +3,7 @@ the run folder and its journal, then placeholders, assembly and the reports at t
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import re
@@ -146,24 +147,41 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
     transitions = [Transition(s.transition.kind, s.transition.duration) for s in plan.shots[:-1]]
     final = run_dir / "final.mp4"
     await assemble(clips, final, output_format(plan), transitions)
-    if contact_sheet:
-        from flows.contact_sheet import contact_sheet as sheet
+    sheet = asyncio.create_task(_contact_sheet(final, run_dir)) if contact_sheet else None
+    # the reports (pandas) in a thread, while ffmpeg draws the contact sheet
+    rows, cost_csv, table = await asyncio.to_thread(_reports, plan, run_dir, journal)
+    summary = RunSummary(journal.run_id, run_dir, final, cost_csv, ledger.spent_usd, plan.cap_usd,
+                         results, table, rows)
+    if sheet is not None:
+        await sheet
+    write_run_json(plan, run_dir, journal.run_id, results, ledger)
+    return summary
 
-        try:
-            await sheet(final, run_dir / "contact_sheet.png")
-        except StoryreelError:
-            pass  # a picture of the cut is nice to have, never worth failing the run
-    # here, not at the top: flows.report imports pandas (~0.5 s), which would delay the
-    # first vendor submit of every run for a report written only at the end
+
+async def _contact_sheet(final: Path, run_dir: Path) -> None:
+    from flows.contact_sheet import contact_sheet
+
+    try:
+        await contact_sheet(final, run_dir / "contact_sheet.png")
+    except StoryreelError:
+        pass  # a picture of the cut is nice to have, never worth failing the run
+
+
+def _reports(plan: Plan, run_dir: Path, journal: Journal) -> tuple[list[dict[str, Any]], Path, str]:
+    # imported here, not at the top: flows.report imports pandas (~0.5 s), which would delay
+    # the first vendor submit of every run for a report written only at the end
     from flows.report import rows_from_journal, summarize, write_cost_csv
 
     rows = rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots})
     cost_csv = write_cost_csv(rows, run_dir / "cost.csv")
-    table = summarize(rows, plan.cap_usd).to_string()
-    summary = RunSummary(journal.run_id, run_dir, final, cost_csv, ledger.spent_usd, plan.cap_usd,
-                         results, table, rows)
-    write_run_json(plan, run_dir, journal.run_id, results, ledger)
-    return summary
+    return rows, cost_csv, summarize(rows, plan.cap_usd).to_string()
+
+
+def warm_imports() -> None:
+    """Import what the end of a run needs (pandas above all) while the run waits on vendors,
+    so that it is not on the path from the last clip to the exit. Run it in a thread."""
+    import flows.contact_sheet  # noqa: F401
+    import flows.report  # noqa: F401
 
 
 def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotResult],

@@ -19,6 +19,7 @@ failed), so that retries are counted as if the flow had made it.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +36,10 @@ META_KEY = "early"
 
 
 def _log(line: str) -> None:
-    print(f"storyreel: {line}", file=sys.stderr)
+    """Per-shot lines only with STORYREEL_DEBUG: the flow reports every outcome (a refused
+    early submit's reason travels in the journal's `early` key to the shot's result)."""
+    if os.environ.get("STORYREEL_DEBUG"):
+        print(f"storyreel: {line}", file=sys.stderr)
 
 
 def eligible(ctx: RunContext, shot: ShotPlan) -> bool:

@@ -180,6 +180,10 @@ def _decode_one(path: Path) -> None:
     """A header can parse while the codec data is garbage: decode the first frame to be sure."""
     with _open(path) as container:
         v = _video_stream(container)
+        # one thread: a decoder's thread pool costs more to start than one frame to decode,
+        # and many clips are verified at once
+        if v is not None:
+            v.codec_context.thread_count = 1
         try:
             for _frame in container.decode(v):
                 return

@@ -118,6 +118,11 @@ async def submit_first(ctx: RunContext, shot: ShotPlan) -> list[str] | None:
     try:
         reservation = await ctx.ledger.reserve(shot.shot_id, opt.estimate_usd)
     except BudgetError:
+        if ctx.plan.storyboard.budget.on_exhausted == "stop":  # no later shot goes early
+            ctx.ledger.stop(f"shot {shot.shot_id} could not reserve ${opt.estimate_usd:.2f}")
+        return None
+    if ctx.ledger.stopped():  # stopped while this one waited to reserve
+        ctx.ledger.release(reservation)
         return None
     base = dict(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id),
                 provider=opt.provider, model=opt.model)

@@ -26,6 +26,7 @@ from pathlib import Path
 from flows import redaction
 from flows.cache import ClipCache, default_cache_dir
 from flows.context import RunContext, clip_key
+from flows.errors import redact
 from flows.keys import env_key, key_env
 from flows.plan import Plan, ShotPlan
 from flows.render import submit_first
@@ -68,8 +69,16 @@ async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str,
                              fmt=output_format(plan), cache=cache, regenerate=opts.regenerate,
                              limits=dict(plan.storyboard.limits), log=_log)
             shots = [s for s in plan.shots if eligible(ctx, s)]
-            outcomes = await asyncio.gather(*(submit_first(ctx, s) for s in shots))
-        early = {s.shot_id: r for s, r in zip(shots, outcomes, strict=True) if r is not None}
+            # one shot's surprise must not cancel the others' submits mid-flight; the flow
+            # sees whatever its journal rows say (an intent with no answer is unconfirmed)
+            outcomes = await asyncio.gather(*(submit_first(ctx, s) for s in shots),
+                                            return_exceptions=True)
+        for s, r in zip(shots, outcomes, strict=True):
+            if isinstance(r, BaseException):
+                print(redact(f"storyreel: {s.shot_id}: early submit failed ({type(r).__name__}: "
+                             f"{r}); left to the flow"), file=sys.stderr)
+        early = {s.shot_id: r for s, r in zip(shots, outcomes, strict=True)
+                 if isinstance(r, list)}
         journal.meta_set(META_KEY, early)
         return early
     finally:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from flows.cache import ClipCache, default_cache_dir
 from flows.keys import env_key
 from flows.render import RunContext, ShotResult, render_shot
 from flows.run import (
     RunOptions,
+    cache_for,
     finish,
     ledger_for,
     make_plan,
@@ -36,7 +36,7 @@ async def run(spec: str, out: Path) -> bool:
     journal = open_journal(run_dir)
     ledger = ledger_for(plan, journal)
     keys = {p: env_key(p) for p in plan.providers_used()}
-    cache = ClipCache(default_cache_dir())
+    cache = cache_for(opts)
     async with new_client() as client:
         ctx = RunContext(plan=plan, run_dir=run_dir, journal=journal, ledger=ledger,
                          client=client, keys=keys, fmt=output_format(plan), cache=cache,

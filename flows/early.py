@@ -24,13 +24,12 @@ import sys
 from pathlib import Path
 
 from flows import redaction
-from flows.cache import ClipCache, default_cache_dir
 from flows.context import RunContext, clip_key
 from flows.errors import redact
 from flows.keys import env_key, key_env
 from flows.plan import Plan, ShotPlan
 from flows.render import submit_first
-from flows.run import RunOptions, ledger_for, open_journal, output_format
+from flows.run import RunOptions, cache_for, ledger_for, open_journal, output_format
 from providers.http import new_client
 
 META_KEY = "early"
@@ -43,13 +42,11 @@ def _log(line: str) -> None:
         print(f"storyreel: {line}", file=sys.stderr)
 
 
-def eligible(ctx: RunContext, shot: ShotPlan) -> bool:
+def eligible(ctx: RunContext, shot: ShotPlan, attempted: set[str]) -> bool:
     opt = shot.options[0]
-    if opt.provider == "local" or opt.provider in ctx.limits:
+    if opt.provider == "local" or opt.provider in ctx.limits or shot.shot_id in attempted:
         return False
-    if key_env(opt.provider) and not env_key(opt.provider):
-        return False
-    if ctx.journal.attempts(shot.shot_id):
+    if key_env(opt.provider) and not ctx.keys.get(opt.provider):  # a Secret block's key
         return False
     if ctx.cache is not None and shot.shot_id not in ctx.regenerate:
         return not any(ctx.cache.get(clip_key(ctx, shot, o)) is not None for o in shot.options)
@@ -61,14 +58,14 @@ async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str,
     redaction.install()
     journal = open_journal(run_dir)
     try:
-        cache = None if opts.no_cache else ClipCache(opts.cache_dir or default_cache_dir())
         async with new_client() as client:
             ctx = RunContext(plan=plan, run_dir=run_dir, journal=journal,
                              ledger=ledger_for(plan, journal), client=client,
                              keys={p: env_key(p) for p in plan.providers_used()},
-                             fmt=output_format(plan), cache=cache, regenerate=opts.regenerate,
+                             fmt=output_format(plan), cache=cache_for(opts), regenerate=opts.regenerate,
                              limits=dict(plan.storyboard.limits), log=_log)
-            shots = [s for s in plan.shots if eligible(ctx, s)]
+            attempted = {a.shot_id for a in journal.attempts()}
+            shots = [s for s in plan.shots if eligible(ctx, s, attempted)]
             # one shot's surprise must not cancel the others' submits mid-flight; the flow
             # sees whatever its journal rows say (an intent with no answer is unconfirmed)
             outcomes = await asyncio.gather(*(submit_first(ctx, s) for s in shots),

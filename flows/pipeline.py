@@ -26,7 +26,6 @@ from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
 from flows import redaction
-from flows.cache import ClipCache, default_cache_dir
 from flows.early import take_early
 from flows.errors import BudgetError, ContentPolicyError, PlanError, SpecError
 from flows.keys import env_key
@@ -35,6 +34,7 @@ from flows.render import RunContext, ShotResult, render_shot
 from flows.run import (
     RunOptions,
     RunSummary,
+    cache_for,
     finish,
     ledger_for,
     make_plan,
@@ -75,7 +75,7 @@ def _shot_run_name(parameters: dict[str, Any]) -> str:
 async def shot_task(ctx: RunContext, shot: ShotPlan,
                     started: dict[str, asyncio.Future[ShotResult]] | None = None) -> ShotResult:
     """One shot. `started`: renders that run_plan began before their task runs existed, so
-    that Prefect's start-up of each task run (~10-30 ms of CPU, one after another) delays no
+    that Prefect's start-up of each task run (4-7 ms of CPU, one after another) delays no
     poll or download (bench/README.md P1); the task run awaits its own. A retry renders anew,
     resuming from the journal."""
     try:
@@ -205,7 +205,7 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
     if shared_limits and limits:
         await _ensure_limits(limits)
         limiter = _gcl_limiter(set(limits))
-    cache = None if opts.no_cache else ClipCache(opts.cache_dir or default_cache_dir())
+    cache = cache_for(opts)
     # created beside the first submits, not before them (a server round trip)
     progress = asyncio.ensure_future(acreate_progress_artifact(
         0.0, key=f"progress-{slug(plan.storyboard.title)}", description="shots finished"))

@@ -83,21 +83,18 @@ class _Sent:
 async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, conformed: Path,
                    reasons: list[str]) -> ShotResult | None:
     journal, ledger = ctx.journal, ctx.ledger
-    base = dict(shot_id=shot.shot_id, attempt=journal.next_attempt(shot.shot_id),
-                provider=opt.provider, model=opt.model)
+    base = _base(ctx, shot, opt)
     if ledger.stopped():
         reasons.append("budget: run stopped (budget.on_exhausted: stop)")
         journal.record(**base, status="skipped", estimated_usd=opt.estimate_usd,
                        failure_reason=reasons[-1])
         return None
     try:
-        reservation = await ledger.reserve(shot.shot_id, opt.estimate_usd)
+        reservation = await _reserve(ctx, shot, opt)
     except BudgetError as exc:
         reasons.append(f"budget: {exc}")
         journal.record(**base, status="skipped", estimated_usd=opt.estimate_usd,
                        failure_reason=reasons[-1])
-        if ctx.plan.storyboard.budget.on_exhausted == "stop":
-            ledger.stop(f"shot {shot.shot_id} could not reserve ${opt.estimate_usd:.2f}")
         ctx.log(f"{shot.shot_id}: skipped {opt.label}: {exc}")
         return None
     async with ctx.slot(opt.provider):
@@ -116,20 +113,33 @@ async def submit_first(ctx: RunContext, shot: ShotPlan) -> list[str] | None:
     if ctx.ledger.stopped():
         return None
     try:
-        reservation = await ctx.ledger.reserve(shot.shot_id, opt.estimate_usd)
+        reservation = await _reserve(ctx, shot, opt)  # with `stop`, no later shot goes early
     except BudgetError:
-        if ctx.plan.storyboard.budget.on_exhausted == "stop":  # no later shot goes early
-            ctx.ledger.stop(f"shot {shot.shot_id} could not reserve ${opt.estimate_usd:.2f}")
         return None
     if ctx.ledger.stopped():  # stopped while this one waited to reserve
         ctx.ledger.release(reservation)
         return None
-    base = dict(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id),
-                provider=opt.provider, model=opt.model)
     reasons: list[str] = []
     async with ctx.slot(opt.provider):
-        await _send(ctx, shot, opt, base, reservation, reasons)
+        await _send(ctx, shot, opt, _base(ctx, shot, opt), reservation, reasons)
     return reasons
+
+
+def _base(ctx: RunContext, shot: ShotPlan, opt: Option) -> dict[str, Any]:
+    """The journal fields every row of a new attempt starts with."""
+    return dict(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id),
+                provider=opt.provider, model=opt.model)
+
+
+async def _reserve(ctx: RunContext, shot: ShotPlan, opt: Option) -> Any:
+    """Reserve the option's estimate; a refusal under `on_exhausted: stop` stops every new
+    submission of the run before BudgetError goes on to the caller."""
+    try:
+        return await ctx.ledger.reserve(shot.shot_id, opt.estimate_usd)
+    except BudgetError:
+        if ctx.plan.storyboard.budget.on_exhausted == "stop":
+            ctx.ledger.stop(f"shot {shot.shot_id} could not reserve ${opt.estimate_usd:.2f}")
+        raise
 
 
 async def _send(ctx: RunContext, shot: ShotPlan, opt: Option, base: dict[str, Any],

@@ -14,6 +14,7 @@ from typing import Any
 
 from flows.assemble import Transition, assemble
 from flows.atomic import write_text_atomic
+from flows.cache import ClipCache, default_cache_dir
 from flows.conform import OutputFormat, conform
 from flows.errors import BudgetError, MediaError, StoryreelError
 from flows.ffmpeg_exec import ffmpeg_exe
@@ -81,19 +82,26 @@ def open_journal(run_dir: Path) -> Journal:
 
 
 def ledger_for(plan: Plan, journal: Journal) -> Ledger:
-    """A ledger that already counts what earlier sessions of this run folder spent or held."""
+    """A ledger that already counts what earlier sessions of this run folder spent or held;
+    jobs at a vendor, not yet settled, are held before anything can reserve."""
     spent = 0.0
+    at_vendor = []
     for a in journal.attempts():
         if a.status in _HELD:
             spent += a.reserved_usd or 0.0
         elif a.actual_usd:
             spent += a.actual_usd
+        elif a.status in ("submitted", "running") and a.job_id:
+            at_vendor.append(a)
     budget = plan.storyboard.budget
     ledger = Ledger(budget.max_usd, budget.max_usd_per_shot, already_spent_usd=spent)
-    for a in journal.in_flight():  # jobs at a vendor, not yet settled: held before any reserve
-        if a.status in ("submitted", "running") and a.job_id:
-            ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id)
+    for a in at_vendor:
+        ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id)
     return ledger
+
+
+def cache_for(opts: RunOptions) -> ClipCache | None:
+    return None if opts.no_cache else ClipCache(opts.cache_dir or default_cache_dir())
 
 
 def output_format(plan: Plan) -> OutputFormat:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from flows.keys import env_key
 from flows.render import RunContext, ShotResult, render_shot
 from flows.run import (
     RunOptions,
@@ -25,6 +24,7 @@ from flows.run import (
     preflight,
     run_dir_for,
 )
+from flows.storyboard.keys import env_key
 from providers.http import new_client
 
 

@@ -57,7 +57,7 @@ def machine() -> dict[str, Any]:
         mem = f"{kb / 1024**2:.1f} GiB"
     from importlib.metadata import version
 
-    from flows.ffmpeg_exec import ffmpeg_exe
+    from flows.media.ffmpeg_exec import ffmpeg_exe
 
     ff = subprocess.run([ffmpeg_exe(), "-version"], capture_output=True, text=True).stdout
     return {"cpu": cpu, "cores": os.cpu_count(), "mem": mem, "os": platform.platform(),

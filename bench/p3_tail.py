@@ -4,7 +4,7 @@
 
 The emulator serves real 1280x720 clips; `storyreel run` (the real CLI, running Prefect
 server) conforms each as it arrives and assembles the cut. Baseline, measured in this process
-after the run on the same files: one conform of the last clip (flows.conform.conform, the
+after the run on the same files: one conform of the last clip (flows.media.conform.conform, the
 pipeline's own) + ffmpeg's concat-demuxer copy of the 20 conformed clips (video copied,
 audio to AAC, as the cut is made). The tail is split into "last clip conformed" (its
 conform, plus any conforms still queued ahead of it) and "cut written" (assembly).
@@ -29,9 +29,9 @@ import harness as h
 
 
 def baseline(out: Path, fmt: Any, last_raw: Path, duration: float) -> dict[str, float]:
-    from flows.assemble import concat_list
-    from flows.conform import conform
-    from flows.ffmpeg_exec import run_ffmpeg_sync
+    from flows.media.assemble import concat_list
+    from flows.media.conform import conform
+    from flows.media.ffmpeg_exec import run_ffmpeg_sync
 
     clips = sorted((out / "clips").glob("*.mov"))
     t = time.monotonic()
@@ -48,7 +48,7 @@ def baseline(out: Path, fmt: Any, last_raw: Path, duration: float) -> dict[str, 
 
 
 def once(emu: Any, work: Path, api: str, args: argparse.Namespace) -> dict[str, Any]:
-    from flows.conform import OutputFormat
+    from flows.media.conform import OutputFormat
 
     emu.reset()
     tag = uuid.uuid4().hex[:8]

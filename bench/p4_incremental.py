@@ -7,7 +7,7 @@ sharing one clip cache, as a user would run them. The emulator serves clips at t
 size. Reported: paid jobs of the second run (emulator submits), its wall time against the
 first run's, and against the target "1 generation + 1 conform + 1 s", where generation is
 the edited shot's submit -> clip downloaded and conform is that clip's conform measured here
-afterwards (flows.conform.conform). Start-up (P0) is shown apart.
+afterwards (flows.media.conform.conform). Start-up (P0) is shown apart.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def run(emu: Any, work: Path, api: str, spec: Path, name: str) -> dict[str, Any]
 
 
 def conform_time(raw: Path, work: Path, size: str) -> float:
-    from flows.conform import OutputFormat, conform
+    from flows.media.conform import OutputFormat, conform
 
     w, hgt = (int(x) for x in size.split("x"))
     t = time.monotonic()

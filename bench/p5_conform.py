@@ -2,7 +2,7 @@
 
     python bench/p5_conform.py [--repeat 2] [--size 1280x720] [--fps 24]
 
-storyreel: flows.conform.conform on all 20 clips at once (asyncio.gather; the pipeline's
+storyreel: flows.media.conform.conform on all 20 clips at once (asyncio.gather; the pipeline's
 ffmpeg limit, one process per core), probes and checks included, no conform cache.
 Baselines, on the same files in the same process run:
   ffmpeg     ffmpeg alone: a plain normalize command (ffmpeg.md §2.1: SAR-square scale, fps,
@@ -69,7 +69,7 @@ SOURCES: dict[str, tuple[str, list[str], str, str, float, list[str] | None, str]
 
 
 def make_sources(folder: Path) -> dict[str, tuple[Path, float]]:
-    from flows.ffmpeg_exec import run_ffmpeg_sync
+    from flows.media.ffmpeg_exec import run_ffmpeg_sync
 
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -105,7 +105,7 @@ def plain_argv(src: Path, dest: Path, w: int, hgt: int, fps: int, frames: int,
 
 
 def run_pool(argvs: list[list[str]], workers: int = 2) -> float:
-    from flows.ffmpeg_exec import BASE_ARGS, ffmpeg_exe
+    from flows.media.ffmpeg_exec import BASE_ARGS, ffmpeg_exe
 
     def one(argv: list[str]) -> None:
         subprocess.run([ffmpeg_exe(), *BASE_ARGS, *argv], check=True, capture_output=True,
@@ -118,7 +118,7 @@ def run_pool(argvs: list[list[str]], workers: int = 2) -> float:
 
 
 def run_storyreel(sources: dict[str, tuple[Path, float]], out: Path, fmt: Any) -> float:
-    from flows.conform import conform
+    from flows.media.conform import conform
 
     async def all_of() -> None:
         await asyncio.gather(*(conform(p, out / f"{n}.mov", fmt, d)
@@ -135,8 +135,8 @@ def main() -> int:
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--fps", type=int, default=24)
     args = ap.parse_args()
-    from flows.conform import OutputFormat, conform_argv
-    from flows.probe import probe
+    from flows.media.conform import OutputFormat, conform_argv
+    from flows.media.probe import probe
 
     w, hgt = (int(x) for x in args.size.split("x"))
     fmt = OutputFormat(w, hgt, args.fps)

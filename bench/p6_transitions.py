@@ -2,7 +2,7 @@
 
     python bench/p6_transitions.py [--clips 20 60] [--seconds 3] [--size 1280x720]
 
-storyreel: flows.assemble.assemble (junctions rendered as their own short segments, bodies
+storyreel: flows.media.assemble.assemble (junctions rendered as their own short segments, bodies
 trimmed, everything joined by the concat demuxer), in a child process.
 Baseline: one ffmpeg with every clip as an input and a chained xfade + acrossfade graph
 (ffmpeg.md §3.1), libx264 veryfast, ffmpeg's default threads.
@@ -31,8 +31,8 @@ FADE = 0.5
 
 
 def make_clips(folder: Path, w: int, hgt: int, fps: int, seconds: float) -> list[Path]:
-    from flows.conform import OutputFormat, conform
-    from flows.ffmpeg_exec import run_ffmpeg_sync
+    from flows.media.conform import OutputFormat, conform
+    from flows.media.ffmpeg_exec import run_ffmpeg_sync
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -50,7 +50,7 @@ def make_clips(folder: Path, w: int, hgt: int, fps: int, seconds: float) -> list
 
 
 def chain_argv(clips: list[Path], seconds: float, dest: Path) -> list[str]:
-    from flows.ffmpeg_exec import BASE_ARGS, ffmpeg_exe
+    from flows.media.ffmpeg_exec import BASE_ARGS, ffmpeg_exe
 
     parts, prev_v, prev_a = [], "0:v", "0:a"
     for i in range(1, len(clips)):
@@ -67,8 +67,8 @@ def chain_argv(clips: list[Path], seconds: float, dest: Path) -> list[str]:
 
 def child(listfile: str, dest: str, size: str, fps: str) -> int:
     """Child process: storyreel's assembly of the listed clips, a crossfade at every join."""
-    from flows.assemble import Transition, assemble
-    from flows.conform import OutputFormat
+    from flows.media.assemble import Transition, assemble
+    from flows.media.conform import OutputFormat
 
     clips = [Path(p) for p in json.loads(Path(listfile).read_text())]
     w, hgt = (int(x) for x in size.split("x"))

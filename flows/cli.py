@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.errors import BudgetError, MissingKeyError, SpecError, StoryreelError
+from providers.errors import BudgetError, MissingKeyError, SpecError, StoryreelError
 
 
 def _vars(pairs: list[str]) -> dict[str, str]:
@@ -38,8 +38,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from flows.keys import missing_keys
     from flows.run import make_plan
+    from flows.storyboard.keys import missing_keys
 
     plan = make_plan(args.spec, _vars(args.var), args.budget)
     if args.json:
@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from flows.spec import Storyboard
+    from flows.storyboard.spec import Storyboard
 
     print(json.dumps(Storyboard.model_json_schema(), indent=2))
     return 0
@@ -117,7 +117,7 @@ def cmd_providers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({p: c.model_dump(mode="json") for p, c in catalog.items()}, indent=2))
         return 0
-    from flows.keys import key_env
+    from flows.storyboard.keys import key_env
 
     for p, cat in catalog.items():
         try:
@@ -136,7 +136,7 @@ def cmd_providers(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from flows.report import aggregate_runs, format_frame
+    from flows.money.report import aggregate_runs, format_frame
 
     try:
         tables = aggregate_runs([Path(d) for d in args.dirs])

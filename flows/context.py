@@ -12,11 +12,11 @@ from typing import Any
 
 import httpx
 
-from flows.cache import ClipCache, cache_key
-from flows.conform import OutputFormat
-from flows.journal import Journal
-from flows.ledger import Ledger
-from flows.plan import Option, Plan, ShotPlan
+from flows.media.conform import OutputFormat
+from flows.money.cache import ClipCache, cache_key
+from flows.money.journal import Journal
+from flows.money.ledger import Ledger
+from flows.storyboard.plan import Option, Plan, ShotPlan
 from providers.base import Provider
 from providers.registry import get_provider_class
 
@@ -58,7 +58,12 @@ class RunContext:
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
             cls = get_provider_class(name)
-            self._providers[name] = cls(client=self.client, key=self.keys.get(name))
+            extra: dict[str, Any] = {}
+            if name == "local":  # the free animatic draws with the pipeline's media layer
+                from flows.media.animatic import render_animatic  # ffmpeg work: only when used
+
+                extra["renderer"] = render_animatic
+            self._providers[name] = cls(client=self.client, key=self.keys.get(name), **extra)
         return self._providers[name]
 
     @contextlib.asynccontextmanager

@@ -25,11 +25,11 @@ from pathlib import Path
 
 from flows import redaction
 from flows.context import RunContext, clip_key
-from flows.errors import redact
-from flows.keys import env_key, key_env
-from flows.plan import Plan, ShotPlan
 from flows.render import submit_first
 from flows.run import RunOptions, cache_for, ledger_for, open_journal, output_format
+from flows.storyboard.keys import env_key, key_env
+from flows.storyboard.plan import Plan, ShotPlan
+from providers.errors import redact
 from providers.http import new_client
 
 META_KEY = "early"

@@ -27,9 +27,6 @@ from prefect.utilities.annotations import quote
 
 from flows import redaction
 from flows.early import take_early
-from flows.errors import BudgetError, ContentPolicyError, PlanError, SpecError
-from flows.keys import env_key
-from flows.plan import Plan, ShotPlan
 from flows.render import RunContext, ShotResult, render_shot
 from flows.run import (
     RunOptions,
@@ -45,6 +42,9 @@ from flows.run import (
     slug,
     warm_imports,
 )
+from flows.storyboard.keys import env_key
+from flows.storyboard.plan import Plan, ShotPlan
+from providers.errors import BudgetError, ContentPolicyError, PlanError, SpecError
 from providers.http import new_client
 
 
@@ -143,7 +143,7 @@ async def _resolve_keys(plan: Plan) -> dict[str, str | None]:
     flow process, never passed as a parameter)."""
     from prefect.blocks.system import Secret
 
-    from flows.errors import register_secret
+    from providers.errors import register_secret
 
     keys: dict[str, str | None] = {}
     for p in plan.providers_used():

@@ -2,7 +2,7 @@
 
 Prefect has no log redaction of its own (research/prefect.md §7): its engine logs exception
 reprs on every retry and failure, and ships log lines to the server, where they are stored and
-shown in the UI. Adapters keep keys out of messages already (flows.errors.redact); this is the
+shown in the UI. Adapters keep keys out of messages already (providers.errors.redact); this is the
 second line: a key that reaches a log record anyway, in the message, its arguments or its
 traceback, is replaced by `***` before any handler formats or sends it.
 
@@ -19,7 +19,7 @@ import logging
 import os
 from typing import Any
 
-from flows.errors import StoryreelError, redact, register_secret
+from providers.errors import StoryreelError, redact, register_secret
 
 _RUN_LOGGERS = ("prefect", "prefect.flow_runs", "prefect.task_runs")
 

@@ -13,9 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flows.conform import conform
 from flows.context import RunContext, ShotResult, clip_key
-from flows.errors import (
+from flows.media.conform import conform
+from flows.media.probe import VideoInfo, verify_clip
+from flows.money.journal import Attempt, Journal
+from flows.money.ledger import Ledger
+from flows.storyboard.plan import Option, ShotPlan
+from providers.base import Provider
+from providers.errors import (
     BadMediaError,
     BudgetError,
     JobTimeoutError,
@@ -23,11 +28,6 @@ from flows.errors import (
     ProviderError,
     UnconfirmedSubmitError,
 )
-from flows.journal import Attempt, Journal
-from flows.ledger import Ledger
-from flows.plan import Option, ShotPlan
-from flows.probe import VideoInfo, verify_clip
-from providers.base import Provider
 from providers.types import Job, Poll
 
 # A reason that starts so means the same request to the same vendor would fail the same way.

@@ -12,18 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.assemble import Transition, assemble
-from flows.atomic import write_text_atomic
-from flows.cache import ClipCache, default_cache_dir
-from flows.conform import OutputFormat, conform
-from flows.errors import BudgetError, MediaError, StoryreelError
-from flows.ffmpeg_exec import ffmpeg_exe
-from flows.journal import Journal
-from flows.keys import require_keys
-from flows.ledger import Ledger
-from flows.loading import load_storyboard
-from flows.plan import Plan, build_plan
+from flows.media.assemble import Transition, assemble
+from flows.media.conform import OutputFormat, conform
+from flows.media.ffmpeg_exec import ffmpeg_exe
+from flows.money.atomic import write_text_atomic
+from flows.money.cache import ClipCache, default_cache_dir
+from flows.money.journal import Journal
+from flows.money.ledger import Ledger
 from flows.render import ShotResult
+from flows.storyboard.keys import require_keys
+from flows.storyboard.loading import load_storyboard
+from flows.storyboard.plan import Plan, build_plan
+from providers.errors import BudgetError, MediaError, StoryreelError
 
 _HELD = ("unconfirmed", "intent")  # may have been charged: counts against the cap on resume
 
@@ -110,7 +110,7 @@ def output_format(plan: Plan) -> OutputFormat:
 
 async def placeholder(plan: Plan, index: int, reason: str, run_dir: Path) -> Path:
     """A slate for a shot that could not be made, so the cut keeps its timing."""
-    from flows.animatic import render_animatic
+    from flows.media.animatic import render_animatic
 
     shot = plan.shots[index]
     raw = run_dir / "raw" / f"{shot.shot_id}-missing.mp4"
@@ -167,7 +167,7 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
 
 
 async def _contact_sheet(final: Path, run_dir: Path) -> None:
-    from flows.contact_sheet import contact_sheet
+    from flows.media.contact_sheet import contact_sheet
 
     try:
         await contact_sheet(final, run_dir / "contact_sheet.png")
@@ -176,9 +176,9 @@ async def _contact_sheet(final: Path, run_dir: Path) -> None:
 
 
 def _reports(plan: Plan, run_dir: Path, journal: Journal) -> tuple[list[dict[str, Any]], Path, str]:
-    # imported here, not at the top: flows.report imports pandas (~0.5 s), which would delay
+    # imported here, not at the top: flows.money.report imports pandas (~0.5 s), which would delay
     # the first vendor submit of every run for a report written only at the end
-    from flows.report import rows_from_journal, summarize, write_cost_csv
+    from flows.money.report import rows_from_journal, summarize, write_cost_csv
 
     rows = rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots})
     cost_csv = write_cost_csv(rows, run_dir / "cost.csv")
@@ -188,8 +188,8 @@ def _reports(plan: Plan, run_dir: Path, journal: Journal) -> tuple[list[dict[str
 def warm_imports() -> None:
     """Import what the end of a run needs (pandas above all) while the run waits on vendors,
     so that it is not on the path from the last clip to the exit. Run it in a thread."""
-    import flows.contact_sheet  # noqa: F401
-    import flows.report  # noqa: F401
+    import flows.media.contact_sheet  # noqa: F401
+    import flows.money.report  # noqa: F401
 
 
 def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotResult],

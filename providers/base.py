@@ -3,7 +3,7 @@
 An adapter subclasses `Provider`, sets its header, and implements `submit`
 and `poll` (and `fetch`/`cancel` where the vendor differs from "GET the
 video URL"). The base owns HTTP (retry rules in providers/http.py), error
-mapping into flows.errors, and the polling loop `wait`.
+mapping into providers.errors, and the polling loop `wait`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 
 import httpx
 
-from flows.errors import JobTimeoutError, ProviderError, register_secret
 from providers import http
+from providers.errors import JobTimeoutError, ProviderError, register_secret
 from providers.types import Clip, Job, Poll, ShotRequest
 
 

@@ -39,7 +39,10 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 
-from flows.errors import (
+from providers import http
+from providers.base import Provider
+from providers.catalog import find_model
+from providers.errors import (
     AuthError,
     ContentPolicyError,
     InsufficientCreditError,
@@ -49,9 +52,6 @@ from flows.errors import (
     ProviderError,
     UnconfirmedSubmitError,
 )
-from providers import http
-from providers.base import Provider
-from providers.catalog import find_model
 from providers.types import Clip, Job, Poll, ShotRequest
 
 

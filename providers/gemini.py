@@ -34,7 +34,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from flows.errors import (
+from providers import http
+from providers.base import Provider
+from providers.catalog import find_model
+from providers.errors import (
     AuthError,
     ContentPolicyError,
     InsufficientCreditError,
@@ -43,9 +46,6 @@ from flows.errors import (
     ProviderError,
     RateLimitedError,
 )
-from providers import http
-from providers.base import Provider
-from providers.catalog import find_model
 from providers.types import Clip, ImageInput, Job, Poll, ShotRequest
 
 GOOGLE_HOST = "generativelanguage.googleapis.com"

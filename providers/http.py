@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import httpx
 
-from flows.errors import (
+from providers.errors import (
     AuthError,
     BadMediaError,
     InsufficientCreditError,

@@ -44,7 +44,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from flows.errors import InvalidRequestError
+from providers.errors import InvalidRequestError
 from providers.fal import FalProvider
 from providers.types import ShotRequest
 

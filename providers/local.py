@@ -1,5 +1,8 @@
 """`local`: the free offline renderer. Each shot becomes a real moving clip (an animatic) made
-by ffmpeg on this machine, through the same submit/poll/fetch interface as hosted vendors."""
+by ffmpeg on this machine, through the same submit/poll/fetch interface as hosted vendors.
+
+The drawing itself is the pipeline's media work (flows.media.animatic): the pipeline hands it in
+as `renderer`, so this vendor layer never imports the pipeline."""
 
 from __future__ import annotations
 
@@ -7,31 +10,37 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from flows.errors import JobFailedError, MediaError
 from providers.base import Provider
+from providers.errors import JobFailedError, MediaError
 from providers.types import Clip, Job, Poll, ShotRequest
+
+# renderer(out, prompt=, duration=, width=, height=, fps=, seed=, image=, title=) writes an MP4
+Renderer = Callable[..., Awaitable[Any]]
 
 
 class LocalProvider(Provider):
     name = "local"
     key_env = None
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, renderer: Renderer | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.renderer = renderer
         self.workdir = Path(tempfile.mkdtemp(prefix="storyreel-local-"))
         self._errors: dict[str, str] = {}
 
     async def submit(self, req: ShotRequest) -> Job:
-        from flows.animatic import render_animatic  # ffmpeg work: imported only when used
-
         job_id = f"local-{uuid.uuid4().hex[:12]}"
         out = self.workdir / f"{job_id}.mp4"
         image = req.image.path if req.image and req.image.path else None
+        if self.renderer is None:
+            raise self.error(JobFailedError, "the local provider has no renderer (the pipeline "
+                             "passes flows.media.animatic.render_animatic)")
         try:
-            await render_animatic(out, prompt=req.prompt, duration=req.duration_s,
+            await self.renderer(out, prompt=req.prompt, duration=req.duration_s,
                                   width=req.width, height=req.height, fps=req.fps,
                                   seed=req.seed or 0, image=image, title=req.shot_id)
         except MediaError as exc:

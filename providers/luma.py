@@ -35,16 +35,16 @@ from typing import Any, ClassVar
 
 import httpx
 
-from flows.errors import (
+from providers import http
+from providers.base import Provider
+from providers.catalog import find_model
+from providers.errors import (
     ContentPolicyError,
     InsufficientCreditError,
     InvalidRequestError,
     JobFailedError,
     ProviderError,
 )
-from providers import http
-from providers.base import Provider
-from providers.catalog import find_model
 from providers.types import Job, Poll, ShotRequest
 
 _STATES = {"queued": "queued", "dreaming": "running", "completed": "succeeded", "failed": "failed"}

@@ -33,14 +33,14 @@ from typing import Any, ClassVar
 
 import httpx
 
-from flows.errors import (
+from providers.base import Provider
+from providers.catalog import find_model
+from providers.errors import (
     ContentPolicyError,
     InvalidRequestError,
     JobFailedError,
     ProviderError,
 )
-from providers.base import Provider
-from providers.catalog import find_model
 from providers.types import Job, Poll, ShotRequest
 
 MAX_INLINE_IMAGE = 4 * 1024 * 1024

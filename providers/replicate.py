@@ -38,10 +38,10 @@ from typing import Any, ClassVar
 
 import httpx
 
-from flows.errors import ContentPolicyError, JobFailedError, NotFoundError, ProviderError
 from providers import http
 from providers.base import Provider
 from providers.catalog import find_model
+from providers.errors import ContentPolicyError, JobFailedError, NotFoundError, ProviderError
 from providers.types import Clip, ImageInput, Job, Poll, ShotRequest
 
 DATA_URI_LIMIT = 1024 * 1024  # replicate.com/docs/topics/predictions/input-files

@@ -38,7 +38,9 @@ from typing import Any, ClassVar
 
 import httpx
 
-from flows.errors import (
+from providers.base import Provider
+from providers.catalog import find_model
+from providers.errors import (
     AuthError,
     ContentPolicyError,
     InsufficientCreditError,
@@ -50,8 +52,6 @@ from flows.errors import (
     TransientError,
     UnconfirmedSubmitError,
 )
-from providers.base import Provider
-from providers.catalog import find_model
 from providers.types import Job, Poll, ShotRequest
 
 _SAFETY = {"contentPolicyViolation", "providerContentPolicyViolation",

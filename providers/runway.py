@@ -27,7 +27,10 @@ from typing import Any
 
 import httpx
 
-from flows.errors import (
+from providers import http
+from providers.base import Provider
+from providers.catalog import find_model
+from providers.errors import (
     ContentPolicyError,
     InsufficientCreditError,
     InvalidRequestError,
@@ -35,9 +38,6 @@ from flows.errors import (
     NotFoundError,
     ProviderError,
 )
-from providers import http
-from providers.base import Provider
-from providers.catalog import find_model
 from providers.types import Clip, Job, JobState, Poll, ShotRequest
 
 API_VERSION = "2024-11-06"

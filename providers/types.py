@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from flows.errors import ProviderError
+from providers.errors import ProviderError
 
 JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
 

@@ -30,15 +30,15 @@ from typing import Any, ClassVar
 
 import httpx
 
-from flows.errors import (
+from providers.base import Provider
+from providers.catalog import find_model
+from providers.errors import (
     ContentPolicyError,
     InsufficientCreditError,
     InvalidRequestError,
     JobFailedError,
     ProviderError,
 )
-from providers.base import Provider
-from providers.catalog import find_model
 from providers.types import Job, Poll, ShotRequest
 
 MAX_PROMPT = 1000

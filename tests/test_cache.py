@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cache import ClipCache, cache_key, default_cache_dir, file_sha256
+from flows.money.cache import ClipCache, cache_key, default_cache_dir, file_sha256
 
 BASE = dict(
     provider="fal",
@@ -192,7 +192,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from flows.cache import ClipCache
+    from flows.money.cache import ClipCache
     root, key, src, n = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
     cache = ClipCache(root)
     for i in range(n):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.report import write_cost_csv
+from flows.money.report import write_cost_csv
 
 
 def run_folder(root: Path, run_id: str, day: str, rows: list[tuple[str, str, float, float]]) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.probe import probe
+from flows.media.probe import probe
 from flows.run import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from flows.early import submit_early
-from flows.journal import Journal
+from flows.money.journal import Journal
 from flows.run import RunOptions, ledger_for, make_plan
 from tests.storyboards import charged, cost_rows, total, write_board
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.journal import Journal
+from flows.money.journal import Journal
 
 
 def _intent(j: Journal, shot: str = "s1", attempt: int = 1) -> int:
@@ -138,7 +138,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from flows.journal import Journal
+    from flows.money.journal import Journal
     j = Journal(Path(sys.argv[1]), run_id="killed-run")
     i = 0
     while True:

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 import pytest
 
-from flows.probe import probe
+from flows.media.probe import probe
 from tests.storyboards import charged, cost_rows, total, write_board
 
 pytestmark = pytest.mark.e2e

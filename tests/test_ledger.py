@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.errors import BudgetError, PlanError
-from flows.ledger import Ledger, usd
+from flows.money.ledger import Ledger, usd
+from providers.errors import BudgetError, PlanError
 
 
 async def test_reserve_settle_release_move_money() -> None:

@@ -14,14 +14,14 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from flows import animatic as animatic_mod
-from flows.animatic import render_animatic, wrap
-from flows.assemble import Transition, assemble, concat_list, junction_frames
-from flows.conform import OutputFormat, conform
-from flows.contact_sheet import contact_sheet
-from flows.errors import BadMediaError, MediaError
-from flows.ffmpeg_exec import _Slots, run_ffmpeg, run_ffmpeg_sync
-from flows.probe import probe, verify_clip
+from flows.media import animatic as animatic_mod
+from flows.media.animatic import render_animatic, wrap
+from flows.media.assemble import Transition, assemble, concat_list, junction_frames
+from flows.media.conform import OutputFormat, conform
+from flows.media.contact_sheet import contact_sheet
+from flows.media.ffmpeg_exec import _Slots, run_ffmpeg, run_ffmpeg_sync
+from flows.media.probe import probe, verify_clip
+from providers.errors import BadMediaError, MediaError
 
 FMT = OutputFormat(320, 180, 24)
 FRAME = 1 / FMT.fps

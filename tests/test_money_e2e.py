@@ -53,8 +53,8 @@ async def test_cap_holds_under_concurrency_with_random_failures(run, emu_env, tm
     spec = write_board(tmp_path, shots, budget={"max_usd": 6.0, "on_exhausted": "skip"},
                        title=f"cap {seed}")
     # fallbacks must accept the shot's duration: planning refuses otherwise, so keep only fits
-    from flows.errors import SpecError
     from flows.run import make_plan
+    from providers.errors import SpecError
 
     try:
         make_plan(spec)
@@ -173,7 +173,7 @@ async def test_on_exhausted_stop_stops_new_submissions(run, emu_env, tmp_path: P
               "model": "kling-2.5-turbo-pro", "duration": 5} for i in range(4)]
     spec = write_board(tmp_path, shots, budget={"max_usd": 0.8, "on_exhausted": "stop"},
                        defaults={"retries": 0})
-    from flows.errors import BudgetError
+    from providers.errors import BudgetError
 
     with pytest.raises(BudgetError, match="exceeds budget.max_usd"):
         await run(spec, tmp_path / "out")  # planning refuses $1.40 against $0.80 up front

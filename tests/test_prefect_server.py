@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from flows.probe import probe
+from flows.media.probe import probe
 from tests.storyboards import write_board
 
 pytestmark = pytest.mark.server

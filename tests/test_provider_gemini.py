@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from flows.errors import (
+from providers.errors import (
     AuthError,
     ContentPolicyError,
     InsufficientCreditError,

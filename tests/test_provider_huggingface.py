@@ -6,7 +6,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from flows.errors import (
+from providers.base import PollSettings
+from providers.catalog import load_catalog
+from providers.errors import (
     AuthError,
     ContentPolicyError,
     InsufficientCreditError,
@@ -14,8 +16,6 @@ from flows.errors import (
     JobFailedError,
     JobTimeoutError,
 )
-from providers.base import PollSettings
-from providers.catalog import load_catalog
 from tests.emulator.core import FAKE_KEYS
 from tests.provider_kit import assert_mp4, make_provider, request_for, run_job
 

@@ -13,7 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from flows.errors import (
+from providers.base import PollSettings
+from providers.errors import (
     AuthError,
     ContentPolicyError,
     InsufficientCreditError,
@@ -22,7 +23,6 @@ from flows.errors import (
     NotFoundError,
     RateLimitedError,
 )
-from providers.base import PollSettings
 from providers.replicate import DATA_URI_LIMIT
 from tests.emulator.core import FAKE_KEYS
 from tests.emulator.vendors import replicate as emu_replicate

@@ -9,14 +9,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from flows.errors import (
+from providers import runway as runway_mod
+from providers.errors import (
     AuthError,
     ContentPolicyError,
     InsufficientCreditError,
     InvalidRequestError,
     JobFailedError,
 )
-from providers import runway as runway_mod
 from tests.emulator.core import FAKE_KEYS, Emulator
 from tests.emulator.vendors import runway as runway_emu
 from tests.provider_kit import assert_mp4, make_provider, request_for, run_job

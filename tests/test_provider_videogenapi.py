@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.errors import (
+from providers.errors import (
     AuthError,
     ContentPolicyError,
     InsufficientCreditError,

@@ -18,8 +18,8 @@ from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, LogFil
 from prefect.logging.handlers import APILogHandler
 
 from flows import redaction
-from flows.errors import register_secret
 from flows.pipeline import render_storyboard
+from providers.errors import register_secret
 from tests.emulator.core import FAKE_KEYS
 from tests.storyboards import cost_rows, write_board
 

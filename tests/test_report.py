@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.journal import Journal
-from flows.report import (
+from flows.money.journal import Journal
+from flows.money.report import (
     COLUMNS,
     aggregate_runs,
     format_frame,

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.errors import SpecError
-from flows.loading import parse_storyboard
-from flows.plan import build_plan
 from flows.run import make_plan
+from flows.storyboard.loading import parse_storyboard
+from flows.storyboard.plan import build_plan
+from providers.errors import SpecError
 
 BASE = """\
 version: 1

@@ -21,7 +21,8 @@ import av
 import httpx
 import pytest
 
-from flows.errors import (
+from providers.base import PollSettings
+from providers.errors import (
     AuthError,
     BadMediaError,
     ContentPolicyError,
@@ -34,7 +35,6 @@ from flows.errors import (
     TransientError,
     UnconfirmedSubmitError,
 )
-from providers.base import PollSettings
 from providers.registry import BUILTIN, get_provider_class
 from tests.emulator import media
 from tests.emulator.core import FAKE_KEYS, Emulator

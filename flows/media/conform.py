@@ -22,9 +22,9 @@ from typing import Literal
 
 import ffmpeg as ffmpeg_python
 
-from flows.errors import MediaError, StoryreelError
-from flows.ffmpeg_exec import ffmpeg_exe, run_ffmpeg
-from flows.probe import VideoInfo, probe
+from flows.media.ffmpeg_exec import ffmpeg_exe, run_ffmpeg
+from flows.media.probe import VideoInfo, probe
+from providers.errors import MediaError, StoryreelError
 
 SAMPLE_RATE = 48000
 
@@ -176,7 +176,7 @@ def _cache_path(cache_dir: Path, src: Path, fmt: OutputFormat, frames: int,
                 has_audio: bool) -> Path:
     """Where the intermediate of `src` lives in a conform cache: keyed by the source's bytes
     and the exact ffmpeg arguments, so a change of settings never reuses a stale clip."""
-    from flows.cache import file_sha256
+    from flows.money.cache import file_sha256
 
     material = json.dumps([file_sha256(src), _argv_template(fmt, frames, has_audio)])
     key = hashlib.sha256(material.encode()).hexdigest()

@@ -19,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from flows.atomic import write_text_atomic
-from flows.journal import Journal
+from flows.money.atomic import write_text_atomic
+from flows.money.journal import Journal
 
 COLUMNS = [
     "run_id",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from flows.errors import MissingKeyError, register_secret
+from providers.errors import MissingKeyError, register_secret
 from providers.registry import get_provider_class
 
 

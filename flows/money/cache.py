@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows.atomic import write_text_atomic
+from flows.money.atomic import write_text_atomic
 
 KEY_VERSION = 1  # bump when the key's material changes meaning
 

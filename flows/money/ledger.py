@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
-from flows.errors import BudgetError
+from providers.errors import BudgetError
 
 _MICRO = Decimal("0.000001")
 _ZERO = Decimal(0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import av
 
-from flows.errors import BadMediaError
+from providers.errors import BadMediaError
 
 # A complete file's last frame ends within this share of the header duration (ffmpeg.md §4.2).
 END_SLACK = 0.02

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from PIL import Image, ImageFont, ImageOps
 
-from flows.conform import OutputFormat, temp_name
-from flows.errors import MediaError
-from flows.ffmpeg_exec import filter_path, font_file, run_ffmpeg
-from flows.probe import probe
+from flows.media.conform import OutputFormat, temp_name
+from flows.media.ffmpeg_exec import filter_path, font_file, run_ffmpeg
+from flows.media.probe import probe
+from providers.errors import MediaError
 
 log = logging.getLogger(__name__)
 

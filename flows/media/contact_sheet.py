@@ -10,10 +10,10 @@ import math
 import os
 from pathlib import Path
 
-from flows.conform import temp_name
-from flows.errors import MediaError
-from flows.ffmpeg_exec import run_ffmpeg
-from flows.probe import probe
+from flows.media.conform import temp_name
+from flows.media.ffmpeg_exec import run_ffmpeg
+from flows.media.probe import probe
+from providers.errors import MediaError
 
 TILE_WIDTH = 320
 

@@ -1,7 +1,7 @@
 """Finding and running the ffmpeg binary: argv lists only (never a shell), bounded concurrency.
 
 ffmpeg's exit code is not proof of a good file (ffmpeg.md §1.1): callers verify outputs with
-`flows.probe`. Every process is started with `-threads 1` by the callers that encode, and this
+`flows.media.probe`. Every process is started with `-threads 1` by the callers that encode, and this
 module caps how many run at once (default: one per CPU), which measured ~20% faster on 2 cores
 than fewer processes with more threads each (ffmpeg.md §2.2).
 """
@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows.errors import MediaError
+from providers.errors import MediaError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from flows.errors import SpecError
-from flows.spec import Storyboard
+from flows.storyboard.spec import Storyboard
+from providers.errors import SpecError
 
 # libyaml's parser when the wheel has it (every PyPI wheel does): ~10x less CPU than pure Python
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -158,7 +158,7 @@ _UNION_TAGS = {"Transition", "literal['cut','crossfade','fade_black']"}
 
 
 def _allowed_hint(loc: tuple[Any, ...]) -> str:
-    from flows import spec
+    from flows.storyboard import spec
 
     parents = {"output": spec.Output, "budget": spec.Budget, "defaults": spec.Defaults}
     model: type = spec.Storyboard

@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from flows.errors import SpecError
-from flows.spec import Storyboard, Transition
+from flows.storyboard.spec import Storyboard, Transition
 from providers.catalog import ModelInfo, Price, load_catalog
+from providers.errors import SpecError
 from providers.registry import BUILTIN
 from providers.types import ImageInput, ShotRequest
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from flows.conform import PCM_ARGS, OutputFormat, as_argv, temp_name, video_codec_args
-from flows.errors import MediaError
-from flows.ffmpeg_exec import run_ffmpeg
-from flows.probe import VideoInfo, probe
+from flows.media.conform import PCM_ARGS, OutputFormat, as_argv, temp_name, video_codec_args
+from flows.media.ffmpeg_exec import run_ffmpeg
+from flows.media.probe import VideoInfo, probe
+from providers.errors import MediaError
 
 XFADE = {"crossfade": "fade", "fade_black": "fadeblack"}
 

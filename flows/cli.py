@@ -10,12 +10,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from providers.errors import BudgetError, MissingKeyError, SpecError, StoryreelError
+from providers.errors import BudgetError, BusyError, MissingKeyError, SpecError, StoryreelError
+
+
+def _usd(text: str) -> float:
+    """--budget: a finite amount >= 0 (argparse turns the ValueError into a usage error)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(text)
+    return value
+
+
+_usd.__name__ = "amount in USD (a number >= 0)"
 
 
 def _vars(pairs: list[str]) -> dict[str, str]:
@@ -73,12 +85,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     variables = _vars(args.var)
     plan = make_plan(args.spec, variables, args.budget)
     preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor
-    out = args.out
+    from flows import runlock
+    from flows.run import run_dir_for
+
+    out = run_dir_for(plan, args.out)
+    with runlock.own(out, wait=args.wait):  # the whole run, early submits included
+        return _run_locked(args, plan, variables, out)
+
+
+def _run_locked(args: argparse.Namespace, plan: Any, variables: dict[str, str], out: Path) -> int:
     if not args.no_early_submit:  # vendors start while Prefect starts (flows/early.py)
         from flows.early import submit_early
-        from flows.run import RunOptions, run_dir_for
+        from flows.run import RunOptions
 
-        out = run_dir_for(plan, args.out)
         early = asyncio.run(submit_early(plan, out, RunOptions(
             no_cache=args.no_cache, regenerate=set(args.regenerate))))
         if early:
@@ -95,12 +114,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     cap = f"${args.budget if args.budget is not None else plan.cap_usd:.2f}" \
         if (args.budget is not None or plan.cap_usd is not None) else "no cap"
     print(f"\n{result.get('summary', '')}\n\ncut:    {result['final']}\n"
-          f"report: {result['cost_csv']}\nspent:  ${result['spent_usd']:.4f} of {cap}")
+          f"report: {result['cost_csv']}\n" + spent_line(result, cap))
     if not result["ok"]:
         print(f"missing shots (placeholders in the cut): {', '.join(result['failed'])}",
               file=sys.stderr)
         return 1
     return 0
+
+
+def spent_line(totals: dict[str, Any], cap: str) -> str:
+    """The CLI's money line: the same three figures as cost.csv, run.json and the artifact."""
+    return (f"spent:  ${totals['total_usd']:.4f} of {cap} = ${totals['charged_usd']:.4f} charged "
+            f"+ ${totals['at_risk_usd']:.4f} at risk (may have been charged; "
+            "`storyreel reconcile` settles it)")
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Ask the vendors about every job a run folder holds money for, settle what ended,
+    and rewrite cost.csv and run.json."""
+    from flows.reconcile import reconcile
+
+    totals, unsettled = asyncio.run(reconcile(args.dir))
+    print(spent_line(totals, "the run's cap"))
+    for line in unsettled:
+        print(f"still at risk: {line}")
+    return 1 if unsettled else 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -165,12 +203,14 @@ def parser() -> argparse.ArgumentParser:
 
     spec_cmd("validate", "check a storyboard").set_defaults(fn=cmd_validate)
     p = spec_cmd("plan", "price a storyboard without spending anything")
-    p.add_argument("--budget", type=float, help="override budget.max_usd")
+    p.add_argument("--budget", type=_usd, help="override budget.max_usd")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_plan)
     p = spec_cmd("run", "render a storyboard into a cut")
     p.add_argument("--out", type=Path, help="run folder (an unfinished one is resumed)")
-    p.add_argument("--budget", type=float, help="override budget.max_usd")
+    p.add_argument("--budget", type=_usd, help="override budget.max_usd")
+    p.add_argument("--wait", action="store_true",
+                   help="if another run owns --out, wait for it instead of exiting 2")
     p.add_argument("--no-cache", action="store_true", help="do not reuse clips from earlier runs")
     p.add_argument("--regenerate", action="append", default=[], metavar="SHOT_ID",
                    help="generate this shot again even if cached (repeatable)")
@@ -184,6 +224,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("providers", help="list providers, models, limits and prices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_providers)
+    p = sub.add_parser("reconcile", help="settle the jobs a run folder still holds money for "
+                       "(unconfirmed, abandoned, lost) and rewrite its reports")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(fn=cmd_reconcile)
     p = sub.add_parser("report", help="aggregate the cost reports of many runs")
     p.add_argument("dirs", nargs="+", help="run folders (each with a cost.csv)")
     p.add_argument("--out", type=Path, help="write the tables as CSV files here")
@@ -195,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except (SpecError, MissingKeyError) as exc:
+    except (SpecError, MissingKeyError, BusyError) as exc:
         if os.environ.get("STORYREEL_DEBUG"):
             raise
         for line in str(exc).splitlines():

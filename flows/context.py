@@ -26,7 +26,7 @@ Limiter = Callable[[str], contextlib.AbstractAsyncContextManager[Any]]
 @dataclass
 class ShotResult:
     shot_id: str
-    status: str  # done | cached | failed | skipped | unconfirmed
+    status: str  # a flows.money.status.ShotStatus
     conformed: Path | None = None
     option: str | None = None
     reason: str | None = None
@@ -49,9 +49,6 @@ class RunContext:
     limits: dict[str, int] = field(default_factory=dict)
     limiter: Limiter | None = None  # cross-run limit (Prefect GCL), entered around each job
     log: Callable[[str], None] = print
-    # shots whose first attempt `storyreel run` made before the flow (flows/early.py): the
-    # reasons it failed, empty when its job is at the vendor
-    early: dict[str, list[str]] = field(default_factory=dict)
     _providers: dict[str, Provider] = field(default_factory=dict)
     _sems: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 

@@ -11,9 +11,9 @@ Prefect side could change that first step:
 - that provider has no `limits:` entry (limits are shared across runs through Prefect's
   global concurrency limits, which only the flow holds);
 - not the local animatic provider (nothing to wait for).
-The flow then finds the job in the journal and polls it as a resumed run would. The journal's
-meta key `early` names the shots whose first attempt was made here (with the reasons, when it
-failed), so that retries are counted as if the flow had made it.
+The flow then finds the job in the journal and polls it as a resumed run would; the journal
+rows written here count as the option's first try there (render.py counts tries from the
+journal), so nothing is handed over besides the journal itself.
 """
 
 from __future__ import annotations
@@ -26,13 +26,11 @@ from pathlib import Path
 from flows import redaction
 from flows.context import RunContext, clip_key
 from flows.render import submit_first
-from flows.run import RunOptions, cache_for, ledger_for, open_journal, output_format
+from flows.run import RunOptions, new_context, open_journal
 from flows.storyboard.keys import env_key, key_env
 from flows.storyboard.plan import Plan, ShotPlan
 from providers.errors import redact
 from providers.http import new_client
-
-META_KEY = "early"
 
 
 def _log(line: str) -> None:
@@ -59,11 +57,8 @@ async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str,
     journal = open_journal(run_dir)
     try:
         async with new_client() as client:
-            ctx = RunContext(plan=plan, run_dir=run_dir, journal=journal,
-                             ledger=ledger_for(plan, journal), client=client,
-                             keys={p: env_key(p) for p in plan.providers_used()},
-                             fmt=output_format(plan), cache=cache_for(opts), regenerate=opts.regenerate,
-                             limits=dict(plan.storyboard.limits), log=_log)
+            ctx = new_context(plan, opts, run_dir, journal, client,
+                              {p: env_key(p) for p in plan.providers_used()}, log=_log)
             attempted = {a.shot_id for a in journal.attempts()}
             shots = [s for s in plan.shots if eligible(ctx, s, attempted)]
             # one shot's surprise must not cancel the others' submits mid-flight; the flow
@@ -74,17 +69,7 @@ async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str,
             if isinstance(r, BaseException):
                 print(redact(f"storyreel: {s.shot_id}: early submit failed ({type(r).__name__}: "
                              f"{r}); left to the flow"), file=sys.stderr)
-        early = {s.shot_id: r for s, r in zip(shots, outcomes, strict=True)
-                 if isinstance(r, list)}
-        journal.meta_set(META_KEY, early)
-        return early
+        return {s.shot_id: r for s, r in zip(shots, outcomes, strict=True)
+                if isinstance(r, list)}
     finally:
         journal.close()
-
-
-def take_early(ctx: RunContext) -> None:
-    """In the flow: read which shots were submitted early, once (a later resume of the same
-    folder must not count them again)."""
-    ctx.early = dict(ctx.journal.meta_get(META_KEY, {}) or {})
-    if ctx.early:
-        ctx.journal.meta_set(META_KEY, {})

@@ -25,18 +25,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.utilities.annotations import quote
 
-from flows import redaction
-from flows.early import take_early
+from flows import redaction, runlock
 from flows.render import RunContext, ShotResult, render_shot
 from flows.run import (
     RunOptions,
     RunSummary,
-    cache_for,
     finish,
-    ledger_for,
     make_plan,
+    new_context,
     open_journal,
-    output_format,
     preflight,
     run_dir_for,
     slug,
@@ -190,33 +187,33 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
         logger.warning("%d shot(s) missing from the cut: %s", len(summary.failures()),
                        "; ".join(f"{r.shot_id} ({r.status}: {r.reason})" for r in summary.failures()))
     return {"run_id": summary.run_id, "run_dir": str(summary.run_dir), "final": str(summary.final),
-            "cost_csv": str(summary.cost_csv), "spent_usd": summary.spent_usd,
+            "cost_csv": str(summary.cost_csv), "spent_usd": summary.spent_usd, **summary.totals,
             "ok": summary.ok, "failed": [r.shot_id for r in summary.failures()],
             "summary": summary.table}
 
 
 async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool = False) -> RunSummary:
     run_dir = run_dir_for(plan, opts.out)
+    with runlock.own(run_dir):  # one owner per run folder (a second run gets BusyError)
+        return await _run_plan(plan, opts, log, shared_limits, run_dir)
+
+
+async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
+                    run_dir: Path) -> RunSummary:
     journal = open_journal(run_dir)
-    ledger = ledger_for(plan, journal)
     keys = await _resolve_keys(plan)
     limits = plan.storyboard.limits
     limiter = None
     if shared_limits and limits:
         await _ensure_limits(limits)
         limiter = _gcl_limiter(set(limits))
-    cache = cache_for(opts)
     # created beside the first submits, not before them (a server round trip)
     progress = asyncio.ensure_future(acreate_progress_artifact(
         0.0, key=f"progress-{slug(plan.storyboard.title)}", description="shots finished"))
     done, reported = 0, 0.0  # reported: when the progress artifact was last updated
 
     async with new_client() as client:
-        ctx = RunContext(plan=plan, run_dir=run_dir, journal=journal, ledger=ledger, client=client,
-                         keys=keys, fmt=output_format(plan), cache=cache,
-                         regenerate=opts.regenerate, resubmit_unconfirmed=opts.resubmit_unconfirmed,
-                         limits=limits, limiter=limiter, log=log)
-        take_early(ctx)
+        ctx = new_context(plan, opts, run_dir, journal, client, keys, log=log, limiter=limiter)
         # pandas & co. for the reports, imported while the shots wait on vendors
         warm = asyncio.get_running_loop().run_in_executor(None, warm_imports)
 
@@ -250,7 +247,7 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
             results = list(await asyncio.gather(*(one(s) for s in plan.shots)))
             await aupdate_progress_artifact(await progress, 100.0)  # after every throttled update
             await warm
-            return await finish(plan, run_dir, journal, ledger, results)
+            return await finish(plan, run_dir, journal, ctx.ledger, results)
         finally:
             journal.close()
 
@@ -262,7 +259,9 @@ async def _artifacts(plan: Plan, summary: RunSummary) -> None:
                                  key=f"cost-report-{key}", description="cost.csv: one row per attempt")
     cap = f"${summary.cap_usd:.2f}" if summary.cap_usd is not None else "no cap"
     lines = [f"# {plan.storyboard.title}", "",
-             f"Spent **${summary.spent_usd:.4f}** of {cap}.", "",
+             f"Spent **${summary.spent_usd:.4f}** of {cap}: "
+             f"${summary.totals['charged_usd']:.4f} charged + "
+             f"${summary.totals['at_risk_usd']:.4f} at risk (may have been charged).", "",
              f"Cut: `{summary.final}`  ", f"Report: `{summary.cost_csv}`", "",
              "```", summary.table, "```"]
     if summary.failures():

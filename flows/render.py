@@ -2,71 +2,133 @@
 journal job id -> poll -> download -> verify -> settle -> conform. Plain Python (the Prefect task
 in flows/pipeline.py wraps `render_shot`), safe to call again on a half-finished run: whatever
 the journal says already happened is resumed, never repeated.
+
+Money that may have been charged is never dropped: a submit whose answer does not rule out a
+job (`ProviderError.may_have_charged`, decided in providers/) is `unconfirmed`; a job we stop
+waiting for without a confirmed cancel is `abandoned`; a job we lost contact with is `lost`.
+Each keeps its reservation and is reported at its estimate until a later run of the folder
+(or `storyreel reconcile`) learns what the vendor did. Attempts and per-shot spend are counted
+from the journal, so a resumed folder never gets fresh retries or a fresh per-shot cap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flows.context import RunContext, ShotResult, clip_key
 from flows.media.conform import conform
 from flows.media.probe import VideoInfo, verify_clip
+from flows.money.cache import ClipCache
 from flows.money.journal import Attempt, Journal
-from flows.money.ledger import Ledger
+from flows.money.ledger import Ledger, Reservation
+from flows.money.status import AT_VENDOR, FINAL, NOT_ATTEMPTS, ShotStatus, Status
 from flows.storyboard.plan import Option, ShotPlan
 from providers.base import Provider
+from providers.catalog import find_model
 from providers.errors import (
     BadMediaError,
     BudgetError,
     JobTimeoutError,
     NotFoundError,
     ProviderError,
-    UnconfirmedSubmitError,
 )
 from providers.types import Job, Poll
 
-# A reason that starts so means the same request to the same vendor would fail the same way.
-_FINAL = ("content_policy", "invalid_request", "auth", "insufficient_credit", "budget")
+
+class _Next(enum.Enum):
+    TRY_ON = "try on"
+
+
+# what an attempt step returns when the shot is not decided yet: go on to the next try
+TRY_ON = _Next.TRY_ON
+Outcome = ShotResult | Literal[_Next.TRY_ON]
+
+
+def _final(reason: str | None) -> bool:
+    """The same request to the same vendor would fail the same way."""
+    return bool(reason) and reason.split(":", 1)[0] in FINAL
 
 
 async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
     """Produce the shot's conformed clip, or say precisely why not."""
     conformed = ctx.run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}.mov"
-    # an early submit (flows/early.py) was this run's first attempt of the first option
-    reasons: list[str] = list(ctx.early.get(shot.shot_id, []))
-    used = 1 if shot.shot_id in ctx.early else 0
-    resumed = await _resume(ctx, shot, conformed, reasons)
-    if resumed is not None:
+    keys = [clip_key(ctx, shot, opt) for opt in shot.options]  # once per option, not per step
+    history = ctx.journal.attempts(shot.shot_id)
+    for a in history:  # an earlier plan's submit that never got an answer: it stays counted
+        if a.status == Status.INTENT and a.cache_key not in keys:
+            _unanswered(ctx, a)
+    # an edited shot's job from an earlier session is settled beside the fresh attempts
+    stale = [a for a in history if a.status in AT_VENDOR and a.job_id and a.cache_key not in keys]
+    if stale:
+        fresh, *_ = await asyncio.gather(_render(ctx, shot, keys, conformed),
+                                         *(_settle_stale(ctx, a) for a in stale))
+        return fresh
+    return await _render(ctx, shot, keys, conformed)
+
+
+async def _render(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: Path) -> ShotResult:
+    reasons: list[str] = []
+    resumed = await _resume(ctx, shot, keys, conformed, reasons)
+    if isinstance(resumed, ShotResult):
         return resumed
     if ctx.cache is not None and shot.shot_id not in ctx.regenerate:
-        for opt in shot.options:
-            hit = ctx.cache.get(clip_key(ctx, shot, opt))
-            if hit is not None:
-                row = ctx.journal.record(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(
-                    shot.shot_id), provider=opt.provider, model=opt.model, status="cached",
-                    job_id=hit.job_id, estimated_usd=opt.estimate_usd, actual_usd=0.0,
-                    cost_source="none", clip_path=str(hit.path))
-                ctx.log(f"{shot.shot_id}: reused cached clip from {opt.label} (job {hit.job_id})")
-                return await _finish(ctx, shot, opt, row, hit.path, conformed, "cached")
-    for i, opt in enumerate(shot.options):
-        tries = 1 + shot.retries
-        if i == 0 and used:
-            tries = 0 if reasons and reasons[-1].startswith(_FINAL) else tries - used
-        for _ in range(tries):
-            result = await _attempt(ctx, shot, opt, conformed, reasons)
-            if result is not None:
+        hit = _cached(ctx, shot, keys, conformed)
+        if hit is not None:
+            return await hit
+    for opt, key in zip(shot.options, keys, strict=True):
+        # tries already made on this option in this folder (earlier sessions, early submit)
+        earlier = [a for a in ctx.journal.attempts(shot.shot_id)
+                   if a.cache_key == key and a.status not in NOT_ATTEMPTS]
+        if any(_final(a.failure_reason) for a in earlier):
+            reasons.extend(a.failure_reason or "" for a in earlier if _final(a.failure_reason))
+            continue
+        for _ in range(max(0, 1 + shot.retries - len(earlier))):
+            result = await _attempt(ctx, shot, opt, key, conformed, reasons)
+            if isinstance(result, ShotResult):
                 return result
-            if reasons and reasons[-1].startswith(_FINAL):
+            if reasons and _final(reasons[-1]):
                 break
         if ctx.ledger.stopped():
             break
-    status = "skipped" if reasons and all(r.startswith("budget") for r in reasons) else "failed"
-    return ShotResult(shot.shot_id, status, reason="; ".join(reasons) or "no option could run")
+    if not reasons:
+        tried = ctx.journal.attempts(shot.shot_id)
+        reasons = [a.failure_reason for a in tried if a.failure_reason] or ["no option could run"]
+        reasons.append("every option was tried in this run folder; --regenerate "
+                       f"{shot.shot_id} or a new --out tries again")
+    status = ShotStatus.SKIPPED if all(r.startswith("budget") for r in reasons) else ShotStatus.FAILED
+    return ShotResult(shot.shot_id, status, reason="; ".join(reasons))
+
+
+def _cached(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: Path) -> Any:
+    """The highest-priority option's cached clip, as an awaitable finish, or None. The local
+    animatic (a placeholder) never stands in for a vendor option listed before it: a later run
+    tries that option again. A paid fallback's clip is reused (it was paid for)."""
+    vendor_before = False
+    for opt, key in zip(shot.options, keys, strict=True):
+        placeholder = opt.provider == "local"
+        if not (placeholder and vendor_before):
+            hit = ctx.cache.get(key) if ctx.cache is not None else None
+            if hit is not None:
+                first = shot.options[0]
+                note = None if opt is first else (
+                    f"reused the cached clip of fallback {opt.label} (paid in an earlier run); "
+                    f"{first.label} has none")
+                row = ctx.journal.record(
+                    shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id),
+                    provider=opt.provider, model=opt.model, status=Status.CACHED, cache_key=key,
+                    job_id=hit.job_id, estimated_usd=opt.estimate_usd, actual_usd=0.0,
+                    cost_source="none", clip_path=str(hit.path), failure_reason=note)
+                ctx.log(f"{shot.shot_id}: reused cached clip from {opt.label} (job {hit.job_id})")
+                return _finish(ctx, shot, opt, row, hit.path, conformed, ShotStatus.CACHED)
+        vendor_before = vendor_before or not placeholder
+    return None
 
 
 @dataclass
@@ -76,39 +138,40 @@ class _Sent:
     provider: Provider
     job: Job
     row: int
-    reservation: Any
+    reservation: Reservation
     started: float
 
 
-async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, conformed: Path,
-                   reasons: list[str]) -> ShotResult | None:
+async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, conformed: Path,
+                   reasons: list[str]) -> Outcome:
     journal, ledger = ctx.journal, ctx.ledger
     base = _base(ctx, shot, opt)
     if ledger.stopped():
         reasons.append("budget: run stopped (budget.on_exhausted: stop)")
-        journal.record(**base, status="skipped", estimated_usd=opt.estimate_usd,
-                       failure_reason=reasons[-1])
-        return None
+        journal.record(**base, status=Status.SKIPPED, estimated_usd=opt.estimate_usd,
+                       cache_key=key, failure_reason=reasons[-1])
+        return TRY_ON
     try:
         reservation = await _reserve(ctx, shot, opt)
     except BudgetError as exc:
         reasons.append(f"budget: {exc}")
-        journal.record(**base, status="skipped", estimated_usd=opt.estimate_usd,
-                       failure_reason=reasons[-1])
+        journal.record(**base, status=Status.SKIPPED, estimated_usd=opt.estimate_usd,
+                       cache_key=key, failure_reason=reasons[-1])
         ctx.log(f"{shot.shot_id}: skipped {opt.label}: {exc}")
-        return None
+        return TRY_ON
     async with ctx.slot(opt.provider):
-        sent = await _send(ctx, shot, opt, base, reservation, reasons)
+        sent = await _send(ctx, shot, opt, key, base, reservation, reasons)
         if not isinstance(sent, _Sent):
             return sent
-        return await _complete(ctx, shot, opt, sent.provider, sent.job, sent.row,
+        return await _complete(ctx, shot, opt, key, sent.provider, sent.job, sent.row,
                                sent.reservation, conformed, reasons, sent.started)
 
 
 async def submit_first(ctx: RunContext, shot: ShotPlan) -> list[str] | None:
     """Only the first attempt's submit, for flows/early.py: None when nothing was sent (the
     budget said no: the flow decides and records that), else the reasons it failed (empty:
-    the job is at the vendor, journaled as submitted, for the flow to poll)."""
+    the job is at the vendor, journaled as submitted, for the flow to poll). The journal
+    rows it writes are what the flow counts as this option's first try."""
     opt = shot.options[0]
     if ctx.ledger.stopped():
         return None
@@ -121,7 +184,8 @@ async def submit_first(ctx: RunContext, shot: ShotPlan) -> list[str] | None:
         return None
     reasons: list[str] = []
     async with ctx.slot(opt.provider):
-        await _send(ctx, shot, opt, _base(ctx, shot, opt), reservation, reasons)
+        await _send(ctx, shot, opt, clip_key(ctx, shot, opt), _base(ctx, shot, opt),
+                    reservation, reasons)
     return reasons
 
 
@@ -131,7 +195,7 @@ def _base(ctx: RunContext, shot: ShotPlan, opt: Option) -> dict[str, Any]:
                 provider=opt.provider, model=opt.model)
 
 
-async def _reserve(ctx: RunContext, shot: ShotPlan, opt: Option) -> Any:
+async def _reserve(ctx: RunContext, shot: ShotPlan, opt: Option) -> Reservation:
     """Reserve the option's estimate; a refusal under `on_exhausted: stop` stops every new
     submission of the run before BudgetError goes on to the caller."""
     try:
@@ -142,46 +206,46 @@ async def _reserve(ctx: RunContext, shot: ShotPlan, opt: Option) -> Any:
         raise
 
 
-async def _send(ctx: RunContext, shot: ShotPlan, opt: Option, base: dict[str, Any],
-                reservation: Any, reasons: list[str]) -> _Sent | ShotResult | None:
+async def _send(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, base: dict[str, Any],
+                reservation: Reservation, reasons: list[str]) -> _Sent | Outcome:
     """Journal the intent, submit, journal the job id. Called with the provider's slot held:
     the intent is written once the slot is ours, right before the POST, so a run killed while
     queueing for a slot leaves no false "unconfirmed" behind, and timings exclude the queue."""
     journal, ledger = ctx.journal, ctx.ledger
     provider = ctx.provider(opt.provider)
     req = shot.request(opt, ctx.plan)
-    row = journal.intent(**base, cache_key=clip_key(ctx, shot, opt),
-                         estimated_usd=opt.estimate_usd, reserved_usd=reservation.amount_usd)
+    row = journal.intent(**base, cache_key=key, estimated_usd=opt.estimate_usd,
+                         reserved_usd=reservation.amount_usd)
     started = time.monotonic()
     try:
         job = await provider.submit(req)
-    except UnconfirmedSubmitError as exc:
-        if exc.job_id:  # the vendor let us name the job (Runware): ask it instead of guessing
+    except ProviderError as exc:
+        exc.at(shot_id=shot.shot_id)
+        if not exc.may_have_charged:
+            ledger.release(reservation)  # refused before acceptance: nothing was charged
+            return _failed(ctx, row, shot, exc, reasons)
+        if exc.job_id and provider.names_its_jobs:  # Runware: ask about the job we named
             job = Job(provider=opt.provider, job_id=exc.job_id, data={"recovered": True})
             journal.submitted(row, job.job_id, job.data)
             ctx.log(f"{shot.shot_id}: submit answer lost; polling job {job.job_id} we named")
             return _Sent(provider, job, row, reservation, started)
-        # the money may be gone: keep it reserved so the cap still counts it
-        exc.at(shot_id=shot.shot_id)
-        # reported at the estimate: it may have been charged, and a report must never
-        # show less than was spent
-        journal.status(row, "unconfirmed", failure_reason=f"unconfirmed: {exc.message}",
+        # the money may be gone: it stays reserved (the cap counts it) and is reported at
+        # the estimate; never resent without --resubmit-unconfirmed
+        asked = f" (vendor request id {exc.job_id})" if exc.job_id else ""
+        journal.status(row, Status.UNCONFIRMED, failure_reason=f"unconfirmed: {exc.message}{asked}",
                        actual_usd=reservation.amount_usd, cost_source="estimate")
         ctx.log(f"{shot.shot_id}: {exc} - not resubmitted; check the vendor's dashboard")
-        return ShotResult(shot.shot_id, "unconfirmed", reason=str(exc))
-    except ProviderError as exc:
-        ledger.release(reservation)  # the vendor refused it: nothing was charged
-        return _failed(ctx, row, shot, exc, reasons)
+        return ShotResult(shot.shot_id, ShotStatus.UNCONFIRMED, reason=str(exc))
     journal.submitted(row, job.job_id, job.data)
     ctx.log(f"{shot.shot_id}: submitted to {opt.label}, job {job.job_id}")
     return _Sent(provider, job, row, reservation, started)
 
 
-async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Provider, job: Job,
-                    row: int, reservation: Any, conformed: Path, reasons: list[str],
-                    started: float) -> ShotResult | None:
+async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, provider: Provider,
+                    job: Job, row: int, reservation: Reservation, conformed: Path,
+                    reasons: list[str], started: float) -> Outcome:
     """Wait for a submitted job, settle its cost, then download it."""
-    journal, ledger = ctx.journal, ctx.ledger
+    journal = ctx.journal
     timings: dict[str, float] = {}
 
     def seen(p: Poll) -> None:
@@ -191,57 +255,95 @@ async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Prov
     try:
         done = await provider.wait(job, on_status=seen)
     except JobTimeoutError as exc:
-        with contextlib.suppress(ProviderError):
-            await provider.cancel(job)
-        _charge_failure(ledger, reservation, opt, journal, row)
-        return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons, status="canceled")
+        exc.at(shot_id=shot.shot_id, job_id=job.job_id)
+        if await _cancelled(provider, job):
+            _charge_failure(ctx.ledger, reservation, opt.info.charges_failures, journal, row)
+            return _failed(ctx, row, shot, exc, reasons, status=Status.CANCELED)
+        # the vendor keeps working (and will bill): the money stays held and reported at the
+        # estimate; the same --out (or `storyreel reconcile`) settles it later
+        journal.status(row, Status.ABANDONED, actual_usd=reservation.amount_usd,
+                       cost_source="estimate", failure_reason=(
+                           f"timeout: abandoned job {job.job_id} after its deadline; the vendor "
+                           "could not cancel it, so it may still bill (counted at the estimate)"))
+        reasons.append(f"timeout: {exc}")
+        ctx.log(f"{shot.shot_id}: abandoned job {job.job_id} on {opt.label} at its deadline "
+                "(no cancel); its estimate stays counted")
+        return TRY_ON
     except ProviderError as exc:
+        exc.at(shot_id=shot.shot_id, job_id=job.job_id)
         if isinstance(exc, NotFoundError) and job.data.get("recovered"):
             # the job we named never reached the vendor: nothing was charged
-            ledger.release(reservation)
-            journal.status(row, "failed", actual_usd=0.0, cost_source="none")
-            return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons)
+            ctx.ledger.release(reservation)
+            journal.status(row, Status.FAILED, actual_usd=0.0, cost_source="none")
+            return _failed(ctx, row, shot, exc, reasons)
         # we lost track of a job that may still finish and be charged: no new attempt (that
-        # could pay twice); the reservation stays held and the journal keeps the job as
-        # submitted, so running the same --out again resumes polling it
-        exc.at(shot_id=shot.shot_id, job_id=job.job_id)
-        journal.status(row, "submitted", failure_reason=f"{exc.kind}: {exc.message}")
+        # could pay twice); the money stays held, reported at the estimate, and running the
+        # same --out again resumes polling it
+        journal.status(row, Status.LOST, failure_reason=f"{exc.kind}: {exc.message}",
+                       actual_usd=reservation.amount_usd, cost_source="estimate")
         ctx.log(f"{shot.shot_id}: lost track of job {job.job_id}: {exc}; rerun with the same "
                 "--out to resume it")
-        return ShotResult(shot.shot_id, "failed", reason=f"lost track of job {job.job_id} on "
-                          f"{opt.label} ({exc.kind}); rerun the same --out to resume it")
+        return ShotResult(shot.shot_id, ShotStatus.FAILED, reason=(
+            f"lost track of job {job.job_id} on {opt.label} ({exc.kind}); rerun the same --out "
+            "to resume it"))
     timings["generation_s"] = round(time.monotonic() - started, 3)
     if done.error is not None or done.state != "succeeded":
-        _charge_failure(ledger, reservation, opt, journal, row, done.cost_usd)
+        _charge_failure(ctx.ledger, reservation, opt.info.charges_failures, journal, row,
+                        done.cost_usd)
         err = done.error or ProviderError(f"job ended {done.state}", provider=opt.provider)
         return _failed(ctx, row, shot, err.at(job_id=job.job_id), reasons,
-                       status="canceled" if done.state == "canceled" else "failed")
-    # succeeded: the vendor has charged; settle before anything else can go wrong
+                       status=Status.CANCELED if done.state == "canceled" else Status.FAILED)
+    actual = _settle_success(ctx.ledger, reservation, opt.provider, done, journal, row, timings)
+    ctx.log(f"{shot.shot_id}: {opt.label} job {job.job_id} finished in "
+            f"{timings['generation_s']:.1f} s, ${actual:.4f}")
+    return await _download(ctx, shot, opt, key, provider, job, done, row, conformed, reasons)
+
+
+async def _cancelled(provider: Provider, job: Job) -> bool:
+    """Did the vendor confirm that it stopped the job?"""
+    if not provider.supports_cancel:
+        return False
+    try:
+        return bool(await provider.cancel(job))
+    except ProviderError:
+        return False
+
+
+def _settle_success(ledger: Ledger, reservation: Reservation, provider: str, done: Poll,
+                    journal: Journal, row: int, timings: dict[str, float] | None = None) -> float:
+    """The vendor has charged: settle before anything else can go wrong."""
     actual = done.cost_usd if done.cost_usd is not None else reservation.amount_usd
-    source = "none" if opt.provider == "local" else (
+    source = "none" if provider == "local" else (
         "vendor" if done.cost_usd is not None else "estimate")
     ledger.settle(reservation, actual)
-    journal.status(row, "succeeded", actual_usd=actual, cost_source=source, **timings)
-    ctx.log(f"{shot.shot_id}: {opt.label} job {job.job_id} finished in "
-            f"{timings['generation_s']:.1f} s, ${actual:.4f} ({source})")
-    return await _download(ctx, shot, opt, provider, job, done, row, conformed, reasons)
+    journal.status(row, Status.SUCCEEDED, actual_usd=actual, cost_source=source, **(timings or {}))
+    return actual
 
 
-async def _download(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Provider, job: Job,
-                    done: Poll, row: int, conformed: Path, reasons: list[str]) -> ShotResult | None:
-    raw = ctx.run_dir / "raw" / f"{shot.shot_id}-{job.job_id}.mp4"
+def _raw_path(ctx: RunContext, shot_id: str, row: int) -> Path:
+    """Local names come from what we control (shot id, journal row), never a vendor's id."""
+    return raw_path(ctx.run_dir, shot_id, row)
+
+
+def raw_path(run_dir: Path, shot_id: str, row: int) -> Path:
+    return run_dir / "raw" / f"{shot_id}-r{row}.mp4"
+
+
+async def _download(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, provider: Provider,
+                    job: Job, done: Poll, row: int, conformed: Path, reasons: list[str]) -> Outcome:
+    raw = _raw_path(ctx, shot.shot_id, row)
     t0 = time.monotonic()
     try:
         info = await _fetch_verified(provider, job, done, raw, shot.duration)
     except ProviderError as exc:
         # paid but unusable: the cost stays reported; the next attempt may pay again
         return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons)
-    ctx.journal.status(row, "downloaded", clip_path=str(raw),
+    ctx.journal.status(row, Status.DOWNLOADED, clip_path=str(raw),
                        download_s=round(time.monotonic() - t0, 3))
     if ctx.cache is not None:
-        ctx.cache.put(clip_key(ctx, shot, opt), raw, provider=opt.provider, model=opt.model,
+        ctx.cache.put(key, raw, provider=opt.provider, model=opt.model,
                       job_id=job.job_id, cost_usd=ctx.journal.get(row).actual_usd)
-    return await _finish(ctx, shot, opt, row, raw, conformed, "done", source=info)
+    return await _finish(ctx, shot, opt, row, raw, conformed, ShotStatus.DONE, source=info)
 
 
 async def _fetch_verified(provider: Provider, job: Job, done: Poll, raw: Path,
@@ -259,83 +361,137 @@ async def _fetch_verified(provider: Provider, job: Job, done: Poll, raw: Path,
     raise last
 
 
-def _charge_failure(ledger: Ledger, reservation: Any, opt: Option, journal: Journal, row: int,
-                    vendor_cost: float | None = None) -> None:
+def _charge_failure(ledger: Ledger, reservation: Reservation, charges_failures: bool,
+                    journal: Journal, row: int, vendor_cost: float | None = None,
+                    status: Status = Status.FAILED) -> None:
     """Failed jobs are charged per the vendor's billing rule in the catalog."""
-    if opt.info.charges_failures or vendor_cost:
+    if charges_failures or vendor_cost:
         cost = vendor_cost if vendor_cost is not None else reservation.amount_usd
         ledger.settle(reservation, cost)
-        journal.status(row, "failed", actual_usd=cost,
+        journal.status(row, status, actual_usd=cost,
                        cost_source="vendor" if vendor_cost is not None else "estimate")
     else:
         ledger.release(reservation)
-        journal.status(row, "failed", actual_usd=0.0, cost_source="none")
+        journal.status(row, status, actual_usd=0.0, cost_source="none")
 
 
 def _failed(ctx: RunContext, row: int, shot: ShotPlan, exc: ProviderError, reasons: list[str],
-            status: str = "failed") -> None:
-    """Journal and remember why an attempt failed; None tells the caller to try on."""
+            status: Status = Status.FAILED) -> Outcome:
+    """Journal and remember why an attempt failed, then try on."""
     exc.at(shot_id=shot.shot_id)
     reasons.append(f"{exc.kind}: {exc}")
     ctx.journal.status(row, status, failure_reason=f"{exc.kind}: {exc.message}")
     ctx.log(f"{shot.shot_id}: {exc}")
-    return None
+    return TRY_ON
 
 
 async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: Path,
-                  conformed: Path, status: str, source: VideoInfo | None = None) -> ShotResult:
+                  conformed: Path, status: ShotStatus, source: VideoInfo | None = None) -> ShotResult:
     conformed.parent.mkdir(parents=True, exist_ok=True)
     # conformed clips are cached next to the raw ones: a re-run re-encodes only what changed
     cache_dir = ctx.cache.root / "conformed" if ctx.cache is not None else None
     await conform(raw, conformed, ctx.fmt, shot.duration, cache_dir=cache_dir, source=source)
-    ctx.journal.status(row, "done" if status == "done" else "cached", conformed_path=str(conformed))
+    ctx.journal.status(row, Status.DONE if status == ShotStatus.DONE else Status.CACHED,
+                       conformed_path=str(conformed))
     return ShotResult(shot.shot_id, status, conformed=conformed, option=opt.label)
 
 
-async def _resume(ctx: RunContext, shot: ShotPlan, conformed: Path,
-                  reasons: list[str]) -> ShotResult | None:
-    """Pick up what an interrupted run of this folder already did for the shot."""
-    attempts = ctx.journal.attempts(shot.shot_id)
+async def _resume(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: Path,
+                  reasons: list[str]) -> Outcome | None:
+    """Pick up what an earlier session of this folder did for the shot. Only attempts made
+    for the shot as it is planned now count (the journal's cache_key is the plan's clip key):
+    an edited shot gets fresh attempts."""
+    attempts = [a for a in ctx.journal.attempts(shot.shot_id) if a.cache_key in keys]
     if not attempts:
         return None
     last: Attempt = attempts[-1]
-    opt = next((o for o in shot.options if o.provider == last.provider and o.model == last.model),
-               None)
-    if last.status in ("done", "cached") and last.conformed_path and Path(last.conformed_path).exists():
-        return ShotResult(shot.shot_id, last.status, conformed=Path(last.conformed_path),
-                          option=f"{last.provider}:{last.model}")
-    if opt is None:
-        return None
-    if last.status in ("downloaded", "done", "cached") and last.clip_path and Path(last.clip_path).exists():
+    opt = shot.options[keys.index(last.cache_key)]  # type: ignore[arg-type]
+    again = shot.shot_id in ctx.regenerate
+    if last.status in (Status.DONE, Status.CACHED) and not again and last.conformed_path \
+            and Path(last.conformed_path).exists():
+        return ShotResult(shot.shot_id, ShotStatus(last.status), conformed=Path(last.conformed_path),
+                          option=opt.label)
+    if last.status in (Status.DOWNLOADED, Status.DONE, Status.CACHED) and not again \
+            and last.clip_path and Path(last.clip_path).exists():
         ctx.log(f"{shot.shot_id}: resuming from the downloaded clip of job {last.job_id}")
         return await _finish(ctx, shot, opt, last.id, Path(last.clip_path), conformed,
-                             "cached" if last.status == "cached" else "done")
-    if last.status in ("intent", "unconfirmed") and not ctx.resubmit_unconfirmed:
-        if last.status == "intent":
-            ctx.journal.status(last.id, "unconfirmed", failure_reason=(
-                "unconfirmed: the run stopped between intent and the vendor's answer"),
-                actual_usd=last.reserved_usd or 0.0, cost_source="estimate")
+                             ShotStatus.CACHED if last.status == Status.CACHED else ShotStatus.DONE)
+    if last.status in (Status.INTENT, Status.UNCONFIRMED):
+        if last.status == Status.INTENT:
+            _unanswered(ctx, last)
+        if ctx.resubmit_unconfirmed:
+            return None  # the person checked the dashboard; the old row stays counted
         ctx.log(f"{shot.shot_id}: attempt {last.attempt} on {opt.label} is unconfirmed (the "
                 "submit may have reached the vendor); not resubmitted without "
                 "--resubmit-unconfirmed")
-        return ShotResult(shot.shot_id, "unconfirmed",
+        return ShotResult(shot.shot_id, ShotStatus.UNCONFIRMED,
                           reason=f"unconfirmed submit to {opt.label} (attempt {last.attempt})")
-    if last.status in ("submitted", "running", "succeeded") and last.job_id:
+    if last.status in (*AT_VENDOR, Status.SUCCEEDED) and last.job_id:
         ctx.log(f"{shot.shot_id}: resuming job {last.job_id} on {opt.label} (not resubmitted)")
         provider = ctx.provider(opt.provider)
         job = Job(provider=opt.provider, job_id=last.job_id, data=last.job_data or {})
         async with ctx.slot(opt.provider):
-            if last.status == "succeeded":  # already settled before the interruption
+            if last.status == Status.SUCCEEDED:  # already settled before the interruption
                 done = await provider.wait(job)
-                result = await _download(ctx, shot, opt, provider, job, done, last.id,
-                                         conformed, reasons)
-            else:  # committed money: held since the ledger was made (run.ledger_for)
-                reservation = ctx.ledger.held(last.id) or ctx.ledger.hold(
-                    shot.shot_id, last.reserved_usd or 0.0)
-                result = await _complete(ctx, shot, opt, provider, job, last.id, reservation,
-                                         conformed, reasons, time.monotonic())
-        return result  # None: that job failed, fresh attempts follow
+                return await _download(ctx, shot, opt, last.cache_key or keys[0], provider, job,
+                                       done, last.id, conformed, reasons)
+            # committed money: held since the ledger was made (run.ledger_for)
+            reservation = ctx.ledger.held(last.id) or ctx.ledger.hold(
+                shot.shot_id, last.reserved_usd or 0.0)
+            return await _complete(ctx, shot, opt, last.cache_key or keys[0], provider, job,
+                                   last.id, reservation, conformed, reasons, time.monotonic())
     return None
 
 
-__all__ = ["RunContext", "ShotResult", "render_shot"]
+def _unanswered(ctx: RunContext, a: Attempt) -> None:
+    """An intent row from a session that was killed between intent and the vendor's answer."""
+    ctx.journal.status(a.id, Status.UNCONFIRMED, failure_reason=(
+        "unconfirmed: the run stopped between intent and the vendor's answer"),
+        actual_usd=a.reserved_usd or 0.0, cost_source="estimate")
+
+
+async def _settle_stale(ctx: RunContext, a: Attempt) -> None:
+    """A job of an earlier plan of the shot (its prompt, model or provider was edited): wait
+    for it, settle its money at the real outcome, and cache its clip under its own key."""
+    reservation = ctx.ledger.held(a.id) or ctx.ledger.hold(a.shot_id, a.reserved_usd or 0.0)
+    try:
+        provider = ctx.provider(a.provider)
+    except KeyError:  # no adapter any more: the money stays held and reported
+        return
+    async with ctx.slot(a.provider):
+        await settle_job(a, reservation, provider=provider, journal=ctx.journal,
+                         ledger=ctx.ledger, cache=ctx.cache, run_dir=ctx.run_dir, log=ctx.log)
+
+
+async def settle_job(a: Attempt, reservation: Reservation, *, provider: Provider,
+                     journal: Journal, ledger: Ledger, cache: ClipCache | None, run_dir: Path,
+                     log: Callable[[str], None], deadline: float | None = None) -> Status:
+    """Learn what the vendor did with a job we hold money for, and book it: succeeded ->
+    settled (and its clip downloaded into the cache under the attempt's key), failed -> per
+    the billing rule, still working or unreachable -> unchanged (held and at risk)."""
+    assert a.job_id is not None
+    info = find_model(a.provider, a.model)
+    job = Job(provider=a.provider, job_id=a.job_id, data=a.job_data or {})
+    try:
+        done = await provider.wait(job, deadline=deadline)
+    except ProviderError as exc:
+        log(f"{a.shot_id}: job {a.job_id} on {a.provider} not settled ({exc.kind}); its "
+            "estimate stays counted")
+        return Status(a.status)
+    if done.error is not None or done.state != "succeeded":
+        _charge_failure(ledger, reservation, bool(info and info.charges_failures), journal, a.id,
+                        done.cost_usd,
+                        status=Status.CANCELED if done.state == "canceled" else Status.FAILED)
+        return Status.FAILED
+    _settle_success(ledger, reservation, a.provider, done, journal, a.id)
+    if cache is not None and a.cache_key:
+        raw = raw_path(run_dir, a.shot_id, a.id)
+        with contextlib.suppress(ProviderError):
+            await _fetch_verified(provider, job, done, raw, 0.0)
+            journal.status(a.id, Status.DOWNLOADED, clip_path=str(raw))
+            cache.put(a.cache_key, raw, provider=a.provider, model=a.model, job_id=a.job_id,
+                      cost_usd=journal.get(a.id).actual_usd)
+    return Status.SUCCEEDED
+
+
+__all__ = ["RunContext", "ShotResult", "TRY_ON", "render_shot", "settle_job"]

@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +20,12 @@ from flows.money.atomic import write_text_atomic
 from flows.money.cache import ClipCache, default_cache_dir
 from flows.money.journal import Journal
 from flows.money.ledger import Ledger
-from flows.render import ShotResult
+from flows.money.status import AT_VENDOR, GOOD, Status
+from flows.render import RunContext, ShotResult
 from flows.storyboard.keys import require_keys
 from flows.storyboard.loading import load_storyboard
 from flows.storyboard.plan import Plan, build_plan
 from providers.errors import BudgetError, MediaError, StoryreelError
-
-_HELD = ("unconfirmed", "intent")  # may have been charged: counts against the cap on resume
 
 
 @dataclass
@@ -70,10 +70,20 @@ def preflight(plan: Plan) -> None:
 
 
 def run_dir_for(plan: Plan, out: Path | None) -> Path:
+    """`out`, or a new folder under runs/<title>/ whose name no other run can take (the
+    second's stamp is only for people; the random part and the exclusive mkdir decide)."""
     if out is not None:
         return out
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / slug(plan.storyboard.title) / stamp
+    parent = Path("runs") / slug(plan.storyboard.title)
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = parent / f"{stamp}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
 
 
 def open_journal(run_dir: Path) -> Journal:
@@ -82,22 +92,31 @@ def open_journal(run_dir: Path) -> Journal:
 
 
 def ledger_for(plan: Plan, journal: Journal) -> Ledger:
-    """A ledger that already counts what earlier sessions of this run folder spent or held;
-    jobs at a vendor, not yet settled, are held before anything can reserve."""
-    spent = 0.0
-    at_vendor = []
-    for a in journal.attempts():
-        if a.status in _HELD:
-            spent += a.reserved_usd or 0.0
-        elif a.actual_usd:
-            spent += a.actual_usd
-        elif a.status in ("submitted", "running") and a.job_id:
-            at_vendor.append(a)
+    """A ledger that already counts, shot by shot, what earlier sessions of this run folder
+    spent or may have spent (so the run cap and each shot's cap hold across a resume); jobs
+    still at a vendor are held before anything can reserve, for the shot that resumes them."""
     budget = plan.storyboard.budget
-    ledger = Ledger(budget.max_usd, budget.max_usd_per_shot, already_spent_usd=spent)
-    for a in at_vendor:
-        ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id)
+    ledger = Ledger(budget.max_usd, budget.max_usd_per_shot)
+    for a in journal.attempts():
+        if a.status in AT_VENDOR and a.job_id:
+            ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id)
+        elif a.status in (Status.INTENT, Status.UNCONFIRMED):  # may have been charged
+            ledger.book(a.shot_id, a.actual_usd if a.actual_usd is not None
+                        else a.reserved_usd or 0.0)
+        elif a.actual_usd:
+            ledger.book(a.shot_id, a.actual_usd)
     return ledger
+
+
+def new_context(plan: Plan, opts: RunOptions, run_dir: Path, journal: Journal,
+                client: Any, keys: dict[str, str | None], *, log: Any = print,
+                limiter: Any = None) -> RunContext:
+    """The one way to build a run's shared context (early submits and the flow alike)."""
+    return RunContext(plan=plan, run_dir=run_dir, journal=journal,
+                      ledger=ledger_for(plan, journal), client=client, keys=keys,
+                      fmt=output_format(plan), cache=cache_for(opts), regenerate=opts.regenerate,
+                      resubmit_unconfirmed=opts.resubmit_unconfirmed,
+                      limits=dict(plan.storyboard.limits), limiter=limiter, log=log)
 
 
 def cache_for(opts: RunOptions) -> ClipCache | None:
@@ -129,18 +148,23 @@ class RunSummary:
     run_dir: Path
     final: Path | None
     cost_csv: Path
-    spent_usd: float
+    totals: dict[str, float]  # charged_usd, at_risk_usd, total_usd: the same in every report
     cap_usd: float | None
     results: list[ShotResult]
     table: str  # per-provider spend vs cap, printable
     rows: list[dict[str, Any]]
 
     @property
+    def spent_usd(self) -> float:
+        """Charged plus at risk: never less than the vendors may have billed."""
+        return self.totals["total_usd"]
+
+    @property
     def ok(self) -> bool:
-        return all(r.status in ("done", "cached") for r in self.results)
+        return all(r.status in GOOD for r in self.results)
 
     def failures(self) -> list[ShotResult]:
-        return [r for r in self.results if r.status not in ("done", "cached")]
+        return [r for r in self.results if r.status not in GOOD]
 
 
 async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
@@ -157,12 +181,12 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
     await assemble(clips, final, output_format(plan), transitions)
     sheet = asyncio.create_task(_contact_sheet(final, run_dir)) if contact_sheet else None
     # the reports (pandas) in a thread, while ffmpeg draws the contact sheet
-    rows, cost_csv, table = await asyncio.to_thread(_reports, plan, run_dir, journal)
-    summary = RunSummary(journal.run_id, run_dir, final, cost_csv, ledger.spent_usd, plan.cap_usd,
+    rows, cost_csv, table, totals = await asyncio.to_thread(_reports, plan, run_dir, journal)
+    summary = RunSummary(journal.run_id, run_dir, final, cost_csv, totals, plan.cap_usd,
                          results, table, rows)
     if sheet is not None:
         await sheet
-    write_run_json(plan, run_dir, journal.run_id, results, ledger)
+    write_run_json(plan, run_dir, journal.run_id, results, totals)
     return summary
 
 
@@ -175,14 +199,15 @@ async def _contact_sheet(final: Path, run_dir: Path) -> None:
         pass  # a picture of the cut is nice to have, never worth failing the run
 
 
-def _reports(plan: Plan, run_dir: Path, journal: Journal) -> tuple[list[dict[str, Any]], Path, str]:
+def _reports(plan: Plan, run_dir: Path, journal: Journal
+             ) -> tuple[list[dict[str, Any]], Path, str, dict[str, float]]:
     # imported here, not at the top: flows.money.report imports pandas (~0.5 s), which would delay
     # the first vendor submit of every run for a report written only at the end
-    from flows.money.report import rows_from_journal, summarize, write_cost_csv
+    from flows.money.report import rows_from_journal, summarize, totals, write_cost_csv
 
     rows = rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots})
     cost_csv = write_cost_csv(rows, run_dir / "cost.csv")
-    return rows, cost_csv, summarize(rows, plan.cap_usd).to_string()
+    return rows, cost_csv, summarize(rows, plan.cap_usd).to_string(), totals(rows)
 
 
 def warm_imports() -> None:
@@ -193,8 +218,8 @@ def warm_imports() -> None:
 
 
 def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotResult],
-                   ledger: Ledger) -> Path:
-    data = {"run_id": run_id, "plan": plan.to_json(), "spent_usd": ledger.spent_usd,
+                   totals: dict[str, float]) -> Path:
+    data = {"run_id": run_id, "plan": plan.to_json(), **totals, "spent_usd": totals["total_usd"],
             "results": [{"shot_id": r.shot_id, "status": r.status, "option": r.option,
                          "reason": r.reason,
                          "clip": str(r.conformed) if r.conformed else None} for r in results]}

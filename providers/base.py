@@ -21,7 +21,12 @@ from typing import Any, ClassVar
 import httpx
 
 from providers import http
-from providers.errors import JobTimeoutError, ProviderError, register_secret
+from providers.errors import (
+    JobTimeoutError,
+    ProviderError,
+    UnconfirmedSubmitError,
+    register_secret,
+)
 from providers.types import Clip, Job, Poll, ShotRequest
 
 
@@ -52,6 +57,9 @@ class Provider:
     default_base_url: ClassVar[str] = ""
     base_url_env: ClassVar[str | None] = None  # e.g. STORYREEL_FAL_BASE_URL
     supports_cancel: ClassVar[bool] = False
+    # the vendor takes a job id we choose (Runware's taskUUID): a submit whose answer was
+    # lost can then be asked about instead of being left unconfirmed
+    names_its_jobs: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -112,6 +120,18 @@ class Provider:
                 return str(body)[:300]
         return http.body_text(resp, 300) or f"HTTP {resp.status_code}"
 
+    def submit_refused(self, resp: httpx.Response) -> bool:
+        """A 5xx submit answer the vendor documents as 'nothing was queued'; by default none
+        is (the app may have taken the job before it failed)."""
+        return False
+
+    def unnamed(self, what: str, answer: Any) -> UnconfirmedSubmitError:
+        """A 2xx submit answer without the job's id: the vendor took something that may run
+        and bill, and we cannot ask about it."""
+        return UnconfirmedSubmitError(
+            f"submit answered 2xx without {what}: {str(answer)[:200]}; the job may exist and "
+            "bill, so it is not resent", provider=self.name)
+
     def classify(self, resp: httpx.Response, message: str) -> type[ProviderError]:
         """Exception class for an HTTP error; adapters refine (fal's 403 'User is locked')."""
         return http.error_class_for_status(resp.status_code)
@@ -142,7 +162,8 @@ class Provider:
         headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
         return await http.send(
             self.client, method, url, stage=stage, provider=self.name,
-            map_error=self.map_error, policy=self.retry, headers=headers, **kwargs,
+            map_error=self.map_error, policy=self.retry, headers=headers,
+            submit_refused=self.submit_refused, **kwargs,
         )
 
     async def call_json(self, method: str, url: str, *, stage: http.Stage, **kwargs: Any) -> Any:
@@ -150,7 +171,9 @@ class Provider:
         try:
             return resp.json()
         except ValueError as exc:
-            raise self.error(ProviderError, f"{stage} answered non-JSON: "
+            # a 2xx that is not JSON: for a submit the job may exist all the same
+            cls = UnconfirmedSubmitError if stage == "submit" else ProviderError
+            raise self.error(cls, f"{stage} answered non-JSON: "
                              f"{http.body_text(resp, 200)}") from exc
 
     async def download(self, url: str, dest: Path, headers: dict[str, str] | None = None) -> Path:

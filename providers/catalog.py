@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: less start-up CPU
 
@@ -31,7 +32,7 @@ class Price(BaseModel):
     per_second; per_video; base + base_seconds + per_extra_second;
     per_second_by_resolution {720p: .., 1080p: ..}; per_video_by_resolution."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     per_second: float | None = None
     per_video: float | None = None
     base: float | None = None
@@ -40,6 +41,18 @@ class Price(BaseModel):
     per_second_by_resolution: dict[str, float] | None = None
     per_video_by_resolution: dict[str, float] | None = None
     currency: Literal["USD"] = "USD"
+
+    @model_validator(mode="after")
+    def _one_shape_no_negatives(self) -> Price:
+        values = self.model_dump(exclude={"currency"}, exclude_none=True)
+        if not values:
+            raise ValueError("no price given (use per_second, per_video, "
+                             "base/base_seconds/per_extra_second, or per_*_by_resolution)")
+        for name, v in values.items():
+            for x in (v.values() if isinstance(v, dict) else [v]):
+                if not math.isfinite(x) or x < 0:
+                    raise ValueError(f"{name}: {x} is not a price (a finite amount >= 0)")
+        return self
 
     def estimate(self, seconds: float, resolution: str) -> float:
         if self.per_second_by_resolution is not None:
@@ -72,6 +85,9 @@ class ModelInfo(BaseModel):
     price: Price
     price_source: str = ""
     charges_failures: bool = False
+    # the model costs nothing (the local animatic, a vendor's free tier): a price of 0 is then
+    # not a mistake; any other model priced at 0 is refused by planning
+    free: bool = False
     retired: dt.date | None = None
     replacement: str | None = None
     params: dict[str, Any] = {}  # fixed extras sent with every request

@@ -7,6 +7,8 @@
     + BudgetError                estimate over the cap, or a reservation refused
   x ProviderError                a vendor said no, or never answered well;
     |                            .provider .shot_id .job_id .vendor_message
+    |                            .may_have_charged: the verdict on money, decided once
+    |                            where the answer was read (providers/http.py, adapters)
     + AuthError                  401/403 bad key: never retried
     + InsufficientCreditError    402, fal's "User is locked": never retried
     + RateLimitedError           429; .retry_after seconds
@@ -17,8 +19,10 @@
     + JobFailedError             the vendor ran the job and it failed
     + JobTimeoutError            our per-job deadline passed
     + BadMediaError              the download is not a complete, playable video
-    + UnconfirmedSubmitError     a paid submit may have reached the vendor unanswered
+    + UnconfirmedSubmitError     a paid submit may have been taken: no answer, a 5xx, or a
+                                 2xx without a job id or not JSON (may_have_charged)
   x MediaError                   ffmpeg failed or produced a wrong file; .argv .stderr_tail
+  x BusyError                    the run folder is another run's (flows/runlock.py)
 
 Messages never contain API keys: adapters put keys only in headers and
 error text is built from vendor bodies, which are scrubbed by `redact`.
@@ -79,6 +83,9 @@ class ProviderError(StoryreelError):
     """A vendor failure, carrying where it happened and what the vendor said."""
 
     retryable: bool = False  # may the same request be sent again?
+    # May the vendor have taken (and billed) the request that raised this? Only a submit
+    # refused before acceptance is False; callers keep such money reserved and reported.
+    may_have_charged: bool = False
 
     def __init__(
         self,
@@ -166,7 +173,9 @@ class BadMediaError(ProviderError):
 
 
 class UnconfirmedSubmitError(ProviderError):
-    pass
+    """The submit may have been taken: never resent by any retry loop (issue: pay twice)."""
+
+    may_have_charged = True
 
 
 _KINDS: dict[type, str] = {
@@ -192,3 +201,7 @@ class MediaError(StoryreelError):
         self.stderr_tail = "\n".join(stderr.strip().splitlines()[-20:])
         text = message if not self.stderr_tail else f"{message}\n{self.stderr_tail}"
         super().__init__(text)
+
+
+class BusyError(StoryreelError):
+    """Another run owns the run folder (its journal and ledger would be worked twice)."""

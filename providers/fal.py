@@ -15,8 +15,9 @@ queue pages, docs.fal.ai errors / request-errors; research/vendors.md §1.
 * GET response_url -> {"video": {"url", ...}}; fetched as soon as the status is
   COMPLETED because fal keeps results >= 10 KB for only 6 minutes.
 * PUT cancel_url (queued requests are dropped, running ones signalled).
-* A submit answered 502/503/504 is resent only without `x-fal-request-id` (a gateway
-  page, fal_client's `_is_ingress_error`); with it fal's servers saw the request.
+* A submit answered 502/503/504 without `x-fal-request-id` is a gateway page that never
+  reached fal's app (fal_client's `_is_ingress_error` retries exactly these): refused and
+  resent. Any other 5xx may have queued the request: unconfirmed, never resent.
 * 403 {"detail": "User is locked. Reason: Exhausted balance ..."} is a credit
   problem, not a bad key. fal bills only successful requests; it reports no
   per-request cost, so `cost_usd` stays None (`x-fal-billable-units` is kept
@@ -50,7 +51,6 @@ from providers.errors import (
     JobFailedError,
     NotFoundError,
     ProviderError,
-    UnconfirmedSubmitError,
 )
 from providers.types import Clip, Job, Poll, ShotRequest
 
@@ -182,8 +182,7 @@ class FalProvider(Provider):
                                       json=fal_body(req, model_id))
         request_id = answer.get("request_id") if isinstance(answer, dict) else None
         if not request_id:  # accepted (2xx) but unnamed: it may run and bill, so say so
-            raise self.error(UnconfirmedSubmitError, "submit answered 2xx without a "
-                             f"request_id: {str(answer)[:200]}")
+            raise self.unnamed("a request_id", answer)
         data = {"model": model_id, **self.followup_urls(answer, model_id)}
         return Job(provider=self.name, job_id=str(request_id), data=data)
 
@@ -285,13 +284,14 @@ class FalProvider(Provider):
 
     def map_error(self, resp: httpx.Response, stage: http.Stage) -> ProviderError:
         err = super().map_error(resp, stage)
-        rid = resp.headers.get("x-fal-request-id")
-        if stage == "submit" and rid and resp.status_code in (502, 503, 504):
-            # fal's own servers answered (fal_client's _is_ingress_error): not a gateway
-            # that never passed the request on, so the paid submit is not resent
-            err.retryable = False
-            err.job_id = rid
+        if stage == "submit" and resp.status_code >= 500:
+            # fal's request id, for a person to look the request up on fal's dashboard
+            err.job_id = resp.headers.get("x-fal-request-id")
         return err
+
+    def submit_refused(self, resp: httpx.Response) -> bool:
+        # fal_client's _is_ingress_error: a gateway answer without fal's request id
+        return resp.status_code in (502, 503, 504) and "x-fal-request-id" not in resp.headers
 
     def classify(self, resp: httpx.Response, message: str) -> type[ProviderError]:
         if resp.status_code in (402, 403) and "user is locked" in message.lower():

@@ -129,7 +129,7 @@ class GeminiProvider(Provider):
         op = await self.call_json("POST", path, stage="submit", json=body)
         name = op.get("name") if isinstance(op, dict) else None
         if not name:
-            raise self.error(ProviderError, f"submit answered without an operation: {op!r:.200}")
+            raise self.unnamed("an operation name", op)
         return Job(provider=self.name, job_id=name.rsplit("/", 1)[-1],
                    data={"operation": name})
 

@@ -3,11 +3,13 @@
 Retry policy (DESIGN "never retry a paid POST blindly"):
 * poll / fetch / cancel (idempotent): retried on 429, 5xx, timeouts and resets,
   with exponential backoff and jitter, honouring Retry-After.
-* submit (the paid POST): retried only when the vendor surely did not take
-  it: connection refused/DNS failure, 429, and gateway 502/503/504 (load
-  shedding before the app). Anything that may have reached the vendor
-  without an answer (read timeout, reset after sending) raises
-  UnconfirmedSubmitError and is never resent here.
+* submit (the paid POST): the one place that decides whether the vendor may have
+  taken it. *Refused* (nothing charged; resent where retryable): no connection was
+  made, 429, or any other 4xx (the vendor rejected the request before accepting it).
+  *Unconfirmed* (UnconfirmedSubmitError, may_have_charged): every 5xx, read timeouts
+  and resets after sending, and (in the adapters, through `Provider.unnamed` and
+  `call_json`) a 2xx without a job id or not JSON. An adapter may name 5xx answers its
+  vendor documents as refused (`Provider.submit_refused`, e.g. fal's ingress errors).
 """
 
 from __future__ import annotations
@@ -133,6 +135,11 @@ def body_text(resp: httpx.Response, limit: int = 500) -> str:
 
 
 ErrorMapper = Callable[[httpx.Response, Stage], ProviderError]
+RefusedCheck = Callable[[httpx.Response], bool]
+
+
+def _never(resp: httpx.Response) -> bool:
+    return False
 
 
 async def send(
@@ -144,9 +151,11 @@ async def send(
     provider: str,
     map_error: ErrorMapper,
     policy: RetryPolicy,
+    submit_refused: RefusedCheck = _never,
     **kwargs: Any,
 ) -> httpx.Response:
-    """One logical call with the stage's retry rule; returns a 2xx response or raises."""
+    """One logical call with the stage's retry rule; returns a 2xx response or raises.
+    `submit_refused(resp)` says a 5xx submit answer surely left no job (vendor-documented)."""
     attempt = 0
     while True:
         attempt += 1
@@ -170,11 +179,12 @@ async def send(
             if resp.is_success:
                 return resp
             err = map_error(resp, stage)
-            if stage == "submit" and isinstance(err, TransientError):
-                # a gateway/load-shedding answer means the app never took the job;
-                # a 500 from the app itself may have, so it is not resent
-                if resp.status_code not in (502, 503, 504):
-                    raise err
+            if stage == "submit" and resp.status_code >= 500 and not submit_refused(resp):
+                # the app may have queued the job before it failed to answer
+                raise UnconfirmedSubmitError(
+                    f"{err.message}; the vendor may have accepted (and will bill) it, so it "
+                    "is not resent", provider=provider, status_code=resp.status_code,
+                    vendor_message=err.vendor_message, job_id=err.job_id)
         if not err.retryable or attempt >= limit:
             raise err
         await asyncio.sleep(policy.delay(attempt, err.retry_after))

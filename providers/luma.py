@@ -64,7 +64,7 @@ class LumaProvider(Provider):
         body = self.build_body(req)
         gen = await self.call_json("POST", "generations/video", stage="submit", json=body)
         if not isinstance(gen, dict) or not gen.get("id"):
-            raise self.error(ProviderError, f"create answered without a generation id: {gen!r:.200}")
+            raise self.unnamed("a generation id", gen)
         return Job(provider=self.name, job_id=str(gen["id"]), data={"model": req.vendor_model})
 
     def build_body(self, req: ShotRequest) -> dict[str, Any]:

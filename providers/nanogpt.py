@@ -99,7 +99,7 @@ class NanoGPTProvider(Provider):
         data = await self.call_json("POST", "/api/generate-video", stage="submit", json=body)
         run_id = data.get("runId") if isinstance(data, dict) else None
         if not run_id:
-            raise self.error(ProviderError, f"submit answered without a runId: {data!r:.200}")
+            raise self.unnamed("a runId", data)
         return Job(provider=self.name, job_id=str(run_id), data={
             "model": data.get("model") or body["model"],  # the poll needs the slug
             "cost": data.get("cost"),

@@ -72,7 +72,7 @@ class PerfProvider(Provider):
                                     json=self.body(req))
         job_id = data.get("id") if isinstance(data, dict) else None
         if not job_id:
-            raise self.error(ProviderError, f"submit answered without a job id: {data!r:.200}")
+            raise self.unnamed("a job id", data)
         return Job(provider=self.name, job_id=str(job_id), data={
             "model": data.get("model", req.vendor_model),
             "estimated_cost_usd": data.get("estimated_cost_usd"),

@@ -97,7 +97,7 @@ class ReplicateProvider(Provider):
             url, body = f"v1/models/{model}/predictions", {"input": inputs}
         pred = await self.call_json("POST", url, stage="submit", json=body, headers=headers)
         if not isinstance(pred, dict) or not pred.get("id"):
-            raise self.error(ProviderError, f"create answered without a prediction id: {pred!r:.200}")
+            raise self.unnamed("a prediction id", pred)
         return Job(provider=self.name, job_id=str(pred["id"]),
                    data={"model": model, "version": version or None})
 

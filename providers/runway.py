@@ -131,7 +131,7 @@ class RunwayProvider(Provider):
         data = await self.call_json("POST", path, stage="submit", json=body)
         task_id = data.get("id") if isinstance(data, dict) else None
         if not task_id:
-            raise self.error(ProviderError, f"submit answered without a task id: {data!r:.200}")
+            raise self.unnamed("a task id", data)
         est = (data.get("estimatedCost") or {}).get("credits")
         return Job(provider=self.name, job_id=str(task_id),
                    data={"task": f"/v1/tasks/{task_id}", "estimated_credits": est})

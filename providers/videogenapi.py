@@ -85,8 +85,7 @@ class VideoGenAPIProvider(Provider):
         data = await self.call_json("POST", "/v1/generate", stage="submit", json=self.body(req))
         gen_id = data.get("generation_id") if isinstance(data, dict) else None
         if not gen_id:
-            raise self.error(ProviderError, f"submit answered without a generation_id: "
-                                            f"{data!r:.200}")
+            raise self.unnamed("a generation_id", data)
         status_url = data.get("status_url") or f"/v1/status/{gen_id}"
         return Job(provider=self.name, job_id=str(gen_id), data={"status_url": status_url})
 

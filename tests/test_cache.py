@@ -130,8 +130,6 @@ def test_hardlinks_when_asked(tmp_path: Path) -> None:
     src = _clip(tmp_path)
     entry = cache.put(key(), src, provider="fal", model="m", job_id=None, cost_usd=None)
     assert entry.path.stat().st_ino == src.stat().st_ino
-    dest = cache.copy_to(entry, tmp_path / "run" / "s1.raw.mp4")
-    assert dest.stat().st_ino == src.stat().st_ino
 
 
 def test_copy_when_hardlink_is_impossible(tmp_path: Path, monkeypatch) -> None:
@@ -144,8 +142,6 @@ def test_copy_when_hardlink_is_impossible(tmp_path: Path, monkeypatch) -> None:
     entry = cache.put(key(), src, provider="fal", model="m", job_id=None, cost_usd=None)
     assert entry.path.stat().st_ino != src.stat().st_ino
     assert entry.path.read_bytes() == src.read_bytes() and entry.cost_usd is None
-    dest = cache.copy_to(entry, tmp_path / "run" / "clips" / "s1.raw.mp4")
-    assert dest.read_bytes() == src.read_bytes()
 
 
 def test_damaged_entries_read_as_misses(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from flows.money.report import (
     money_text,
     rows_from_journal,
     summarize,
+    totals,
     write_cost_csv,
 )
 
@@ -63,6 +64,9 @@ def test_rows_from_journal(tmp_path: Path) -> None:
     assert by["s3", 1]["cost_source"] == "none"
     assert by["s4", 1]["actual_usd"] == 0 and by["s4", 1]["failure_reason"] == "budget"
     assert by["s5", 1]["status"] == "unconfirmed" and by["s5", 1]["reserved_usd"] == 0.3
+    # may have been charged: reported at what was reserved, flagged at risk, never $0
+    assert by["s5", 1]["actual_usd"] == 0.3 and by["s5", 1]["at_risk"]
+    assert not any(r["at_risk"] for r in rows if r["shot_id"] != "s5")
     assert by["s6", 1]["cost_source"] == "estimate"
     assert all(r["run_id"] == "run-A" for r in rows)
 
@@ -100,12 +104,14 @@ def test_summarize_per_provider(tmp_path: Path) -> None:
     fal, luma, total = s.loc["fal"], s.loc["luma"], s.loc["TOTAL"]
     assert (fal.attempts, fal.succeeded, fal.failed, fal.cached) == (3, 2, 1, 1)
     assert fal.estimated_usd == 0.3 and fal.actual_usd == 0.3 and fal.cache_saved_usd == 0.1
-    assert (luma.attempts, luma.skipped, luma.unconfirmed, luma.actual_usd) == (1, 1, 1, 0)
+    assert (luma.attempts, luma.skipped, luma.at_risk, luma.actual_usd) == (1, 1, 1, 0.3)
+    assert luma.at_risk_usd == 0.3 and fal.at_risk_usd == 0
     assert luma.estimated_usd == 0.3  # the skipped shot's estimate was never tried
-    assert total.attempts == 5 and total.actual_usd == 0.8 and total.estimated_usd == 1.1
-    assert s.attrs == {"cap_usd": 2.0, "spent_usd": 0.8, "remaining_usd": 1.2}
-    assert total.pct_of_cap == 40.0
-    assert "0.80" in format_frame(s)
+    assert total.attempts == 5 and total.actual_usd == 1.1 and total.estimated_usd == 1.1
+    assert s.attrs == {"cap_usd": 2.0, "spent_usd": 1.1, "remaining_usd": 0.9}
+    assert total.pct_of_cap == 55.0
+    assert "1.10" in format_frame(s)
+    assert totals(rows) == {"charged_usd": 0.8, "at_risk_usd": 0.3, "total_usd": 1.1}
     empty = summarize([], cap_usd=None)
     assert list(empty.index) == ["TOTAL"] and empty.loc["TOTAL"].attempts == 0
     assert empty.attrs["remaining_usd"] is None

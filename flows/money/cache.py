@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.money.atomic import write_text_atomic
+from flows.money.usd import as_float
 
 KEY_VERSION = 1  # bump when the key's material changes meaning
 
@@ -184,7 +185,7 @@ class ClipCache:
             provider=provider,
             model=model,
             job_id=job_id,
-            cost_usd=None if cost_usd is None else round(float(cost_usd), 6),
+            cost_usd=None if cost_usd is None else as_float(cost_usd),
             created_at=datetime.now(UTC).isoformat(),
             sha256=digest,
             size_bytes=size,
@@ -193,13 +194,6 @@ class ClipCache:
         del meta["path"]
         write_text_atomic(folder / f"{key}.json", json.dumps(meta, indent=1, sort_keys=True))
         return entry
-
-    def copy_to(self, entry: CachedClip, dest: Path) -> Path:
-        """Give a run its own copy of a cached clip (hardlink when possible), atomically."""
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        _publish(entry.path, dest, link=self.link, read_only=False)
-        return dest
 
 
 def _temp_name(folder: Path, name: str) -> Path:

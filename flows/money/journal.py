@@ -24,24 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-STATUSES = frozenset(
-    {
-        "intent",  # about to submit: money reserved, nothing sent yet (or no answer seen)
-        "submitted",  # the vendor accepted; job_id known
-        "running",
-        "succeeded",  # the vendor says done; clip not yet downloaded
-        "downloaded",  # raw clip on disk
-        "done",  # conformed and ready for assembly
-        "failed",
-        "canceled",
-        "unconfirmed",  # a submit may have reached the vendor unanswered: a person decides
-        "skipped",  # not attempted (budget, on_exhausted, dependency)
-        "cached",  # clip reused from the cache, nothing paid
-    }
-)
-TERMINAL = frozenset({"done", "failed", "canceled", "unconfirmed", "skipped", "cached"})
-# In flight: a resumed run must look at these before it spends anything on the shot.
-OPEN = STATUSES - TERMINAL
+from flows.money.status import STATUSES, TERMINAL, Status
+from flows.money.usd import as_float
 
 STATUS_FIELDS = frozenset(
     {
@@ -178,7 +162,7 @@ class Journal:
             attempt=attempt,
             provider=provider,
             model=model,
-            status="intent",
+            status=Status.INTENT,
             cache_key=cache_key,
             estimated_usd=estimated_usd,
             reserved_usd=reserved_usd,
@@ -186,7 +170,7 @@ class Journal:
 
     def submitted(self, row: int, job_id: str, job_data: dict[str, Any]) -> None:
         """Commit the vendor's job id (and whatever is needed to poll it) right after submit."""
-        self._update(row, {"status": "submitted", "job_id": job_id, "job_data": job_data})
+        self._update(row, {"status": Status.SUBMITTED, "job_id": job_id, "job_data": job_data})
 
     def status(self, row: int, status: str, **fields: Any) -> None:
         _check_status(status)
@@ -255,12 +239,6 @@ class Journal:
             rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
         return [_decode(r) for r in rows]
 
-    def latest(self, shot_id: str) -> Attempt | None:
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM attempts WHERE shot_id = ? ORDER BY id DESC"
-        with self._lock:
-            row = self._db.execute(sql + " LIMIT 1", (shot_id,)).fetchone()
-        return _decode(row) if row else None
-
     def get(self, row: int) -> Attempt:
         with self._lock:
             found = self._db.execute(
@@ -269,10 +247,6 @@ class Journal:
         if found is None:
             raise KeyError(f"journal {self.path}: no attempt row {row}")
         return _decode(found)
-
-    def in_flight(self) -> list[Attempt]:
-        """Attempts not yet terminal: what a resumed run must poll, fetch or flag."""
-        return [a for a in self.attempts() if a.status in OPEN]
 
     def next_attempt(self, shot_id: str) -> int:
         """1 + the highest attempt number recorded for the shot (1 for a new shot)."""
@@ -310,7 +284,7 @@ def _encode(values: dict[str, Any]) -> dict[str, Any]:
         out["job_data"] = json.dumps(out["job_data"], sort_keys=True)
     for key in _MONEY & out.keys():
         if out[key] is not None:
-            out[key] = round(float(out[key]), 6)
+            out[key] = as_float(out[key])
     for key in _SECONDS & out.keys():
         if out[key] is not None:
             out[key] = round(float(out[key]), 3)

@@ -7,9 +7,13 @@ settled + reserved + asked would pass the run's cap, or the shot's own
 settled + reserved + asked would pass the per-shot cap. So, as long as each
 settle is at most what was reserved, settled + reserved <= cap at every moment.
 
-A vendor may charge more than we estimated. That money is gone: `settle`
-records the overrun, spend may then pass the cap, and from then on every
-reservation is refused (except for zero-cost work).
+A vendor may charge more than we estimated. That money is gone: spend may then
+pass the cap, and from then on every reservation is refused (except for zero-cost
+work).
+
+A resumed run books, per shot, what earlier sessions of its folder spent (`book`)
+and holds what is still at a vendor (`hold`), so the run cap and the per-shot cap
+count money across sessions.
 
 Amounts are Decimal inside, rounded to 1e-6 USD, so sums have no float noise.
 One ledger serves one run on one asyncio event loop; a threading lock also
@@ -22,27 +26,12 @@ import asyncio
 import itertools
 import threading
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
+from flows.money.usd import ZERO, to_money, usd
 from providers.errors import BudgetError
 
-_MICRO = Decimal("0.000001")
-_ZERO = Decimal(0)
-
-
-def to_money(value: float | int | str | Decimal) -> Decimal:
-    """Decimal USD rounded to a millionth; floats go through str() so 0.1 stays 0.1."""
-    d = value if isinstance(value, Decimal) else Decimal(str(value))
-    if not d.is_finite():
-        raise ValueError(f"amount must be finite, got {value!r}")
-    return d.quantize(_MICRO, rounding=ROUND_HALF_UP)
-
-
-def usd(d: Decimal | float) -> str:
-    """'$1.25', '$0.000001': at least cents, at most micro-dollars, no trailing noise."""
-    text = f"{to_money(d):f}".rstrip("0")
-    whole, _, frac = text.partition(".")
-    return f"${whole}.{frac.ljust(2, '0')}"
+_ZERO = ZERO
 
 
 @dataclass
@@ -61,16 +50,6 @@ class Reservation:
 
 
 @dataclass
-class Overrun:
-    """A settle that charged more than was reserved (the vendor billed above our estimate)."""
-
-    shot_id: str
-    reserved_usd: float
-    actual_usd: float
-    over_cap: bool  # did it push total spend past the cap?
-
-
-@dataclass
 class _Shot:
     settled: Decimal = _ZERO
     reserved: Decimal = _ZERO
@@ -83,20 +62,17 @@ class Ledger:
         self,
         cap_usd: float | None,
         per_shot_cap_usd: float | None = None,
-        already_spent_usd: float = 0.0,
     ) -> None:
         self.cap = _cap(cap_usd)
         self.per_shot_cap = _cap(per_shot_cap_usd)
         for name, value in (("cap_usd", self.cap), ("per_shot_cap_usd", self.per_shot_cap)):
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        # A resumed run starts with what its journal says was already paid.
-        self._settled: Decimal = to_money(already_spent_usd)
+        self._settled: Decimal = _ZERO
         self._reserved: Decimal = _ZERO
         self._shots: dict[str, _Shot] = {}
         self._open: dict[int, Reservation] = {}
         self._held: dict[int, Reservation] = {}  # by journal row: jobs already at a vendor
-        self.overruns: list[Overrun] = []
         self.stop_reason: str | None = None
         self._ids = itertools.count(1)
         self._alock = asyncio.Lock()
@@ -116,17 +92,6 @@ class Ledger:
         """What may still be reserved; None without a cap; never negative."""
         left = self._left()
         return None if left is None else float(max(left, _ZERO))
-
-    @property
-    def overspent_usd(self) -> float:
-        """How far settled spend has passed the cap (0 unless a vendor overcharged)."""
-        if self.cap is None:
-            return 0.0
-        return float(max(self._settled - self.cap, _ZERO))
-
-    def shot_spent_usd(self, shot_id: str) -> float:
-        shot = self._shots.get(shot_id)
-        return float(shot.settled) if shot else 0.0
 
     def _left(self) -> Decimal | None:
         if self.cap is None:
@@ -160,10 +125,6 @@ class Ledger:
             )
         return None
 
-    def can_afford(self, shot_id: str, amount: float) -> bool:
-        with self._tlock:
-            return self._refusal(shot_id, _amount(amount)) is None
-
     # -- changing --------------------------------------------------------------
     async def reserve(self, shot_id: str, amount: float) -> Reservation:
         """Hold `amount` for one attempt of `shot_id`, or raise BudgetError saying why not."""
@@ -194,6 +155,14 @@ class Ledger:
                 self._held[row] = r
             return r
 
+    def book(self, shot_id: str, amount: float) -> None:
+        """Count money an earlier session of this run already spent on `shot_id` (or may
+        have: unconfirmed and at-risk attempts are booked at their estimate)."""
+        money = _amount(amount)
+        with self._tlock:
+            self._settled += money
+            self._shots.setdefault(shot_id, _Shot()).settled += money
+
     def held(self, row: int) -> Reservation | None:
         """The hold made for journal row `row` (once: it is handed over)."""
         with self._tlock:
@@ -207,11 +176,6 @@ class Ledger:
             r.actual = actual
             self._settled += actual
             self._shots.setdefault(r.shot_id, _Shot()).settled += actual
-            if actual > r.amount:
-                over_cap = self.cap is not None and self._settled + self._reserved > self.cap
-                self.overruns.append(
-                    Overrun(r.shot_id, float(r.amount), float(actual), over_cap=over_cap)
-                )
 
     def release(self, r: Reservation) -> None:
         """The attempt was not charged: drop the reservation."""
@@ -235,10 +199,6 @@ class Ledger:
 
     def stopped(self) -> bool:
         return self.stop_reason is not None
-
-    def open_reservations(self) -> list[Reservation]:
-        with self._tlock:
-            return list(self._open.values())
 
     def __repr__(self) -> str:
         cap = "none" if self.cap is None else usd(self.cap)

@@ -7,13 +7,17 @@ Conventions (finance reads these files):
   charge; cost_source says where a non-zero actual came from: "vendor" (the
   vendor reported it), "estimate" (it charges but does not say how much, so we
   book the estimate) or "none" (nothing charged);
+* at_risk is true for money that may have been charged but is not confirmed
+  (unconfirmed submits, abandoned and lost jobs, an intent with no answer): booked
+  at the estimate until a later run or `storyreel reconcile` learns the outcome.
+  charged + at risk = the total every report shows (cost.csv, run.json, CLI, artifacts);
 * "attempts" counts tries sent (or about to be sent) to a vendor: cache hits and
   skipped shots are rows of their own but not attempts.
 """
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ import pandas as pd
 
 from flows.money.atomic import write_text_atomic
 from flows.money.journal import Journal
+from flows.money.status import AT_RISK, NOT_ATTEMPTS, SUCCEEDED, Status
+from flows.money.usd import as_float, text
 
 COLUMNS = [
     "run_id",
@@ -36,6 +42,7 @@ COLUMNS = [
     "reserved_usd",
     "actual_usd",
     "cost_source",
+    "at_risk",
     "cache_hit",
     "queued_s",
     "generation_s",
@@ -45,34 +52,29 @@ COLUMNS = [
 ]
 MONEY = ["estimated_usd", "reserved_usd", "actual_usd"]
 SECONDS = ["duration_s", "queued_s", "generation_s", "download_s"]
-SUCCEEDED = {"done", "succeeded", "downloaded"}
-FAILED = {"failed", "canceled"}
-NOT_ATTEMPTS = {"cached", "skipped"}
-COUNTS = ["attempts", "succeeded", "failed", "unconfirmed", "cached", "skipped"]
+FAILED = {Status.FAILED, Status.CANCELED}
+COUNTS = ["attempts", "succeeded", "failed", "at_risk", "cached", "skipped"]
 
 
 def money(value: Any) -> float:
-    """Round to a micro-dollar through Decimal, so 0.1 + 0.2 comes out as 0.3."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return 0.0
-    return float(Decimal(str(value)).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP))
+    """A table cell as USD rounded to a micro-dollar (flows/money/usd.py); missing is 0."""
+    return 0.0 if value is None or pd.isna(value) else as_float(value)
 
 
 def money_text(value: Any) -> str:
-    """'0.30', '0.000001', '12.00'; '' for missing."""
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return ""
-    text = f"{Decimal(str(money(value))):.6f}".rstrip("0")
-    whole, _, frac = text.partition(".")
-    return f"{whole}.{frac.ljust(2, '0')}"
+    """A table cell as cost.csv writes money; '' for missing."""
+    return "" if value is None or pd.isna(value) else text(value)
 
 
 def rows_from_journal(journal: Journal, durations: dict[str, float]) -> list[dict[str, Any]]:
     """One report row per journal row, in journal order."""
     rows = []
     for a in journal.attempts():
+        risk = a.status in AT_RISK
         booked = a.actual_usd is not None and a.status not in NOT_ATTEMPTS
         actual = money(a.actual_usd) if booked else 0.0
+        if risk and not booked:  # an intent with no answer yet: what was reserved for it
+            actual, booked = money(a.reserved_usd), True
         if actual > 0:  # a charge with no recorded source can only have come from the estimate
             source = "vendor" if a.cost_source == "vendor" else "estimate"
         else:  # a vendor may also report a zero charge explicitly
@@ -92,7 +94,8 @@ def rows_from_journal(journal: Journal, durations: dict[str, float]) -> list[dic
                 "reserved_usd": a.reserved_usd,
                 "actual_usd": actual,
                 "cost_source": source,
-                "cache_hit": a.status == "cached",
+                "at_risk": risk,
+                "cache_hit": a.status == Status.CACHED,
                 "queued_s": a.queued_s,
                 "generation_s": a.generation_s,
                 "download_s": a.download_s,
@@ -108,8 +111,19 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     for col in MONEY + SECONDS:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["actual_usd"] = df["actual_usd"].fillna(0.0)
-    df["cache_hit"] = df["cache_hit"].fillna(False).astype(bool)
+    for col in ("cache_hit", "at_risk"):
+        df[col] = df[col].fillna(False).astype(bool)
     return df
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """charged_usd (confirmed), at_risk_usd (may have been charged), total_usd: the figures
+    cost.csv, run.json, the CLI and the summary artifact all show."""
+    charged = sum((Decimal(str(money(r["actual_usd"]))) for r in rows if not r["at_risk"]),
+                  Decimal(0))
+    risk = sum((Decimal(str(money(r["actual_usd"]))) for r in rows if r["at_risk"]), Decimal(0))
+    return {"charged_usd": float(charged), "at_risk_usd": float(risk),
+            "total_usd": float(charged + risk)}
 
 
 def write_cost_csv(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -126,18 +140,19 @@ def write_cost_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def _counts(df: pd.DataFrame) -> pd.Series:
-    tried = df[~df["status"].isin(NOT_ATTEMPTS)]
+    tried = df[~df["status"].isin([str(s) for s in NOT_ATTEMPTS])]
     cached = df[df["status"] == "cached"]
     return pd.Series(
         {
             "attempts": len(tried),
-            "succeeded": int(df["status"].isin(SUCCEEDED).sum()),
-            "failed": int(df["status"].isin(FAILED).sum()),
-            "unconfirmed": int((df["status"] == "unconfirmed").sum()),
+            "succeeded": int(df["status"].isin([str(s) for s in SUCCEEDED]).sum()),
+            "failed": int(df["status"].isin([str(s) for s in FAILED]).sum()),
+            "at_risk": int(df["at_risk"].sum()),
             "cached": len(cached),
             "skipped": int((df["status"] == "skipped").sum()),
             "estimated_usd": money(tried["estimated_usd"].fillna(0).sum()),
             "actual_usd": money(df["actual_usd"].sum()),
+            "at_risk_usd": money(df.loc[df["at_risk"], "actual_usd"].sum()),
             # what the cache hits would have cost to render again
             "cache_saved_usd": money(cached["estimated_usd"].fillna(0).sum()),
         }
@@ -176,10 +191,13 @@ def summarize(rows: list[dict[str, Any]], cap_usd: float | None) -> pd.DataFrame
 
 def read_cost_csv(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype={"job_id": str, "run_id": str, "shot_id": str})
+    if "at_risk" not in df.columns and "status" in df.columns:  # older cost.csv
+        df["at_risk"] = df["status"].isin([str(s) for s in AT_RISK])
     missing = set(COLUMNS) - set(df.columns)
     if missing:
         raise ValueError(f"{path}: not a storyreel cost.csv (missing {', '.join(sorted(missing))})")
-    df["cache_hit"] = df["cache_hit"].astype(str).str.lower().isin({"true", "1"})
+    for col in ("cache_hit", "at_risk"):
+        df[col] = df[col].astype(str).str.lower().isin({"true", "1"})
     return _frame(df.to_dict("records"))
 
 

@@ -270,10 +270,18 @@ def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, 
     override = board.pricing.get(opt.label)
     price = opt.info.price
     if override is not None:
+        where = f"pricing.{opt.label}"
         try:
             price = Price.model_validate(override)
         except ValidationError as exc:
             issues.append((where, f"not a price rule: {exc.errors()[0]['msg']} (use per_second, "
                                   "per_video, base/base_seconds/per_extra_second, or "
                                   "per_second_by_resolution)"))
-    return price.estimate(duration, resolution)
+            return 0.0
+    estimate = price.estimate(duration, resolution)
+    if estimate <= 0 and not opt.info.free:
+        # a paid model priced at $0 would slip past every cap
+        issues.append((where, f"{opt.label} is a paid model but its price comes to "
+                              f"${estimate:g} for {duration:g} s at {resolution}; give a "
+                              "positive price"))
+    return estimate

@@ -16,7 +16,8 @@ MAX_SHOT_SECONDS = 600.0
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinity are never a duration, a price or a cap
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Output(_Strict):

@@ -18,6 +18,7 @@ import pytest
 
 from tests.emulator import media
 from tests.emulator.core import FAKE_KEYS, Emulator, discover_vendors
+from tests.emulator.prices import Entry, per_second, per_second_by
 from tests.emulator.vendors import _example
 
 CATALOG = """\
@@ -37,6 +38,11 @@ models:
     price: {per_second_by_resolution: {720p: 0.2, 1080p: 0.4}}
     charges_failures: true
 """
+# the example vendor's own bill, apart from its catalog (which says what models accept)
+_CHEAP = Entry(per_second(0.1), "test figure")
+_PRICEY = Entry(per_second_by({"720p": 0.2, "1080p": 0.4}), "test figure", bills="terminal")
+PRICES = {"example": {"cheap": _CHEAP, "example/cheap-v1": _CHEAP, "pricey": _PRICEY,
+                      "example/pricey-v1": _PRICEY, "example/pricey-i2v": _PRICEY}}
 AUTH = {"Authorization": f"Bearer {FAKE_KEYS['example']}"}
 TRANSPORT_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError)
 
@@ -45,7 +51,7 @@ TRANSPORT_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError)
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     cat = tmp_path_factory.mktemp("catalog")
     (cat / "example.yaml").write_text(CATALOG)
-    with Emulator(vendors=[_example], catalog_dir=cat, latency=0.3) as emu:
+    with Emulator(vendors=[_example], catalog_dir=cat, latency=0.3, prices=PRICES) as emu:
         yield emu
 
 
@@ -243,7 +249,10 @@ def test_charging_rules_and_prices(ex: Emulator, client: httpx.Client) -> None:
     assert client.post(f"/videos/{canceled}/cancel").json()["canceled"] is True
     ex.price_multiplier["example"] = 1.5
     submit(client, "example/pricey-i2v")  # succeeds: 5 s x 0.2 x 1.5
-    submit(client, "mystery-model")  # unknown: free, and reported
+    # a model without a price is refused loudly, never run for free
+    unknown = client.post("/videos", json={"model": "mystery-model", "prompt": "a cat"})
+    assert unknown.status_code == 404 and "mystery-model" in unknown.json()["error"]["message"]
+    assert ex.stats("example")["jobs"] == 4 and ex.faults.pending() == []
     assert ex.stats("example")["charged_usd"] == 0  # nothing has finished yet
     finish_all(ex)
     stats = ex.stats()
@@ -251,7 +260,8 @@ def test_charging_rules_and_prices(ex: Emulator, client: httpx.Client) -> None:
     assert stats["unknown_models"] == ["example:mystery-model"]
     assert stats["example"]["unknown_models"] == ["mystery-model"]
     assert client.post(f"/videos/{canceled}/cancel").json()["canceled"] is False
-    assert ex.charges_failures("example", "pricey") and not ex.charges_failures("example")
+    assert ex.charges_failures("example", "pricey") and not ex.charges_failures("example",
+                                                                                 "cheap")
 
 
 def test_max_in_flight(ex: Emulator, client: httpx.Client) -> None:
@@ -421,3 +431,33 @@ def test_cli_prints_exports_and_serves() -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("kind, params", [("accept_then_http", {"status": 500}),
+                                          ("accept_then_no_id", {}),
+                                          ("accept_then_garbage", {})])
+def test_accepted_then_bad_answer_still_makes_a_job_that_bills(ex: Emulator, client: httpx.Client,
+                                                               kind: str, params: dict) -> None:
+    ex.inject("example", "submit", kind, **params)
+    resp = client.post("/videos", json={"model": "cheap", "prompt": "a cat", "duration": 5})
+    if kind == "accept_then_http":
+        assert resp.status_code == 500 and resp.json()["error"]["code"] == 500
+    elif kind == "accept_then_no_id":
+        assert resp.status_code == 201 and resp.json() == {"status": "queued"}
+    else:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    [job] = ex.jobs("example")
+    finish_all(ex)
+    assert ex.stats("example")["charged_usd"] == pytest.approx(0.5)
+    assert ex.stats("example")["errors_injected"] == 1
+    # a refused submit (here: no prompt) makes no job and keeps its own answer
+    ex.inject("example", "submit", kind, **params)
+    refused = client.post("/videos", json={"model": "cheap"})
+    assert refused.status_code == 422 and len(ex.jobs("example")) == 1 and job.id
+
+
+def test_accept_faults_are_submit_only(ex: Emulator) -> None:
+    with pytest.raises(ValueError, match="not valid at stage 'poll'"):
+        ex.inject("example", "poll", "accept_then_garbage")
+    with pytest.raises(ValueError, match="status"):
+        ex.inject("example", "submit", "accept_then_http")

@@ -1,4 +1,4 @@
-"""The vendor emulator's core: jobs on a clock, prices from the catalog, counters, faults.
+"""The vendor emulator's core: jobs on a clock, its own prices (prices.py), counters, faults.
 
 Vendor modules (tests/emulator/vendors/*.py) implement each vendor's wire
 protocol on top of this; server.py serves it all over real HTTP. The contract
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import pkgutil
 import random
 import secrets
@@ -27,12 +28,13 @@ from types import ModuleType
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from providers.catalog import CATALOG_DIR, ModelInfo, load_catalog
 from tests.emulator import faults as faultlib
 from tests.emulator import media
+from tests.emulator import prices as pricelist
 
 
 class _FakeKeys(dict):
@@ -83,6 +85,16 @@ class EmuJob:
     ready_after: float = 0.0  # seconds from created to the terminal state (latency + jitter)
     token: str = ""  # names the job's video under /_media/
     error: str = ""  # the failure message for "fail" / "policy" outcomes
+    bills: str = "success"  # when the vendor charges it: "success" | "terminal" | "submit"
+
+
+class UnknownModelError(LookupError):
+    """A job for a model the emulator has no price for: the route answers the vendor's 404
+    rather than running a job that would be free and hide a missing price."""
+
+    def __init__(self, vendor: str, model: str) -> None:
+        self.vendor, self.model = vendor, model
+        super().__init__(f"model {model!r} not found")
 
 
 async def _drain(request: Request) -> None:
@@ -119,10 +131,14 @@ class Emulator:
         vendors: Iterable[ModuleType] | None = None,
         extra_vendors: Iterable[ModuleType] = (),
         catalog_dir: Path | None = None,
+        prices: dict[str, dict[str, pricelist.Entry]] | None = None,
     ) -> None:
         modules = list(discover_vendors() if vendors is None else vendors) + list(extra_vendors)
         self.vendors: dict[str, ModuleType] = {m.VENDOR: m for m in modules}
+        # the catalog says what a model accepts (durations, resolutions); what a job costs
+        # and whether a failure bills come from the emulator's own table (prices.py)
         self.catalog_dir = Path(catalog_dir) if catalog_dir else CATALOG_DIR
+        self.prices = pricelist.PRICES if prices is None else prices
         self._defaults = (latency, jitter, media_size, seed)
         self._lock = threading.RLock()
         self.faults = faultlib.FaultBook()
@@ -253,41 +269,43 @@ class Emulator:
             self._info_cache[key] = found
         return self._info_cache[key]
 
+    def price_entry(self, vendor: str, model: str) -> pricelist.Entry | None:
+        """The emulator's own price entry for `model` as the vendor's API names it."""
+        return pricelist.entry(vendor, model, self.prices)
+
     def price(self, vendor: str, model: str, duration: float, resolution: str) -> float:
-        info = self.model_info(vendor, model)
-        if info is None:
+        """What a job costs (prices.py x price_multiplier); UnknownModelError without a price."""
+        found = self.price_entry(vendor, model)
+        if found is None:
             with self._lock:
                 self._unknown.add((vendor, model))
-            return 0.0
+            raise UnknownModelError(vendor, model)
         factor = self.price_multiplier.get(vendor, 1.0)
-        return round(info.price.estimate(duration, resolution) * factor, 6)
+        return round(found.usd(duration, resolution) * factor, 6)
 
-    def charges_failures(self, vendor: str, model: str | None = None) -> bool:
-        """The catalog's billing rule for `model` (default: the provider's default model)."""
-        if model is not None:
-            info = self.model_info(vendor, model)
-            if info is not None:
-                return info.charges_failures
-        provider = getattr(self.vendors.get(vendor), "CATALOG", vendor)
-        cat = load_catalog(self.catalog_dir).get(provider)
-        default = cat.models.get(cat.default_model) if cat else None
-        return bool(default and default.charges_failures)
+    def charges_failures(self, vendor: str, model: str) -> bool:
+        """Whether a failed job of `model` is billed (prices.py `bills`)."""
+        found = self.price_entry(vendor, model)
+        return found is not None and found.bills != "success"
 
     def charged(self, job: EmuJob) -> bool:
+        if job.bills == "submit":  # paid when accepted (NanoGPT): nothing is refunded
+            return True
         state = self.state(job)
         if state == "succeeded":
             return True
-        return state in ("failed", "policy") and self.charges_failures(job.vendor, job.model)
+        return state in ("failed", "policy") and job.bills == "terminal"
 
     # -- jobs --------------------------------------------------------------------------------
 
     def new_job(self, vendor: str, *, model: str, duration: float, width: int, height: int,
                 resolution: str = "720p", request: dict, price_usd: float | None = None,
                 job_id: str | None = None) -> EmuJob:
+        if price_usd is None:  # before the fault is consumed: an unknown model makes no job
+            price_usd = self.price(vendor, model, duration, resolution)
+        found = self.price_entry(vendor, model)
         fault = self.faults.take(vendor, "job")
         outcome = fault.kind if fault else "success"
-        if price_usd is None:
-            price_usd = self.price(vendor, model, duration, resolution)
         with self._lock:
             if fault:
                 self._counters[vendor]["errors_injected"] += 1
@@ -300,6 +318,7 @@ class Emulator:
                 token=secrets.token_urlsafe(12),
                 error=(fault.params.get("message") if fault else None)
                 or _DEFAULT_ERRORS.get(outcome, ""),
+                bills=found.bills if found is not None else "success",
             )
             self._jobs[(vendor, job.id)] = job
             self._by_token[job.token] = job
@@ -407,14 +426,39 @@ class Emulator:
                 elif fault.kind == "reset":
                     await _drain(request)
                     return faultlib.DropConnection()
-            response = await handler(request, self)
+            try:
+                response = await handler(request, self)
+            except UnknownModelError as exc:
+                return self.error_response(vendor, 404, f"Model {exc.model!r} not found")
             if fault is not None and fault.kind == "drop_response":
                 await _drain(request)
                 return faultlib.DropConnection()
+            if fault is not None and fault.kind in faultlib.ACCEPT_KINDS:
+                return self.accepted_badly(vendor, fault, response)
             return response
 
         endpoint.__name__ = f"{vendor}_{stage}_{getattr(handler, '__name__', 'handler')}"
         return Route(path, endpoint, methods=methods or ["GET"])
+
+    def accepted_badly(self, vendor: str, fault: faultlib.Fault, response: Response) -> Response:
+        """The answer to a submit the handler accepted (its job exists and will bill), spoilt
+        as the fault says; a submit the handler refused (no job) is answered as it was."""
+        if not 200 <= response.status_code < 300:
+            return response
+        if fault.kind == "accept_then_http":
+            return self.http_fault(vendor, fault)
+        if fault.kind == "accept_then_garbage":  # e.g. a proxy's page in front of the app
+            page = "<html><body><h1>200 OK</h1><p>upstream answered</p></body></html>"
+            return Response(page, status_code=200, media_type="text/html")
+        # accept_then_no_id: the vendor-shaped body with the job's id field(s) removed
+        body = json.loads(bytes(response.body))
+        strip = getattr(self.vendors[vendor], "without_job_id", None)
+        body = strip(body) if strip is not None else {
+            k: v for k, v in body.items() if k != "id"}
+        headers = {k: v for k, v in response.headers.items()
+                   if k.lower() not in ("content-length", "content-type")
+                   and "request-id" not in k.lower()}  # fal's x-fal-request-id names it too
+        return JSONResponse(body, status_code=response.status_code, headers=headers)
 
     def http_fault(self, vendor: str | None, fault: faultlib.Fault) -> Response:
         status = int(fault.params["status"])

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REQUEST_KINDS = {"http", "slow", "reset", "drop_response"}
+# the vendor takes the job (it runs and bills), then answers badly: an HTTP error, a 2xx
+# without the job's id, a 2xx that is not JSON
+ACCEPT_KINDS = {"accept_then_http", "accept_then_no_id", "accept_then_garbage"}
 STAGE_KINDS: dict[str, set[str]] = {
-    "submit": REQUEST_KINDS,
+    "submit": REQUEST_KINDS | ACCEPT_KINDS,
     "poll": REQUEST_KINDS,
     "result": REQUEST_KINDS,
     "cancel": REQUEST_KINDS,
@@ -56,7 +59,7 @@ def validate(stage: str, kind: str, times: int, params: dict[str, Any]) -> None:
                          f"(valid: {', '.join(sorted(kinds))})")
     if not isinstance(times, int) or (times < 1 and times != -1):
         raise ValueError(f"times must be a positive integer or -1 (forever), got {times!r}")
-    if kind == "http":
+    if kind in ("http", "accept_then_http"):
         status = params.get("status")
         if status not in HTTP_STATUSES:
             raise ValueError(f"http fault needs status in {sorted(HTTP_STATUSES)}, got {status!r}")

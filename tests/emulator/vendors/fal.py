@@ -88,6 +88,12 @@ def error_response(status: int, message: str, headers: dict | None = None) -> Re
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def without_job_id(body: dict[str, Any]) -> dict[str, Any]:
+    """The submit answer minus what names the request (the id and the URLs built on it)."""
+    named = ("request_id", "gateway_request_id", "status_url", "response_url", "cancel_url")
+    return {k: v for k, v in body.items() if k not in named}
+
+
 def _invalid(field_name: str, msg: str, kind: str, value: Any = None) -> Response:
     item = {"loc": ["body", field_name], "msg": msg, "type": kind, "input": value}
     return JSONResponse({"detail": [item]}, status_code=422)

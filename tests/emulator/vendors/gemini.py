@@ -8,7 +8,7 @@ INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID (Google's behaviour, not 
 Errors are google.rpc.Status {"error": {"code", "message", "status", ["details"]}}; a
 Retry-After given to an injected fault becomes a google.rpc.RetryInfo `retryDelay` detail (Google
 sends no Retry-After header). Operations omit `done` until it is true. A "policy" job ends done
-with no samples and `raiMediaFilteredReasons`; nothing is charged for it (catalog rule).
+with no samples and `raiMediaFilteredReasons`; nothing is charged for it (prices.py).
 Models come from providers/catalog/gemini.yaml: unknown ids answer 404, retired ones 404
 "no longer available". There is no cancel endpoint (UNCONFIRMED for Veo operations).
 Base URL override: <emulator url>/gemini (BASE_PATH "", adapter paths start with /v1beta).
@@ -45,6 +45,11 @@ _VERTEX_ONLY = {"seed", "fps", "generateAudio", "outputGcsUri", "pubsubTopic",
 _MIME = {"image/png", "image/jpeg", "image/webp"}
 RAI_REASON = ("Veo could not generate videos because the input prompt violates Google's "
               "Responsible AI practices. You will not be charged for this request.")
+
+
+def without_job_id(body: dict[str, Any]) -> dict[str, Any]:
+    """The submit answer minus the operation name."""
+    return {k: v for k, v in body.items() if k not in ("name",)}
 
 
 def error_response(status: int, message: str, headers: dict | None = None,

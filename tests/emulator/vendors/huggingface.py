@@ -9,7 +9,7 @@ fal's answer passes through untouched, so its status/response URLs point at
 https://queue.fal.run (a client must keep the router prefix, as huggingface_hub's
 fal_ai.py does). Auth: "Authorization: Bearer <HF token>". The router's own errors are
 {"error": "..."}; fal's errors (422 detail lists, failed results) pass through.
-Jobs are priced from providers/catalog/huggingface.yaml, whose vendor_model is
+Jobs are priced by tests/emulator/prices.py (fal's price, no markup) under the catalog's name
 "fal-ai:<fal model id>". Base URL override: <emulator url>/huggingface
 (STORYREEL_HF_BASE_URL, set by `extra_env`).
 """
@@ -23,7 +23,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.emulator.core import Emulator
-from tests.emulator.vendors.fal import Queue
+from tests.emulator.vendors.fal import Queue, without_job_id
+
+__all__ = ["without_job_id"]  # fal's answer passes through the router: the same id fields
 
 VENDOR = "huggingface"
 KEY_ENV = "HF_TOKEN"

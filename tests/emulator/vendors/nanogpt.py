@@ -11,7 +11,7 @@ Errors: {"error": "<message>", "status": N}; content policy is
 Checked traps: `duration` is a string ("5s" for Veo, "5"/"10" for Kling/Seedance);
 Kling 2.1 needs an image; inline images (imageDataUrl) at most 4 MB; the poll must name
 the run's model slug (UNCONFIRMED how the real API answers a wrong slug: 400 here).
-The cost is deducted at submit; failed runs stay charged (catalog charges_failures).
+The cost is deducted at submit and never refunded (prices.py bills="submit").
 Base URL override: <emulator url>/nanogpt (BASE_PATH "").
 """
 
@@ -36,6 +36,11 @@ MAX_INLINE = 4 * 1024 * 1024
 STARTING_BALANCE = 50.0
 _POLICY = re.compile(r"content policy|safety|flagged|inappropriate", re.I)
 _NEEDS_IMAGE = {"kling-v21-standard": "Kling 2.1 Standard", "kling-v21-pro": "Kling 2.1 Pro"}
+
+
+def without_job_id(body: dict[str, Any]) -> dict[str, Any]:
+    """The submit answer minus the run id."""
+    return {k: v for k, v in body.items() if k not in ("runId",)}
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> Response:

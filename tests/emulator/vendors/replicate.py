@@ -69,6 +69,11 @@ def error_response(status: int, message: str, headers: dict | None = None,
                         media_type="application/problem+json")
 
 
+def without_job_id(body: dict[str, Any]) -> dict[str, Any]:
+    """A Prediction minus its id and the URLs built on it."""
+    return {k: v for k, v in body.items() if k not in ("id", "urls")}
+
+
 def _resets_in(message: str) -> str | None:
     match = re.search(r"resets in ~?(\d+(?:\.\d+)?)s", message)
     return match.group(1) if match else None

@@ -49,6 +49,12 @@ def _err(code: str, message: str, status: int, *, task: dict | None = None,
     return JSONResponse({"errors": [item]}, status_code=status, headers=headers)
 
 
+def without_job_id(body: dict[str, Any]) -> dict[str, Any]:
+    """The submit answer with each task's taskUUID removed."""
+    data = [{k: v for k, v in item.items() if k != "taskUUID"} for item in body.get("data", [])]
+    return {**body, "data": data}
+
+
 def error_response(status: int, message: str, headers: dict | None = None) -> Response:
     code = _CODES.get(status, "internalServerError" if status < 502 else "serviceUnavailable")
     if status == 401:

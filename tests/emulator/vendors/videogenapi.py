@@ -40,6 +40,11 @@ _NAMES = {"seedance_lite": ("Seedance", "ByteDance"), "kling_21": ("Kling 2.1", 
           "veo_3": ("Veo 3", "Google")}
 
 
+def without_job_id(body: dict[str, Any]) -> dict[str, Any]:
+    """The submit answer minus the generation id and the status URL built on it."""
+    return {k: v for k, v in body.items() if k not in ("generation_id", "status_url")}
+
+
 def error_response(status: int, message: str, headers: dict | None = None) -> Response:
     return JSONResponse({"success": False, "error": message}, status_code=status,
                         headers=headers)

@@ -1,0 +1,206 @@
+"""What each emulated vendor charges, and when: the emulator's own price list.
+
+Written by hand for the tests from the vendors' public pricing (research/vendors.md, the
+seeds in shared/seeds/), never read from providers/catalog: the product estimates a job's
+cost from its catalog and the emulator bills from this table, so "cost.csv == what the vendor
+charged" is something a test can find false. Where no public figure exists the entry says so
+and the figure is the emulator's own (a vendor's price is whatever it bills).
+
+Deliberate differences from the product's catalog estimates (each backed by a public figure):
+* runware `minimax:4@1` (Hailuo 2.3): $0.50 per 6 s video (seed 000: "MiniMax $0.50, 720p HD,
+  6s"), where the catalog estimates $0.045/s. Runware reports its `cost`, so a row settled
+  from the vendor shows the real figure and a row at the estimate shows less.
+* luma `ray-2`: seed 000's "Luma 540p 5s $0.50, 720p 5s $1.00, 1080p 5s $2.00", where the
+  catalog uses a resale table ($0.71 for 720p 5 s). Luma reports no cost: the product can only
+  ever show its estimate.
+
+Billing (`bills`):
+* "success": charged when the job succeeds (canceled, failed, filtered jobs are free).
+* "terminal": charged when the job succeeds or fails (not when canceled before it ran).
+* "submit": charged once the vendor accepts the job, whatever happens next (NanoGPT deducts
+  the cost from the balance in its submit answer: seed 003 "remainingBalance: Account balance
+  after deduction"; no refund is documented).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Rule = Callable[[float, str], float]  # (seconds, resolution) -> USD
+
+
+def per_second(rate: float) -> Rule:
+    return lambda seconds, resolution: rate * seconds
+
+
+def per_second_by(rates: dict[str, float]) -> Rule:
+    def rule(seconds: float, resolution: str) -> float:
+        rate = rates.get(resolution.lower())
+        if rate is None:  # an unlisted resolution is billed at the dearest listed one
+            rate = max(rates.values())
+        return rate * seconds
+    return rule
+
+
+def per_video(usd: float) -> Rule:
+    return lambda seconds, resolution: usd
+
+
+def base_plus(base: float, base_seconds: float, per_extra: float) -> Rule:
+    return lambda seconds, resolution: base + max(0.0, seconds - base_seconds) * per_extra
+
+
+def credits_per_second(credits: int) -> Rule:
+    """Runway bills whole credits, 1 credit = $0.01."""
+    return lambda seconds, resolution: round(credits * seconds) / 100
+
+
+@dataclass(frozen=True)
+class Entry:
+    rule: Rule
+    source: str
+    bills: str = "success"  # "success" | "terminal" | "submit"
+
+    def usd(self, seconds: float, resolution: str) -> float:
+        return round(self.rule(seconds, resolution), 6)
+
+
+FAL_SUCCESS = "fal bills successful requests only (vendors.md §1.5, docs.fal.ai model-apis/pricing)"
+
+_FAL: dict[str, Entry] = {
+    "fal-ai/kling-video/v2.5-turbo/pro/text-to-video": Entry(
+        base_plus(0.35, 5, 0.07), "fal.ai model page (kling 2.5 turbo pro): $0.35 per 5 s + "
+        "$0.07/s; text-to-video billed like image-to-video"),
+    "fal-ai/kling-video/v2.5-turbo/pro/image-to-video": Entry(
+        base_plus(0.35, 5, 0.07), "fal.ai model page (kling 2.5 turbo pro): $0.35 per 5 s + "
+        "$0.07/s"),
+    "fal-ai/kling-video/v2.5-turbo/standard/image-to-video": Entry(
+        base_plus(0.21, 5, 0.042), "vendors.md §1.5: $0.21 per 5 s + $0.042 per extra second"),
+    "fal-ai/kling-video/v3/pro/text-to-video": Entry(
+        per_second(0.112), "fal.ai kling v3 pro: $0.112/s with audio off (sent off)"),
+    "fal-ai/kling-video/v3/pro/image-to-video": Entry(
+        per_second(0.112), "fal.ai kling v3 pro: $0.112/s with audio off (sent off)"),
+    "fal-ai/veo3.1": Entry(
+        per_second_by({"720p": 0.40, "1080p": 0.40, "4k": 0.60}),
+        "fal.ai veo3.1 page: $0.40/s with audio, $0.60/s at 4k; vendors.md §7 $0.40/s"),
+    "fal-ai/veo3.1/image-to-video": Entry(
+        per_second_by({"720p": 0.40, "1080p": 0.40, "4k": 0.60}), "as fal-ai/veo3.1"),
+    "fal-ai/veo3.1/fast": Entry(
+        per_second(0.15), "vendors.md §7: Veo 3.1 Fast $0.15/s (commonly cited)"),
+    "fal-ai/veo3.1/fast/image-to-video": Entry(per_second(0.15), "as fal-ai/veo3.1/fast"),
+    "fal-ai/wan/v2.2-a14b/text-to-video": Entry(
+        per_second_by({"480p": 0.04, "580p": 0.06, "720p": 0.08}),
+        "fal.ai wan v2.2-a14b page: $0.04/$0.06/$0.08 per video second"),
+    "fal-ai/wan/v2.2-a14b/image-to-video": Entry(
+        per_second_by({"480p": 0.04, "580p": 0.06, "720p": 0.08}), "as the text-to-video one"),
+    "fal-ai/wan/v2.7/text-to-video": Entry(
+        per_second(0.10), "third-party model guide (videopromptkit): flat $0.10/s on fal"),
+    "fal-ai/wan/v2.7/image-to-video": Entry(per_second(0.10), "as the text-to-video one"),
+    "fal-ai/hunyuan-video": Entry(
+        per_video(0.40), "seed 000: HunyuanVideo (fal.ai) $0.40 per 720p ~5 s video"),
+    "fal-ai/ltx-video": Entry(per_video(0.02), "seed 000: LTX Video (fal.ai) $0.02 per video"),
+    "fal-ai/ltx-video/image-to-video": Entry(per_video(0.02), "seed 000: LTX Video $0.02"),
+}
+
+PRICES: dict[str, dict[str, Entry]] = {
+    "fal": _FAL,
+    # the HF router passes provider prices through "with no markup" (vendors.md §5.5)
+    "huggingface": {f"fal-ai:{model}": Entry(e.rule, f"fal's price, no markup: {e.source}")
+                    for model, e in _FAL.items()},
+    "replicate": {
+        # "official models are billed per second of output video"; no per-model figure was
+        # found on a Replicate page (vendors.md §2.5): these figures are the emulator's own,
+        # near Google's rates without audio
+        "google/veo-3.1-fast": Entry(per_second(0.10), "no Replicate figure; $0.10/s"),
+        "google/veo-3.1": Entry(per_second(0.20), "no Replicate figure; $0.20/s"),
+        "kwaivgi/kling-v2.5-turbo-pro": Entry(per_second(0.07), "no Replicate figure; fal's "
+                                              "$0.07/s per extra second (vendors.md §1.5 family)"),
+        "minimax/hailuo-02": Entry(per_second_by({"512p": 0.017, "768p": 0.045, "1080p": 0.08}),
+                                   "no Replicate figure; emulator's own"),
+        "bytedance/seedance-1-pro": Entry(per_second_by({"480p": 0.03, "720p": 0.06,
+                                                         "1080p": 0.15}),
+                                          "no Replicate figure; emulator's own"),
+        "bytedance/seedance-1-lite": Entry(per_second_by({"480p": 0.018, "720p": 0.036,
+                                                          "1080p": 0.072}),
+                                           "no Replicate figure; emulator's own"),
+    },
+    "runway": {
+        # 1 credit = $0.01 (vendors.md §3.5); the task reports `cost.credits`
+        "gen4.5": Entry(credits_per_second(12), "vendors.md §3.5: third-party 12-25 credits/s; "
+                        "12 charged"),
+        "gen4_turbo": Entry(credits_per_second(5), "vendors.md §3.5: Gen-4 Turbo 5 credits/s"),
+        "veo3.1": Entry(credits_per_second(40), "Runway API table (third-party): 40 credits/s "
+                        "with audio"),
+        "veo3.1_fast": Entry(credits_per_second(15), "Runway API table (third-party): 15 "
+                             "credits/s with audio"),
+        "veo3": Entry(credits_per_second(40), "Runway API table (third-party): 40 credits/s"),
+    },
+    "luma": {
+        # Luma publishes no API price (vendors.md §4.5); its API reports none either
+        "ray-2": Entry(per_second_by({"540p": 0.10, "720p": 0.20, "1080p": 0.40, "4k": 1.274}),
+                       "seed 000: Luma 540p 5 s $0.50, 720p 5 s $1.00, 1080p 5 s $2.00; 4k from "
+                       "vendors.md §4.5 ($6.37 per 5 s)"),
+        "ray-flash-2": Entry(per_second_by({"540p": 0.04, "720p": 0.08, "1080p": 0.16,
+                                            "4k": 0.438}),
+                             "vendors.md §4.5: 4k 5 s $2.19; lower resolutions the emulator's "
+                             "own (halving per step down)"),
+    },
+    "gemini": {
+        "veo-3.1-generate-001": Entry(per_second_by({"720p": 0.40, "1080p": 0.40, "4k": 0.60}),
+                                      "vendors.md §7.5: Veo 3.1 $0.40/s, 4k higher"),
+        "veo-3.1-fast-generate-001": Entry(per_second_by({"720p": 0.15, "1080p": 0.15,
+                                                          "4k": 0.35}),
+                                           "vendors.md §7.5: Veo 3.1 Fast $0.15/s, 4k higher"),
+        "veo-3.1-generate-preview": Entry(per_second(0.40), "vendors.md §7.5 (retired model)"),
+        "veo-3.1-fast-generate-preview": Entry(per_second(0.15), "vendors.md §7.5 (retired)"),
+        "veo-3.0-generate-001": Entry(per_second(0.40), "vendors.md §7.5 (retired model)"),
+        "veo-3.0-fast-generate-001": Entry(per_second(0.15), "vendors.md §7.5 (retired)"),
+        "veo-2.0-generate-001": Entry(per_second(0.35), "no figure; emulator's own (retired)"),
+    },
+    "perf": {
+        "veo-3": Entry(per_second(0.35), "seed 002 model table: $0.35/second"),
+        "runway-gen3": Entry(per_second(0.10), "seed 002: $0.10/second (example: 8 s = $0.80)"),
+        "luma-dream-machine": Entry(per_second(0.06), "seed 002: $0.06/second"),
+        "pika": Entry(per_second(0.067), "seed 002: $0.067/second"),
+    },
+    "nanogpt": {
+        # seed 003 gives one figure: veo2-video answered "cost": 2.5 (5 s). The rest have no
+        # public price; the vendor reports the charge in its submit answer.
+        "veo2-video": Entry(per_second(0.50), "seed 003 example: cost 2.5 for 5 s", "submit"),
+        "kling-video-v2": Entry(per_second(0.28), "no public figure; emulator's own", "submit"),
+        "kling-v21-standard": Entry(per_second(0.056), "no public figure; emulator's own",
+                                    "submit"),
+        "kling-v21-pro": Entry(per_second(0.098), "no public figure; emulator's own", "submit"),
+        "seedance-video": Entry(per_second_by({"480p": 0.05, "1080p": 0.15}),
+                                "no public figure; emulator's own", "submit"),
+        "seedance-lite-video": Entry(per_second_by({"480p": 0.02, "720p": 0.036}),
+                                     "no public figure; emulator's own", "submit"),
+    },
+    "runware": {
+        # no Runware price table in the stored material; the task reports `cost`
+        "klingai:6@1": Entry(base_plus(0.35, 5, 0.07), "fal's rate for Kling 2.5 Turbo Pro "
+                             "(vendors.md §1.5 family)"),
+        "klingai:5@3": Entry(per_second(0.28), "no public figure; emulator's own"),
+        "google:3@3": Entry(per_second(0.15), "vendors.md §7.5: Veo 3.1 Fast $0.15/s"),
+        "bytedance:1@1": Entry(per_second(0.02), "no public figure; emulator's own"),
+        "minimax:4@1": Entry(lambda seconds, resolution: 0.50 * seconds / 6,
+                             "seed 000: MiniMax $0.50 per 720p 6 s video (pro rata)"),
+    },
+    "videogenapi": {
+        # seed 004: four free models (a monthly usage limit instead of money), two premium
+        # ones without a published price
+        "seedance_lite": Entry(per_video(0.0), "seed 004: free model"),
+        "kling_21": Entry(per_video(0.0), "seed 004: free model"),
+        "hailuo_2": Entry(per_video(0.0), "seed 004: free model"),
+        "higgsfield_v1": Entry(per_video(0.0), "seed 004: free model"),
+        "veo_3": Entry(per_second(0.40), "seed 004: premium, no price published; Google's "
+                       "Veo rate (vendors.md §7.5)"),
+    },
+}
+
+
+def entry(vendor: str, model: str, table: dict[str, dict[str, Entry]] | None = None
+          ) -> Entry | None:
+    """The price entry of `model` (as the vendor's API names it), or None when unknown."""
+    return (PRICES if table is None else table).get(vendor, {}).get(model)

@@ -124,9 +124,11 @@ def _run_locked(args: argparse.Namespace, plan: Any, variables: dict[str, str], 
 
 def spent_line(totals: dict[str, Any], cap: str) -> str:
     """The CLI's money line: the same three figures as cost.csv, run.json and the artifact."""
-    return (f"spent:  ${totals['total_usd']:.4f} of {cap} = ${totals['charged_usd']:.4f} charged "
-            f"+ ${totals['at_risk_usd']:.4f} at risk (may have been charged; "
-            "`storyreel reconcile` settles it)")
+    line = (f"spent:  ${totals['charged_usd']:.4f} charged + ${totals['at_risk_usd']:.4f} at risk "
+            f"= ${totals['total_usd']:.4f} of {cap}")
+    if totals["at_risk_usd"]:
+        line += "\n        (at risk: may have been charged; `storyreel reconcile DIR` settles it)"
+    return line
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:

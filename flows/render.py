@@ -64,18 +64,35 @@ async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
     for a in history:  # an earlier plan's submit that never got an answer: it stays counted
         if a.status == Status.INTENT and a.cache_key not in keys:
             _unanswered(ctx, a)
-    # an edited shot's job from an earlier session is settled beside the fresh attempts
-    stale = [a for a in history if a.status in AT_VENDOR and a.job_id and a.cache_key not in keys]
-    if stale:
-        fresh, *_ = await asyncio.gather(_render(ctx, shot, keys, conformed),
-                                         *(_settle_stale(ctx, a) for a in stale))
+    last = _to_resume([a for a in history if a.cache_key in keys])
+    # jobs at a vendor that this session does not continue (an edited shot's, or one
+    # abandoned before a later try) are settled beside the shot's own work, never dropped
+    others = [a for a in history if a.status in AT_VENDOR and a.job_id
+              and (last is None or a.id != last.id)]
+    if others:
+        fresh, *_ = await asyncio.gather(_render(ctx, shot, keys, conformed, last),
+                                         *(_settle_other(ctx, a) for a in others))
         return fresh
-    return await _render(ctx, shot, keys, conformed)
+    return await _render(ctx, shot, keys, conformed, last)
 
 
-async def _render(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: Path) -> ShotResult:
+def _to_resume(attempts: list[Attempt]) -> Attempt | None:
+    """The attempt a new session of the folder continues: the latest, unless that one ended
+    without a clip while an earlier job of the same plan is still at the vendor."""
+    if not attempts:
+        return None
+    last = attempts[-1]
+    if last.status in (Status.DONE, Status.CACHED, Status.DOWNLOADED, Status.INTENT,
+                       Status.UNCONFIRMED):
+        return last
+    live = [a for a in attempts if a.status in (*AT_VENDOR, Status.SUCCEEDED) and a.job_id]
+    return live[-1] if live else last
+
+
+async def _render(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: Path,
+                  last: Attempt | None) -> ShotResult:
     reasons: list[str] = []
-    resumed = await _resume(ctx, shot, keys, conformed, reasons)
+    resumed = await _resume(ctx, shot, keys, conformed, reasons, last) if last else None
     if isinstance(resumed, ShotResult):
         return resumed
     if ctx.cache is not None and shot.shot_id not in ctx.regenerate:
@@ -397,14 +414,10 @@ async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: P
 
 
 async def _resume(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: Path,
-                  reasons: list[str]) -> Outcome | None:
+                  reasons: list[str], last: Attempt) -> Outcome | None:
     """Pick up what an earlier session of this folder did for the shot. Only attempts made
     for the shot as it is planned now count (the journal's cache_key is the plan's clip key):
     an edited shot gets fresh attempts."""
-    attempts = [a for a in ctx.journal.attempts(shot.shot_id) if a.cache_key in keys]
-    if not attempts:
-        return None
-    last: Attempt = attempts[-1]
     opt = shot.options[keys.index(last.cache_key)]  # type: ignore[arg-type]
     again = shot.shot_id in ctx.regenerate
     if last.status in (Status.DONE, Status.CACHED) and not again and last.conformed_path \
@@ -450,9 +463,10 @@ def _unanswered(ctx: RunContext, a: Attempt) -> None:
         actual_usd=a.reserved_usd or 0.0, cost_source="estimate")
 
 
-async def _settle_stale(ctx: RunContext, a: Attempt) -> None:
-    """A job of an earlier plan of the shot (its prompt, model or provider was edited): wait
-    for it, settle its money at the real outcome, and cache its clip under its own key."""
+async def _settle_other(ctx: RunContext, a: Attempt) -> None:
+    """A job this session does not continue (an earlier plan of the shot, or one abandoned
+    before a later try): wait for it, settle its money at the real outcome, and cache its
+    clip under its own key."""
     reservation = ctx.ledger.held(a.id) or ctx.ledger.hold(a.shot_id, a.reserved_usd or 0.0)
     try:
         provider = ctx.provider(a.provider)

@@ -91,6 +91,7 @@ class RunwareProvider(Provider):
     default_base_url: ClassVar[str] = "https://api.runware.ai/v1"
     base_url_env: ClassVar[str | None] = "STORYREEL_RUNWARE_BASE_URL"
     supports_cancel: ClassVar[bool] = False
+    api_hosts: ClassVar[tuple[str, ...]] = ("api.runware.ai",)
 
     def task(self, req: ShotRequest, task_uuid: str) -> dict[str, Any]:
         duration: float | int = req.duration_s

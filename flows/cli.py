@@ -73,6 +73,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     variables = _vars(args.var)
     plan = make_plan(args.spec, variables, args.budget)
     preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor
+    from flows.storyboard.files import check_out_dir
+
+    check_out_dir(args.out)  # the same check a deployment's `out` parameter gets
     out = args.out
     if not args.no_early_submit:  # vendors start while Prefect starts (flows/early.py)
         from flows.early import submit_early

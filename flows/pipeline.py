@@ -22,7 +22,7 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.utilities.annotations import quote
 
 from flows import redaction
@@ -173,7 +173,7 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
     server (PREFECT_API_URL), off on a temporary one. date_var: the name of a storyboard
     variable to fill with the run's scheduled date, for cron deployments (`vars` wins)."""
     redaction.install()  # before anything can log a key
-    check_run_params(storyboard, out, deployed=flow_run.deployment_id is not None)
+    check_run_params(storyboard, out, deployed=deployment.id is not None)
     logger = get_run_logger()
     variables = dict(vars or {})
     if date_var:

@@ -120,7 +120,7 @@ class GeminiProvider(Provider):
             map_error=lambda r, s: http.error_class_for_status(r.status_code)(
                 f"reference image {image.url} answered HTTP {r.status_code}",
                 provider=self.name, status_code=r.status_code),
-            policy=self.retry,
+            policy=self.retry, hosts=self.hosts,  # a storyboard's URL: public https only
         )
         if len(resp.content) > IMAGE_MAX:
             raise self.error(InvalidRequestError, f"reference image {image.url} is over 20 MB")

@@ -197,3 +197,14 @@ async def test_gemini_still_sends_its_key_to_its_own_files_api(emu: Emulator,
         clip = await run_job(p, request_for("gemini"), tmp_path / "v.mp4")
     assert_mp4(clip.path)
 
+
+
+async def test_gemini_fetches_a_storyboard_image_url_only_if_public(emu: Emulator) -> None:
+    """Gemini takes images inline, so the adapter fetches URL images itself: a storyboard (or
+    a ${var}) must not make the worker fetch its cloud metadata service."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        p = make_provider("gemini", emu, client)
+        req = request_for("gemini", image="http://169.254.169.254/latest/meta-data/x.png")
+        with pytest.raises(UnsafeURLError, match="link-local"):
+            await asyncio.wait_for(p.submit(req), 10)
+    assert emu.stats("gemini")["submits"] == 0

@@ -87,7 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor
     from flows import runlock
     from flows.run import run_dir_for
+    from flows.storyboard.files import check_out_dir
 
+    check_out_dir(args.out)  # the same check a deployment's `out` parameter gets
     out = run_dir_for(plan, args.out)
     with runlock.own(out, wait=args.wait):  # the whole run, early submits included
         return _run_locked(args, plan, variables, out)

@@ -22,7 +22,7 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.utilities.annotations import quote
 
 from flows import redaction, runlock
@@ -39,6 +39,7 @@ from flows.run import (
     slug,
     warm_imports,
 )
+from flows.storyboard.files import check_run_params
 from flows.storyboard.keys import env_key
 from flows.storyboard.plan import Plan, ShotPlan
 from providers.errors import BudgetError, ContentPolicyError, PlanError, SpecError
@@ -155,6 +156,7 @@ async def _resolve_keys(plan: Plan) -> dict[str, str | None]:
 
 
 @flow(name="render-storyboard", flow_run_name=_flow_run_name, log_prints=False)
+@redaction.scrubbed  # the flow run's state message never carries a key
 async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
                             budget: float | None = None, out: str | None = None,
                             no_cache: bool = False, regenerate: list[str] | None = None,
@@ -168,6 +170,7 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
     server (PREFECT_API_URL), off on a temporary one. date_var: the name of a storyboard
     variable to fill with the run's scheduled date, for cron deployments (`vars` wins)."""
     redaction.install()  # before anything can log a key
+    check_run_params(storyboard, out, deployed=deployment.id is not None)
     logger = get_run_logger()
     variables = dict(vars or {})
     if date_var:
@@ -254,8 +257,8 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
 
 async def _artifacts(plan: Plan, summary: RunSummary) -> None:
     key = slug(plan.storyboard.title)
-    await acreate_table_artifact(table=[{k: ("" if v is None else v) for k, v in r.items()}
-                                        for r in summary.rows],
+    await acreate_table_artifact(table=redaction.redact_data(
+        [{k: ("" if v is None else v) for k, v in r.items()} for r in summary.rows]),
                                  key=f"cost-report-{key}", description="cost.csv: one row per attempt")
     cap = f"${summary.cap_usd:.2f}" if summary.cap_usd is not None else "no cap"
     lines = [f"# {plan.storyboard.title}", "",
@@ -267,5 +270,5 @@ async def _artifacts(plan: Plan, summary: RunSummary) -> None:
     if summary.failures():
         lines += ["", "## Missing shots"] + [f"- {r.shot_id}: {r.status}: {r.reason}"
                                             for r in summary.failures()]
-    await acreate_markdown_artifact("\n".join(lines), key=f"summary-{key}",
+    await acreate_markdown_artifact(redaction.redact("\n".join(lines)), key=f"summary-{key}",
                                     description="spend vs cap, failures, where the cut is")

@@ -102,6 +102,36 @@ def install() -> None:
             logger.addFilter(FILTER)
 
 
+def redact_data(value: Any) -> Any:
+    """`value` with every string in it (dict keys and values, list items) redacted: for rows
+    and documents written to files (cost.csv, run.json) or sent to Prefect (artifacts)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_data(k): redact_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_data(v) for v in value)
+    return value
+
+
+def scrubbed(fn: Any) -> Any:
+    """Wrap an async flow function so that an exception carrying a key leaves it masked
+    (Prefect copies the text into the flow run's state message)."""
+    import functools
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            clean = scrub(exc)
+            if clean is exc:
+                raise
+            raise clean from None
+
+    return wrapper
+
+
 def scrub(exc: BaseException) -> BaseException:
     """`exc` itself when its text holds no registered secret; otherwise a StoryreelError with
     the masked text, to be raised `from None`. Prefect copies an exception's text into the
@@ -111,5 +141,5 @@ def scrub(exc: BaseException) -> BaseException:
     return exc if clean == text else StoryreelError(clean)
 
 
-__all__ = ["FILTER", "RedactingFilter", "install", "register_env_keys", "scrub",
-           "scrub_record"]
+__all__ = ["FILTER", "RedactingFilter", "install", "redact", "redact_data", "register_env_keys",
+           "scrub", "scrub_record", "scrubbed"]

@@ -21,6 +21,7 @@ from flows.money.cache import ClipCache, default_cache_dir
 from flows.money.journal import Journal
 from flows.money.ledger import Ledger
 from flows.money.status import AT_VENDOR, GOOD, Status
+from flows.redaction import redact, redact_data
 from flows.render import RunContext, ShotResult
 from flows.storyboard.keys import require_keys
 from flows.storyboard.loading import load_storyboard
@@ -133,7 +134,7 @@ async def placeholder(plan: Plan, index: int, reason: str, run_dir: Path) -> Pat
 
     shot = plan.shots[index]
     raw = run_dir / "raw" / f"{shot.shot_id}-missing.mp4"
-    await render_animatic(raw, prompt=f"MISSING SHOT {shot.shot_id}: {reason[:160]}",
+    await render_animatic(raw, prompt=redact(f"MISSING SHOT {shot.shot_id}: {reason[:160]}"),
                           duration=shot.duration, width=plan.width, height=plan.height,
                           fps=plan.fps, seed=0, title=f"missing: {shot.shot_id}")
     dest = run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}-missing.mov"
@@ -205,7 +206,7 @@ def _reports(plan: Plan, run_dir: Path, journal: Journal
     # the first vendor submit of every run for a report written only at the end
     from flows.money.report import rows_from_journal, summarize, totals, write_cost_csv
 
-    rows = rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots})
+    rows = redact_data(rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots}))
     cost_csv = write_cost_csv(rows, run_dir / "cost.csv")
     return rows, cost_csv, summarize(rows, plan.cap_usd).to_string(), totals(rows)
 
@@ -223,4 +224,5 @@ def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotRes
             "results": [{"shot_id": r.shot_id, "status": r.status, "option": r.option,
                          "reason": r.reason,
                          "clip": str(r.conformed) if r.conformed else None} for r in results]}
-    return write_text_atomic(run_dir / "run.json", json.dumps(data, indent=2, default=str))
+    return write_text_atomic(run_dir / "run.json",
+                             redact(json.dumps(data, indent=2, default=str)))

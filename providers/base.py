@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import quote
 
 import httpx
 
+from providers import hosts as hostlib
 from providers import http
 from providers.errors import (
     JobTimeoutError,
@@ -28,6 +30,12 @@ from providers.errors import (
     register_secret,
 )
 from providers.types import Clip, Job, Poll, ShotRequest
+
+
+def segment(value: object) -> str:
+    """A vendor's id as one URL path segment: escaped, so that an id like `../../x` or
+    `a/b?c` cannot move the request elsewhere on the vendor's host."""
+    return quote(str(value), safe="")
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,11 @@ class Provider:
     # the vendor takes a job id we choose (Runware's taskUUID): a submit whose answer was
     # lost can then be asked about instead of being left unconfirmed
     names_its_jobs: ClassVar[bool] = False
+    # the hosts (https) that may receive the key, besides the base URL's own origin; media
+    # hosts (CDNs, signed storage URLs) never belong here
+    api_hosts: ClassVar[tuple[str, ...]] = ()
+    # headers carrying the key that providers.hosts.CREDENTIAL_HEADERS does not already name
+    credential_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -75,6 +88,8 @@ class Provider:
         register_secret(key)
         env_url = os.environ.get(self.base_url_env) if self.base_url_env else None
         self.base_url = (base_url or env_url or self.default_base_url).rstrip("/")
+        self.hosts = hostlib.Hosts.for_vendor(self.api_hosts, self.base_url,
+                                              self.credential_headers)
         self.poll_settings = poll or PollSettings.from_env()
         self.retry = retry or http.RetryPolicy()
 
@@ -162,7 +177,7 @@ class Provider:
         headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
         return await http.send(
             self.client, method, url, stage=stage, provider=self.name,
-            map_error=self.map_error, policy=self.retry, headers=headers,
+            map_error=self.map_error, policy=self.retry, headers=headers, hosts=self.hosts,
             submit_refused=self.submit_refused, **kwargs,
         )
 
@@ -178,7 +193,12 @@ class Provider:
 
     async def download(self, url: str, dest: Path, headers: dict[str, str] | None = None) -> Path:
         return await http.download(self.client, url, dest, provider=self.name,
-                                   headers=headers, policy=self.retry)
+                                   headers=headers, policy=self.retry, hosts=self.hosts)
+
+    async def get_once(self, url: str) -> httpx.Response:
+        """One plain authenticated GET, no retries (the key still goes only to our hosts)."""
+        return await hostlib.open_request(self.client, "GET", url, self.hosts,
+                                          headers=self.auth_headers())
 
     @contextlib.contextmanager
     def about(self, job: Job) -> Iterator[None]:

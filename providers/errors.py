@@ -21,6 +21,8 @@
     + BadMediaError              the download is not a complete, playable video
     + UnconfirmedSubmitError     a paid submit may have been taken: no answer, a 5xx, or a
                                  2xx without a job id or not JSON (may_have_charged)
+    + UnsafeURLError             a vendor named a URL we refuse to fetch (file:, private
+                                 address, plain http, too big): never retried
   x MediaError                   ffmpeg failed or produced a wrong file; .argv .stderr_tail
   x BusyError                    the run folder is another run's (flows/runlock.py)
 
@@ -30,22 +32,50 @@ error text is built from vendor bodies, which are scrubbed by `redact`.
 
 from __future__ import annotations
 
+import base64
+import json
+import re
 from collections.abc import Iterable, Sequence
+from urllib.parse import quote, quote_plus
 
 _SECRETS: set[str] = set()
+_PATTERN: re.Pattern[str] | None = None
+
+
+def _forms(secret: str) -> set[str]:
+    """The ways a key shows up in text: as is, URL-encoded, JSON-escaped, and base64 (standard
+    and URL-safe) at each of the three alignments it can have inside a longer encoded value,
+    e.g. `Basic base64(user:key)`; for those only the characters that depend on the key alone."""
+    found = {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
+    raw = secret.encode()
+    for shift in range(3):
+        enc = base64.b64encode(b"\0" * shift + raw).decode()
+        lead = -(-shift * 4 // 3)  # chars touched by the padding bytes in front
+        full = (shift + len(raw)) // 3 * 4  # chars of complete 3-byte groups
+        cores = [enc[lead:full]] + ([enc, enc.rstrip("=")] if shift == 0 else [])
+        for form in [c for core in cores for c in (core, core.replace("+", "-")
+                                                   .replace("/", "_"))]:
+            if len(form) >= 8:
+                found.add(form)
+    return {f for f in found if len(f) >= 4}
 
 
 def register_secret(value: str | None) -> None:
     """Remember a key so that `redact` can mask it wherever it shows up."""
-    if value and len(value) >= 4:
+    global _PATTERN
+    if value and len(value) >= 4 and value not in _SECRETS:
         _SECRETS.add(value)
+        forms = set().union(*(_forms(s) for s in _SECRETS))
+        # longest first: a key that contains another key is masked whole
+        _PATTERN = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)))
 
 
 def redact(text: str) -> str:
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
+    """`text` with every registered key masked as `***`, in any of its encoded forms."""
+    pattern = _PATTERN
+    if pattern is None or not text:
+        return text
+    return pattern.sub("***", text)
 
 
 class StoryreelError(Exception):
@@ -178,6 +208,11 @@ class UnconfirmedSubmitError(ProviderError):
     may_have_charged = True
 
 
+class UnsafeURLError(ProviderError):
+    """A URL from a vendor's answer that storyreel will not fetch; fetching it again would
+    be refused again, so it is never retried."""
+
+
 _KINDS: dict[type, str] = {
     AuthError: "auth",
     InsufficientCreditError: "insufficient_credit",
@@ -190,6 +225,7 @@ _KINDS: dict[type, str] = {
     JobTimeoutError: "timeout",
     BadMediaError: "bad_media",
     UnconfirmedSubmitError: "unconfirmed",
+    UnsafeURLError: "unsafe_url",
 }
 
 

@@ -37,6 +37,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import httpx
 
@@ -152,6 +153,7 @@ class FalProvider(Provider):
     default_base_url: ClassVar[str] = "https://queue.fal.run"
     base_url_env: ClassVar[str | None] = "STORYREEL_FAL_BASE_URL"
     supports_cancel: ClassVar[bool] = True
+    api_hosts: ClassVar[tuple[str, ...]] = ("queue.fal.run",)
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Key {self.key}"} if self.key else {}
@@ -166,12 +168,14 @@ class FalProvider(Provider):
 
     def followup_urls(self, answer: dict[str, Any], model_id: str) -> dict[str, str]:
         urls = {k: answer[k] for k in ("status_url", "response_url", "cancel_url")
-                if isinstance(answer.get(k), str)}
-        if len(urls) < 3:  # fal always sends them; else do as fal_client's from_request_id
-            owner_app = "/".join(model_id.split("/")[:2])
-            root = f"{self.base_url}/{owner_app}/requests/{answer['request_id']}"
+                if isinstance(answer.get(k), str) and self.hosts.trusted(answer[k])}
+        if len(urls) < 3:  # fal always sends them (on its own host); else do as
+            # fal_client's from_request_id: a URL on another host would not get the key anyway
+            owner_app = "/".join(quote(p, safe="") for p in model_id.split("/")[:2])
+            request_id = quote(str(answer["request_id"]), safe="")
+            root = f"{self.base_url}/{owner_app}/requests/{request_id}"
             urls = {"response_url": root, "status_url": f"{root}/status",
-                    "cancel_url": f"{root}/cancel", **urls}
+                    "cancel_url": f"{root}/cancel"}
         return urls
 
     # -- verbs --------------------------------------------------------------------------
@@ -235,8 +239,8 @@ class FalProvider(Provider):
         """The result of a job whose status already says it failed: one plain try, since
         the answer is the model's error (even a 5xx) and retrying it changes nothing."""
         try:
-            resp = await self.client.get(job.data["response_url"], headers=self.auth_headers())
-        except httpx.HTTPError:
+            resp = await self.get_once(job.data["response_url"])
+        except (httpx.HTTPError, ProviderError):
             return None, None
         try:
             return resp.json(), resp.status_code

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +46,7 @@ from providers.errors import (
     JobFailedError,
     ProviderError,
     RateLimitedError,
+    UnconfirmedSubmitError,
 )
 from providers.types import Clip, ImageInput, Job, Poll, ShotRequest
 
@@ -61,6 +63,10 @@ _RPC_CLASSES: dict[int, type[ProviderError]] = {
     9: InvalidRequestError,  # FAILED_PRECONDITION
     16: AuthError,  # UNAUTHENTICATED
 }
+# python-genai's operation names: models/{model}/operations/{id} (a bare operations/{id} too);
+# checked rather than escaped, since its slashes are part of the path
+_NAME_SEGMENT = r"(?!\.\.?(?:/|$))[A-Za-z0-9._-]+"
+OPERATION = re.compile(rf"(?:models/{_NAME_SEGMENT}/)?operations/{_NAME_SEGMENT}")
 _SAFETY_WORDS = ("safety", "usage guidelines", "responsible ai", "sensitive")
 
 
@@ -70,6 +76,7 @@ class GeminiProvider(Provider):
     default_base_url = f"https://{GOOGLE_HOST}"
     base_url_env = "STORYREEL_GEMINI_BASE_URL"
     supports_cancel = False
+    api_hosts = (GOOGLE_HOST,)
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-goog-api-key": self.key} if self.key else {}
@@ -113,7 +120,7 @@ class GeminiProvider(Provider):
             map_error=lambda r, s: http.error_class_for_status(r.status_code)(
                 f"reference image {image.url} answered HTTP {r.status_code}",
                 provider=self.name, status_code=r.status_code),
-            policy=self.retry,
+            policy=self.retry, hosts=self.hosts,  # a storyboard's URL: public https only
         )
         if len(resp.content) > IMAGE_MAX:
             raise self.error(InvalidRequestError, f"reference image {image.url} is over 20 MB")
@@ -130,13 +137,20 @@ class GeminiProvider(Provider):
         name = op.get("name") if isinstance(op, dict) else None
         if not name:
             raise self.unnamed("an operation name", op)
+        if not isinstance(name, str) or not OPERATION.fullmatch(name):
+            # accepted (2xx), so it may run and bill, but we cannot poll a name of this shape
+            raise self.error(UnconfirmedSubmitError, "submit answered an operation name that "
+                             f"is not models/<model>/operations/<id>: {str(name)[:120]!r}")
         return Job(provider=self.name, job_id=name.rsplit("/", 1)[-1],
                    data={"operation": name})
 
     # -- poll ---------------------------------------------------------------------------
 
     async def poll(self, job: Job) -> Poll:
-        name = job.data.get("operation") or job.job_id
+        name = str(job.data.get("operation") or job.job_id)
+        if not OPERATION.fullmatch(name):
+            raise self.error(ProviderError, f"cannot poll operation {name[:120]!r}: not "
+                             "models/<model>/operations/<id>", job=job)
         op = await self.call_json("GET", f"/v1beta/{name}", stage="poll")
         if not op.get("done"):
             pct = (op.get("metadata") or {}).get("progressPercent")
@@ -174,12 +188,10 @@ class GeminiProvider(Provider):
     async def fetch(self, job: Job, done: Poll, dest: Path) -> Clip:
         if not done.video_url:
             raise self.error(ProviderError, "operation succeeded but names no video", job=job)
-        # the Files API wants the key; never hand it to any other host
-        host = urlsplit(done.video_url).netloc
-        ours = host in (GOOGLE_HOST, urlsplit(self.base_url).netloc)
+        # the Files API wants the key; providers/hosts.py keeps it off any other host,
+        # including the storage host the Files API redirects to
         with self.about(job):
-            await self.download(done.video_url, dest,
-                                headers=self.auth_headers() if ours else None)
+            await self.download(done.video_url, dest, headers=self.auth_headers())
         return Clip(path=dest, job_id=job.job_id, cost_usd=done.cost_usd)
 
     # -- errors -------------------------------------------------------------------------

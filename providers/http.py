@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -38,7 +39,9 @@ from providers.errors import (
     RateLimitedError,
     TransientError,
     UnconfirmedSubmitError,
+    UnsafeURLError,
 )
+from providers.hosts import Hosts, for_url, open_request
 
 Stage = Literal["submit", "poll", "fetch", "cancel"]
 
@@ -151,18 +154,24 @@ async def send(
     provider: str,
     map_error: ErrorMapper,
     policy: RetryPolicy,
+    hosts: Hosts | None = None,
     submit_refused: RefusedCheck = _never,
     **kwargs: Any,
 ) -> httpx.Response:
     """One logical call with the stage's retry rule; returns a 2xx response or raises.
+    `hosts`: where credentials may go (providers/hosts.py); None trusts only `url`'s origin.
     `submit_refused(resp)` says a 5xx submit answer surely left no job (vendor-documented)."""
+    hosts = hosts or for_url(url)
     attempt = 0
     while True:
         attempt += 1
         limit = policy.submit_attempts if stage == "submit" else policy.attempts
         try:
             async with _gate(client):
-                resp = await client.request(method, url, **kwargs)
+                resp = await open_request(client, method, url, hosts, **kwargs)
+        except UnsafeURLError as exc:  # a refused URL or redirect: sending again changes nothing
+            exc.provider = exc.provider or provider
+            raise
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # nothing was sent (no connection, or none free in the pool): safe for every stage
             err: ProviderError = TransientError(f"cannot connect: {type(exc).__name__}: {exc}",
@@ -190,6 +199,25 @@ async def send(
         await asyncio.sleep(policy.delay(attempt, err.retry_after))
 
 
+def clip_cap() -> int:
+    """Bytes one downloaded clip may have: STORYREEL_MAX_CLIP_BYTES (default 1 GiB)."""
+    return int(os.environ.get("STORYREEL_MAX_CLIP_BYTES", str(1024**3)))
+
+
+def run_cap() -> int:
+    """Bytes all downloads of one run (one client) may add up to: STORYREEL_MAX_RUN_BYTES
+    (default 20 GiB)."""
+    return int(os.environ.get("STORYREEL_MAX_RUN_BYTES", str(20 * 1024**3)))
+
+
+# bytes received so far per client, i.e. per run (new_client makes one per run)
+_RECEIVED: weakref.WeakKeyDictionary[httpx.AsyncClient, list[int]] = weakref.WeakKeyDictionary()
+
+
+def received_bytes(client: httpx.AsyncClient) -> int:
+    return _RECEIVED.get(client, [0])[0]
+
+
 async def download(
     client: httpx.AsyncClient,
     url: str,
@@ -197,19 +225,34 @@ async def download(
     *,
     provider: str,
     headers: dict[str, str] | None = None,
-    max_bytes: int = 2 * 1024**3,
+    max_bytes: int | None = None,
     policy: RetryPolicy = RetryPolicy(),
+    hosts: Hosts | None = None,
 ) -> Path:
-    """Stream `url` to `dest` atomically, checking type and length; retried on transient errors."""
+    """Stream `url` to `dest` atomically, checking type and length; retried on transient errors.
+
+    Every hop is checked by providers/hosts.py (scheme, address, no key off the vendor's
+    hosts); a refused URL is not retried. `max_bytes` (default clip_cap()) bounds the decoded
+    file, run_cap() all downloads of the client."""
+    hosts = hosts or for_url(url)
+    max_bytes = clip_cap() if max_bytes is None else max_bytes
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):  # file:, data:, ftp: ... never fetched, never retried
+        raise UnsafeURLError(f"refusing to download a {scheme or 'relative'}: URL "
+                             f"({url[:120]}); only https is fetched", provider=provider)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     attempt = 0
     while True:
         attempt += 1
         try:
-            await _download_once(client, url, tmp, headers or {}, max_bytes, provider)
+            await _download_once(client, url, tmp, headers or {}, max_bytes, provider, hosts)
             os.replace(tmp, dest)
             return dest
+        except UnsafeURLError as exc:
+            tmp.unlink(missing_ok=True)
+            exc.provider = exc.provider or provider
+            raise
         except (httpx.TransportError, TransientError, RateLimitedError, BadMediaError) as exc:
             tmp.unlink(missing_ok=True)
             retry_after = getattr(exc, "retry_after", None)
@@ -226,34 +269,55 @@ async def download(
 
 async def _download_once(
     client: httpx.AsyncClient, url: str, tmp: Path, headers: dict[str, str],
-    max_bytes: int, provider: str,
+    max_bytes: int, provider: str, hosts: Hosts,
 ) -> None:
-    async with _gate(client, download=True), client.stream("GET", url, headers=headers) as resp:
-        if not resp.is_success:
-            await resp.aread()
-            cls = error_class_for_status(resp.status_code)
-            if resp.status_code == 403:  # signed URL expired, not a bad key
-                cls = NotFoundError
-            raise cls(f"download answered HTTP {resp.status_code}: {body_text(resp, 200)}",
-                      provider=provider, status_code=resp.status_code,
-                      retry_after=parse_retry_after(resp.headers))
-        ctype = resp.headers.get("content-type", "")
-        if ctype.startswith(("text/", "application/json")):
-            raise BadMediaError(f"download is {ctype}, not a video", provider=provider)
-        expected = resp.headers.get("content-length")
-        if expected is not None and int(expected) > max_bytes:
-            raise BadMediaError(f"download is {expected} bytes, over the {max_bytes} cap",
-                                provider=provider)
-        written = 0
-        with open(tmp, "wb") as fh:
-            async for chunk in resp.aiter_bytes(1 << 16):
-                written += len(chunk)
-                if written > max_bytes:
-                    raise BadMediaError(f"download exceeds the {max_bytes} byte cap",
-                                        provider=provider)
-                fh.write(chunk)
-        if expected is not None and written != int(expected):
-            raise BadMediaError(f"download truncated: {written} of {expected} bytes",
-                                provider=provider)
-        if written == 0:
-            raise BadMediaError("download is empty", provider=provider)
+    received = _RECEIVED.setdefault(client, [0])
+    cap = run_cap()
+    async with _gate(client, download=True):
+        resp = await open_request(client, "GET", url, hosts, stream=True, headers=headers)
+        try:
+            await _save(resp, tmp, max_bytes, provider, received, cap)
+        finally:
+            await resp.aclose()
+
+
+async def _save(resp: httpx.Response, tmp: Path, max_bytes: int, provider: str,
+                received: list[int], cap: int) -> None:
+    if not resp.is_success:
+        await resp.aread()
+        cls = error_class_for_status(resp.status_code)
+        if resp.status_code == 403:  # signed URL expired, not a bad key
+            cls = NotFoundError
+        raise cls(f"download answered HTTP {resp.status_code}: {body_text(resp, 200)}",
+                  provider=provider, status_code=resp.status_code,
+                  retry_after=parse_retry_after(resp.headers))
+    ctype = resp.headers.get("content-type", "")
+    if ctype.startswith(("text/", "application/json")):
+        raise BadMediaError(f"download is {ctype}, not a video", provider=provider)
+    # Content-Length counts the bytes on the wire: for a gzip/deflate body, the encoded ones
+    expected = resp.headers.get("content-length")
+    expected_n = int(expected) if expected is not None and expected.isdigit() else None
+    if expected_n is not None and expected_n > max_bytes:
+        raise UnsafeURLError(f"download is {expected_n} bytes, over the {max_bytes} byte cap "
+                             "per clip (STORYREEL_MAX_CLIP_BYTES)", provider=provider)
+    written = 0
+    counted = resp.num_bytes_downloaded
+    with open(tmp, "wb") as fh:
+        async for chunk in resp.aiter_bytes(1 << 16):
+            written += len(chunk)  # decoded: bounds a compression bomb too
+            received[0] += resp.num_bytes_downloaded - counted
+            counted = resp.num_bytes_downloaded
+            if written > max_bytes:
+                raise UnsafeURLError(f"download exceeds the {max_bytes} byte cap per clip "
+                                     "(STORYREEL_MAX_CLIP_BYTES)", provider=provider)
+            if received[0] > cap:
+                raise UnsafeURLError(f"downloads of this run exceed {cap} bytes "
+                                     "(STORYREEL_MAX_RUN_BYTES)", provider=provider)
+            fh.write(chunk)
+    # 0 when the body was in memory already (an in-process transport): then nothing was decoded
+    arrived = resp.num_bytes_downloaded or written
+    if expected_n is not None and arrived != expected_n:
+        raise BadMediaError(f"download truncated: {arrived} of {expected_n} bytes",
+                            provider=provider)
+    if written == 0:
+        raise BadMediaError("download is empty", provider=provider)

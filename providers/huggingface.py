@@ -41,8 +41,9 @@ mapping does not list (the catalog only names mapped ones).
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from providers.errors import InvalidRequestError
 from providers.fal import FalProvider
@@ -50,6 +51,8 @@ from providers.types import ShotRequest
 
 ROUTES = ("fal-ai",)  # router providers this adapter speaks
 _QUEUE = "?_subdomain=queue"
+_SEGMENT = r"(?!\.\.?(?:/|$))[A-Za-z0-9._~-]+"
+_REQUEST_PATH = re.compile(rf"/{_SEGMENT}/{_SEGMENT}/requests/{_SEGMENT}")
 
 
 def split_route(vendor_model: str) -> tuple[str, str]:
@@ -67,6 +70,7 @@ class HuggingFaceProvider(FalProvider):
     default_base_url: ClassVar[str] = "https://router.huggingface.co"
     base_url_env: ClassVar[str | None] = "STORYREEL_HF_BASE_URL"
     supports_cancel: ClassVar[bool] = True
+    api_hosts: ClassVar[tuple[str, ...]] = ("router.huggingface.co",)
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
@@ -87,9 +91,11 @@ class HuggingFaceProvider(FalProvider):
     def followup_urls(self, answer: dict[str, Any], model_id: str) -> dict[str, str]:
         fal_url = answer.get("response_url")
         path = urlsplit(fal_url).path.rstrip("/") if isinstance(fal_url, str) else ""
-        if not path:  # as fal_client's from_request_id: owner/app, never the endpoint path
-            owner_app = "/".join(model_id.split("/")[:2])
-            path = f"/{owner_app}/requests/{answer['request_id']}"
+        if not _REQUEST_PATH.fullmatch(path):
+            # as fal_client's from_request_id: owner/app, never the endpoint path; a path of
+            # another shape (dot segments, escapes) is not put under our base URL
+            owner_app = "/".join(quote(p, safe="") for p in model_id.split("/")[:2])
+            path = f"/{owner_app}/requests/{quote(str(answer['request_id']), safe='')}"
         root = f"{self.base_url}/fal-ai{path}"
         return {
             "response_url": f"{root}{_QUEUE}",

@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 import httpx
 
 from providers import http
-from providers.base import Provider
+from providers.base import Provider, segment
 from providers.catalog import find_model
 from providers.errors import (
     ContentPolicyError,
@@ -58,6 +58,7 @@ class LumaProvider(Provider):
     default_base_url: ClassVar[str] = "https://api.lumalabs.ai/dream-machine/v1"
     base_url_env: ClassVar[str | None] = "STORYREEL_LUMA_BASE_URL"
     supports_cancel: ClassVar[bool] = False
+    api_hosts: ClassVar[tuple[str, ...]] = ("api.lumalabs.ai",)
     accepts_local_images: ClassVar[bool] = False  # keyframes take URLs only
 
     async def submit(self, req: ShotRequest) -> Job:
@@ -93,7 +94,7 @@ class LumaProvider(Provider):
         return body
 
     async def poll(self, job: Job) -> Poll:
-        gen = await self.call_json("GET", f"generations/{job.job_id}", stage="poll")
+        gen = await self.call_json("GET", f"generations/{segment(job.job_id)}", stage="poll")
         if not isinstance(gen, dict):
             raise self.error(ProviderError, f"poll answered {gen!r:.200}", job=job)
         vendor_state = str(gen.get("state", ""))

@@ -59,6 +59,7 @@ class NanoGPTProvider(Provider):
     default_base_url: ClassVar[str] = "https://nano-gpt.com"
     base_url_env: ClassVar[str | None] = "STORYREEL_NANOGPT_BASE_URL"
     supports_cancel: ClassVar[bool] = False
+    api_hosts: ClassVar[tuple[str, ...]] = ("nano-gpt.com",)
 
     def auth_headers(self) -> dict[str, str]:
         return {"x-api-key": self.key} if self.key else {}

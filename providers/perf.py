@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers.base import Provider
+from providers.base import Provider, segment
 from providers.catalog import find_model
 from providers.errors import (
     ContentPolicyError,
@@ -49,6 +49,7 @@ class PerfProvider(Provider):
     default_base_url: ClassVar[str] = "https://api.withperf.pro"
     base_url_env: ClassVar[str | None] = "STORYREEL_PERF_BASE_URL"
     supports_cancel: ClassVar[bool] = False
+    api_hosts: ClassVar[tuple[str, ...]] = ("api.withperf.pro",)
 
     def body(self, req: ShotRequest) -> dict[str, Any]:
         if req.image is not None:
@@ -79,7 +80,7 @@ class PerfProvider(Provider):
         })
 
     async def poll(self, job: Job) -> Poll:
-        data = await self.call_json("GET", f"/v1/video/generations/{job.job_id}",
+        data = await self.call_json("GET", f"/v1/video/generations/{segment(job.job_id)}",
                                     stage="poll")
         if not isinstance(data, dict):
             raise self.error(ProviderError, f"status answered {data!r:.200}", job=job)

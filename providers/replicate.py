@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import httpx
 
 from providers import http
-from providers.base import Provider
+from providers.base import Provider, segment
 from providers.catalog import find_model
 from providers.errors import ContentPolicyError, JobFailedError, NotFoundError, ProviderError
 from providers.types import Clip, ImageInput, Job, Poll, ShotRequest
@@ -83,6 +83,7 @@ class ReplicateProvider(Provider):
     default_base_url: ClassVar[str] = "https://api.replicate.com"
     base_url_env: ClassVar[str | None] = "STORYREEL_REPLICATE_BASE_URL"
     supports_cancel: ClassVar[bool] = True
+    api_hosts: ClassVar[tuple[str, ...]] = ("api.replicate.com",)
 
     # -- submit --------------------------------------------------------------------------
 
@@ -142,7 +143,8 @@ class ReplicateProvider(Provider):
     # -- poll / fetch / cancel -----------------------------------------------------------
 
     async def poll(self, job: Job) -> Poll:
-        pred = await self.call_json("GET", f"v1/predictions/{job.job_id}", stage="poll")
+        pred = await self.call_json("GET", f"v1/predictions/{segment(job.job_id)}",
+                                    stage="poll")
         if not isinstance(pred, dict):
             raise self.error(ProviderError, f"poll answered {pred!r:.200}", job=job)
         status = str(pred.get("status", ""))
@@ -180,7 +182,7 @@ class ReplicateProvider(Provider):
 
     async def cancel(self, job: Job) -> bool:
         with self.about(job):
-            pred = await self.call_json("POST", f"v1/predictions/{job.job_id}/cancel",
+            pred = await self.call_json("POST", f"v1/predictions/{segment(job.job_id)}/cancel",
                                         stage="cancel")
         return isinstance(pred, dict) and pred.get("status") in ("canceled", "aborted")
 

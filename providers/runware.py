@@ -92,6 +92,7 @@ class RunwareProvider(Provider):
     base_url_env: ClassVar[str | None] = "STORYREEL_RUNWARE_BASE_URL"
     supports_cancel: ClassVar[bool] = False
     names_its_jobs: ClassVar[bool] = True  # taskUUID is ours
+    api_hosts: ClassVar[tuple[str, ...]] = ("api.runware.ai",)
 
     def task(self, req: ShotRequest, task_uuid: str) -> dict[str, Any]:
         duration: float | int = req.duration_s

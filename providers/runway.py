@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from providers import http
-from providers.base import Provider
+from providers.base import Provider, segment
 from providers.catalog import find_model
 from providers.errors import (
     ContentPolicyError,
@@ -80,6 +80,7 @@ class RunwayProvider(Provider):
     default_base_url = "https://api.dev.runwayml.com"
     base_url_env = "STORYREEL_RUNWAY_BASE_URL"
     supports_cancel = True
+    api_hosts = ("api.dev.runwayml.com",)
 
     def auth_headers(self) -> dict[str, str]:
         headers = {"X-Runway-Version": API_VERSION}
@@ -134,12 +135,12 @@ class RunwayProvider(Provider):
             raise self.unnamed("a task id", data)
         est = (data.get("estimatedCost") or {}).get("credits")
         return Job(provider=self.name, job_id=str(task_id),
-                   data={"task": f"/v1/tasks/{task_id}", "estimated_credits": est})
+                   data={"task": _task_path(str(task_id)), "estimated_credits": est})
 
     # -- poll ---------------------------------------------------------------------------
 
     async def poll(self, job: Job) -> Poll:
-        task = await self.call_json("GET", job.data.get("task", f"/v1/tasks/{job.job_id}"),
+        task = await self.call_json("GET", _task_path(job.job_id),
                                     stage="poll")
         status = str(task.get("status", ""))
         # an unknown status is treated as still running; the job deadline bounds it
@@ -187,7 +188,7 @@ class RunwayProvider(Provider):
             if (await self.poll(job)).done:
                 return False
             try:
-                await self.call("DELETE", job.data.get("task", f"/v1/tasks/{job.job_id}"),
+                await self.call("DELETE", _task_path(job.job_id),
                                 stage="cancel")
             except NotFoundError:
                 return False
@@ -215,3 +216,8 @@ class RunwayProvider(Provider):
         if "enough credits" in message.lower():
             return InsufficientCreditError
         return http.error_class_for_status(resp.status_code)
+
+
+def _task_path(task_id: str) -> str:
+    """Built from the id every time (never from the journal's copy): escaped, one segment."""
+    return f"/v1/tasks/{segment(task_id)}"

@@ -15,13 +15,21 @@ JobState = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 @dataclass(frozen=True)
 class ImageInput:
-    """A shot's reference image: a local file (sent inline as the vendor accepts) or a URL."""
+    """A shot's reference image: a local file (sent inline as the vendor accepts) or a URL.
+
+    Planning reads a local file once, checks it and keeps the bytes in `data` (with the type
+    Pillow found in `mime`): what is sent is exactly what was checked and hashed, even if the
+    file changes meanwhile. Without `data` the file is read when needed."""
 
     path: Path | None = None
     url: str | None = None
+    data: bytes | None = field(default=None, repr=False, compare=False)
+    mime: str | None = None
 
     def read(self) -> tuple[bytes, str]:
         """Bytes and MIME type of a local image."""
+        if self.data is not None:
+            return self.data, self.mime or "application/octet-stream"
         if self.path is None:
             raise ValueError("image is a URL, not a local file")
         mime = mimetypes.guess_type(self.path.name)[0] or "application/octet-stream"

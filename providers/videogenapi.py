@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from providers.base import Provider
+from providers.base import Provider, segment
 from providers.catalog import find_model
 from providers.errors import (
     ContentPolicyError,
@@ -54,6 +54,7 @@ class VideoGenAPIProvider(Provider):
     default_base_url: ClassVar[str] = "https://videogenapi.com/api"
     base_url_env: ClassVar[str | None] = "STORYREEL_VIDEOGENAPI_BASE_URL"
     supports_cancel: ClassVar[bool] = False
+    api_hosts: ClassVar[tuple[str, ...]] = ("videogenapi.com",)
 
     def body(self, req: ShotRequest) -> dict[str, Any]:
         if len(req.prompt) > MAX_PROMPT:
@@ -86,12 +87,13 @@ class VideoGenAPIProvider(Provider):
         gen_id = data.get("generation_id") if isinstance(data, dict) else None
         if not gen_id:
             raise self.unnamed("a generation_id", data)
-        status_url = data.get("status_url") or f"/v1/status/{gen_id}"
-        return Job(provider=self.name, job_id=str(gen_id), data={"status_url": status_url})
+        # the answer's status_url is kept for the record only: the documented path is built
+        # from the id, so an answer naming another host or path cannot redirect the polls
+        return Job(provider=self.name, job_id=str(gen_id),
+                   data={"status_url": str(data.get("status_url") or "")})
 
     async def poll(self, job: Job) -> Poll:
-        url = job.data.get("status_url") or f"/v1/status/{job.job_id}"
-        data = await self.call_json("GET", url, stage="poll")
+        data = await self.call_json("GET", f"/v1/status/{segment(job.job_id)}", stage="poll")
         if not isinstance(data, dict):
             raise self.error(ProviderError, f"status answered {data!r:.200}", job=job)
         state = _STATES.get(str(data.get("status", "")), "running")

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from flows.storyboard.files import reference_image
 from flows.storyboard.spec import Storyboard, Transition
 from providers.catalog import ModelInfo, Price, load_catalog
 from providers.errors import SpecError
@@ -211,13 +212,8 @@ def _image(ref: str | None, source: Path, where: str, issues: list[tuple[str, st
            ) -> tuple[ImageInput | None, str | None]:
     if not ref:
         return None, None
-    if ref.startswith(("http://", "https://")):
-        return ImageInput(url=ref), hashlib.sha256(ref.encode()).hexdigest()
-    path = (source.parent / ref).resolve()
-    if not path.is_file():
-        issues.append((where, f"file not found: {path} (paths are relative to the storyboard)"))
-        return None, None
-    return ImageInput(path=path), hashlib.sha256(path.read_bytes()).hexdigest()
+    # inside the storyboard's tree, a real image under the size cap, read once
+    return reference_image(ref, source, where, issues)
 
 
 def _option(board: Storyboard, provider: str, model: str | None, where: str,

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,7 +34,7 @@ from starlette.routing import Route
 
 from providers.catalog import CATALOG_DIR, ModelInfo, load_catalog
 from tests.emulator import faults as faultlib
-from tests.emulator import media
+from tests.emulator import hostile, media
 from tests.emulator import prices as pricelist
 
 
@@ -200,6 +201,8 @@ class Emulator:
             self._max_total = 0
             self._unknown: set[tuple[str, str]] = set()
             self.faults.clear()
+            # (host, path, header) of credentials sent to the other host name (hostile.py)
+            self.offhost_credentials: list[tuple[str, str, str]] = []
 
     def configure(self, *, latency: float | None = None, jitter: float | None = None,
                   price_multiplier: dict[str, float] | None = None) -> None:
@@ -306,6 +309,10 @@ class Emulator:
         found = self.price_entry(vendor, model)
         fault = self.faults.take(vendor, "job")
         outcome = fault.kind if fault else "success"
+        bad = fault if fault is not None and fault.kind in hostile.JOB_KINDS else None
+        if bad is not None:  # a hostile answer about a job that itself succeeds
+            outcome = "success"
+            job_id = bad.params.get("job_id", job_id)
         with self._lock:
             if fault:
                 self._counters[vendor]["errors_injected"] += 1
@@ -320,6 +327,8 @@ class Emulator:
                 or _DEFAULT_ERRORS.get(outcome, ""),
                 bills=found.bills if found is not None else "success",
             )
+            if bad is not None:
+                hostile.apply_job_fault(job, bad.kind, bad.params)
             self._jobs[(vendor, job.id)] = job
             self._by_token[job.token] = job
             self._active[vendor].add(job)
@@ -331,7 +340,10 @@ class Emulator:
 
     def get_job(self, vendor: str, job_id: str) -> EmuJob | None:
         with self._lock:
-            return self._jobs.get((vendor, job_id))
+            job = self._jobs.get((vendor, job_id))
+            if job is None and "%" in job_id:  # an id that arrived escaped in a URL path
+                job = self._jobs.get((vendor, unquote(job_id)))
+            return job
 
     def job_by_token(self, token: str) -> EmuJob | None:
         with self._lock:
@@ -370,6 +382,8 @@ class Emulator:
         return len(active)
 
     def video_url(self, job: EmuJob) -> str:
+        if job.data.get("video_url"):  # a hostile answer (hostile.py)
+            return str(job.data["video_url"])
         return f"{self.url}/_media/{job.vendor}/{job.token}.mp4"
 
     def media_dims(self, job: EmuJob) -> tuple[int, int]:
@@ -426,6 +440,8 @@ class Emulator:
                 elif fault.kind == "reset":
                     await _drain(request)
                     return faultlib.DropConnection()
+                elif fault.kind == "redirect":
+                    return hostile.redirect_elsewhere(self, request)
             try:
                 response = await handler(request, self)
             except UnknownModelError as exc:

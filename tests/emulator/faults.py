@@ -21,6 +21,10 @@ STAGE_KINDS: dict[str, set[str]] = {
     "download": {"http", "slow", "reset", "truncate", "html", "expired"},
     "job": {"fail", "policy", "never"},
 }
+# hostile answers (tests/emulator/hostile.py), for the security tests
+STAGE_KINDS["job"] = STAGE_KINDS["job"] | {"job_id", "video_url", "foreign_urls"}
+STAGE_KINDS["poll"] = STAGE_KINDS["poll"] | {"redirect"}
+STAGE_KINDS["download"] = STAGE_KINDS["download"] | {"redirect", "gzip"}
 HTTP_STATUSES = {400, 401, 402, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504}
 DEFAULT_MESSAGES = {
     400: "Bad request",
@@ -65,6 +69,10 @@ def validate(stage: str, kind: str, times: int, params: dict[str, Any]) -> None:
             raise ValueError(f"http fault needs status in {sorted(HTTP_STATUSES)}, got {status!r}")
     if kind == "slow" and not isinstance(params.get("delay"), int | float):
         raise ValueError("slow fault needs delay=<seconds>")
+    if stage == "job" and kind == "job_id" and not isinstance(params.get("job_id"), str):
+        raise ValueError("job_id fault needs job_id=<the id the vendor answers>")
+    if stage == "job" and kind == "video_url" and not isinstance(params.get("url"), str):
+        raise ValueError("video_url fault needs url=<the video URL the vendor answers>")
 
 
 class FaultBook:

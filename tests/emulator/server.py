@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 from tests.emulator import faults as faultlib
-from tests.emulator import media
+from tests.emulator import hostile, media
 
 if TYPE_CHECKING:
     from tests.emulator.core import Emulator
@@ -40,12 +40,15 @@ _HTML_PAGE = (
 class _CaptureCycle:
     """Outermost ASGI layer: keeps uvicorn's request cycle (it owns the socket) in the scope."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, emu: Emulator | None = None) -> None:
         self.app = app
+        self.emu = emu
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             scope[faultlib.CYCLE_KEY] = getattr(receive, "__self__", None)
+            hostile.observe(self.emu, scope)
+            hostile.keep_escaped_slashes(scope)
         await self.app(scope, receive, send)
 
 
@@ -61,7 +64,7 @@ def build_app(emu: Emulator) -> Any:
     ]
     for vendor, module in emu.vendors.items():
         routes.append(Mount(f"/{vendor}", routes=module.routes(emu)))
-    return _CaptureCycle(Starlette(routes=routes))
+    return _CaptureCycle(Starlette(routes=routes), emu)
 
 
 def _media_endpoint(emu: Emulator) -> Any:
@@ -81,6 +84,8 @@ def _media_endpoint(emu: Emulator) -> Any:
             return Response(_HTML_PAGE, media_type="text/html")
         elif kind == "expired":
             return Response(_EXPIRED_XML, status_code=403, media_type="application/xml")
+        elif kind == "redirect":
+            return hostile.redirect_elsewhere(emu, request, status=302)
         job = emu.job_by_token(request.path_params["token"])
         if job is None or job.vendor != vendor or emu.state(job) != "succeeded":
             return Response("Not Found", status_code=404, media_type="text/plain")
@@ -89,6 +94,9 @@ def _media_endpoint(emu: Emulator) -> Any:
         data = await asyncio.to_thread(media.clip_bytes, job.duration, width, height)
         if kind == "truncate":
             return faultlib.TruncatedBody(data)
+        if kind == "gzip":
+            emu.count(vendor, "downloads")
+            return hostile.gzip_response(data)
         emu.count(vendor, "downloads")
         return Response(data, media_type="video/mp4")
 

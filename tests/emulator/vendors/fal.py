@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.emulator import hostile
 from tests.emulator.core import EmuJob, Emulator, dimensions
 
 VENDOR = "fal"
@@ -162,7 +163,8 @@ class Queue:
         return self.public_root or emu.base_url(self.vendor)
 
     def urls(self, emu: Emulator, job: EmuJob) -> dict[str, str]:
-        base = f"{self.root(emu)}/{job.data['owner_app']}/requests/{job.id}"
+        root = hostile.answer_root(emu, job, self.root(emu))
+        base = f"{root}/{job.data['owner_app']}/requests/{job.id}"
         return {"response_url": base, "status_url": f"{base}/status",
                 "cancel_url": f"{base}/cancel"}
 

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.emulator import hostile
 from tests.emulator.core import Emulator, dimensions
 
 VENDOR = "videogenapi"
@@ -108,12 +109,15 @@ async def _generate(request: Request, emu: Emulator) -> Response:
                       job_id=gen_id)
     name, provider = _NAMES.get(model, (model, "unknown"))
     job.data["model"] = {"key": model, "name": name, "provider": provider}
+    status_url = f"/v1/status/{job.id}"
+    if job.data.get("foreign_urls"):  # hostile.py: an absolute URL on another host
+        status_url = hostile.answer_root(emu, job, emu.base_url(VENDOR)) + status_url
     return JSONResponse({
         "success": True, "generation_id": job.id, "request_id": secrets.token_hex(16),
         "status": "pending", "type": "image-to-video" if "image_url" in body else "text-to-video",
         "model": job.data["model"], "prompt": body["prompt"], "duration": int(job.duration),
         "resolution": resolution, "fps": 30, "aspect_ratio": aspect, "seed": body.get("seed"),
-        "status_url": f"/v1/status/{job.id}",
+        "status_url": status_url,
         "message": "Video generation request submitted successfully.",
         "usage": {"current_month_usage": used + 1, "monthly_limit": MONTHLY_LIMIT},
     })

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.emulator.core import Emulator
+from tests.storyboards import cost_rows
 
 pytest_plugins = ["tests.prefect_fixtures"]
 
@@ -34,3 +37,18 @@ def emu_env(monkeypatch: pytest.MonkeyPatch, emu: Emulator) -> Emulator:
     monkeypatch.setenv("STORYREEL_POLL_FIRST_S", "0.05")
     monkeypatch.setenv("STORYREEL_POLL_MAX_S", "0.25")
     return emu
+
+
+@pytest.fixture
+def run(emu_env, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Render a storyboard through the Prefect flow; returns (result, rows)."""
+    from flows.pipeline import render_storyboard
+
+    monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
+    emu_env.configure(latency=0.2)
+
+    async def go(spec: Path, out: Path, **kw: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
+        result = await render_storyboard(storyboard=str(spec), out=str(out), **kw)
+        return result, cost_rows(out)
+
+    return go

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -39,21 +38,6 @@ pytestmark = pytest.mark.e2e
 ACCEPT_FAULTS = {"http500": ("accept_then_http", {"status": 500}),
                  "no_id": ("accept_then_no_id", {}),
                  "garbage": ("accept_then_garbage", {})}
-
-
-@pytest.fixture
-def run(emu_env, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Render a storyboard through the Prefect flow; returns (result, rows)."""
-    from flows.pipeline import render_storyboard
-
-    monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
-    emu_env.configure(latency=0.2)
-
-    async def go(spec: Path, out: Path, **kw: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
-        result = await render_storyboard(storyboard=str(spec), out=str(out), **kw)
-        return result, cost_rows(out)
-
-    return go
 
 
 @pytest.mark.parametrize("fault", list(ACCEPT_FAULTS))

@@ -6,28 +6,12 @@ from __future__ import annotations
 import random
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.storyboards import charged, cost_rows, total, write_board
+from tests.storyboards import charged, total, write_board
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def run(emu_env, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Render a storyboard through the Prefect flow; returns (result, rows)."""
-    from flows.pipeline import render_storyboard
-
-    monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
-    emu_env.configure(latency=0.2)
-
-    async def go(spec: Path, out: Path, **kw: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
-        result = await render_storyboard(storyboard=str(spec), out=str(out), **kw)
-        return result, cost_rows(out)
-
-    return go
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -8,7 +8,6 @@ import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,21 +15,6 @@ from tests.money_kit import charged, cli, cli_env, cost_rows, shot, total, wait_
 from tests.storyboards import write_board
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def run(emu_env, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Render a storyboard through the Prefect flow; returns (result, rows)."""
-    from flows.pipeline import render_storyboard
-
-    monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
-    emu_env.configure(latency=0.2)
-
-    async def go(spec: Path, out: Path, **kw: Any) -> tuple[dict[str, Any], list[dict[str, str]]]:
-        result = await render_storyboard(storyboard=str(spec), out=str(out), **kw)
-        return result, cost_rows(out)
-
-    return go
 
 
 async def test_per_shot_cap_holds_across_reruns_of_the_folder(run, emu_env,

@@ -275,7 +275,9 @@ async def test_worker_runs_two_deployment_runs_sharing_a_vendor_limit(
 
     # the worker starts in an unrelated folder: the deployment's pull step finds the code
     env = {**server.env, **emu.env(), "STORYREEL_POLL_FIRST_S": "0.2",
-           "STORYREEL_POLL_MAX_S": "0.5", "STORYREEL_CACHE_DIR": str(tmp_path / "cache")}
+           "STORYREEL_POLL_MAX_S": "0.5", "STORYREEL_CACHE_DIR": str(tmp_path / "cache"),
+           # the boards are in a temporary folder, outside the project a deployment may read
+           "STORYREEL_ALLOW_OUTSIDE_PROJECT": "1"}
     log = tmp_path / "worker.log"
     t0 = time.monotonic()
     worker = start([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,

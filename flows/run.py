@@ -68,6 +68,10 @@ def preflight(plan: Plan) -> None:
     except Exception as exc:  # no binary at all: say how to get one
         raise MediaError(f"ffmpeg not found ({exc}); pip install imageio-ffmpeg or set "
                          "FFMPEG_BINARY") from None
+    if plan.finishing is not None and plan.finishing.draws_text:
+        from flows.media.text import check_drawtext
+
+        check_drawtext()  # captions and cards: refused now, not after the shots are paid for
 
 
 def run_dir_for(plan: Plan, out: Path | None) -> Path:

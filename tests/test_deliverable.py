@@ -121,14 +121,14 @@ shots:
   - {{id: s1, prompt: boats, seed: 1, caption: "First caption"}}
   - {{id: s2, prompt: gulls, seed: 2, caption: "Second caption",
       transition: {{kind: crossfade, duration: 0.5}}}}
-  - {{id: s3, prompt: market, seed: 3, caption: "港の朝 café"}}
+  - {{id: s3, prompt: market, seed: 3, caption: "港の朝 café 🎬"}}
   - {{id: s4, prompt: dusk, seed: 4, duration: 1.5}}
 """
 
 # by hand: title 0-1.5 (cut); s1 1.5-3.5 (cut); s2 from 3.5, 2 s, dissolving into s3 over its
 # last 0.5 s, so s3 starts at 5.0 and the cut is 1.5 + 2 + 2 + 2 + 1.5 - 0.5 = 8.5 s.
 # Captions change halfway through the dissolve: s2 until 5.25, s3 from 5.25 to 7.0.
-EXPECTED = [(1.5, 3.5, "First caption"), (3.5, 5.25, "Second caption"), (5.25, 7.0, "港の朝 café")]
+EXPECTED = [(1.5, 3.5, "First caption"), (3.5, 5.25, "Second caption"), (5.25, 7.0, "港の朝 café 🎬")]
 LENGTH = 8.5
 
 
@@ -295,19 +295,27 @@ def test_bad_deliverable_values_name_their_place(tmp_path: Path, monkeypatch: py
     assert expected in str(info.value), str(info.value)
 
 
-def test_japanese_and_emoji_get_a_bundled_font(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_japanese_and_emoji_get_bundled_fonts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every character is drawn from a font that has it: Latin from DejaVu Sans, Japanese from
+    VL PGothic, an emoji neither has from Symbola, within one caption."""
     import flows.media.fonts as fonts
 
     monkeypatch.setattr(fonts, "_system_font", lambda chars: None)
     spec = tmp_path / "board.yaml"
     spec.write_text(HEAD + "output: {burn_captions: true}\ntitle_card: {text: '🎬 Action'}\nshots:\n"
                     "  - {id: a, prompt: x, caption: '東京の夜、カタカナ'}\n"
-                    "  - {id: b, prompt: x, caption: 'Café 😀'}\n", encoding="utf-8")
+                    "  - {id: b, prompt: x, caption: 'Café 😀'}\n"
+                    "  - {id: c, prompt: x, caption: '港の朝 café 🎬'}\n", encoding="utf-8")
     plan = make_plan(spec)
     fin = plan.finishing
     assert fin is not None and fin.title is not None
-    assert fin.captions[0] is not None and fin.captions[0].font is not None
-    assert fin.captions[0].font.name == "VL-PGothic-Regular.ttf"
-    assert fin.captions[1] is not None and fin.captions[1].font is not None
-    assert fin.captions[1].font.name == "DejaVuSans.ttf"
-    assert fin.title.card.font.name == "Symbola.ttf"
+
+    def names(cap: object) -> list[str]:
+        return [f.name for f in cap.fonts]  # type: ignore[attr-defined]
+    assert names(fin.captions[0]) == ["VL-PGothic-Regular.ttf"]
+    assert names(fin.captions[1]) == ["DejaVuSans.ttf"]
+    assert names(fin.captions[2]) == ["DejaVuSans.ttf", "VL-PGothic-Regular.ttf", "Symbola.ttf"]
+    assert names(fin.title.card) == ["DejaVuSans.ttf", "Symbola.ttf"]
+    pieces = fonts.runs("港の朝 café 🎬", fin.captions[2].fonts)  # type: ignore[union-attr]
+    assert [(p, f.name) for p, f in pieces] == [
+        ("港の朝 ", "VL-PGothic-Regular.ttf"), ("café ", "DejaVuSans.ttf"), ("🎬", "Symbola.ttf")]

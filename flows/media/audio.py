@@ -94,13 +94,8 @@ def mix_graph(music: Music | None, samples: int, clips: str = "0:a", bed_input: 
     return ";".join(parts)
 
 
-def _loudnorm(target: Loudness) -> str:
-    return (f"loudnorm=I={_num(target.target)}:TP={_num(target.true_peak - TP_HEADROOM)}"
-            f":LRA={_num(target.lra)}")
-
-
 def _json_block(stderr: str) -> dict[str, str]:
-    """The last {...} loudnorm printed."""
+    """The last JSON block loudnorm printed (its second pass reports the mode it used)."""
     blocks = re.findall(r"\{[^{}]*\}", stderr)
     for block in reversed(blocks):
         try:
@@ -114,7 +109,7 @@ def _json_block(stderr: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Measured:
-    """loudnorm's first pass over the mix."""
+    """The first pass over the mix (ebur128's summary)."""
 
     i: float
     tp: float
@@ -124,33 +119,39 @@ class Measured:
 
     @property
     def silent(self) -> bool:
-        return not math.isfinite(self.i) or self.i < SILENT_LUFS
+        return not math.isfinite(self.i) or self.i <= SILENT_LUFS or not math.isfinite(self.tp)
 
 
-def _float(data: dict[str, str], key: str) -> float:
-    try:
-        return float(data[key])
-    except (KeyError, ValueError):
-        return float("-inf")
+async def measure_mix(inputs: list[str], graph: str) -> Measured:
+    """Pass 1: measure the mix with ebur128 (integrated, its gate threshold, LRA, true peak).
+    loudnorm's own first pass (dynamic mode) read 0.3-0.7 LU louder than ebur128 and than
+    its own linear pass on 5-10 s cuts here, so the gain it led to missed the target."""
+    err = await run_ffmpeg([*inputs, "-filter_complex",
+                            f"{graph};[mix]ebur128=peak=true:framelog=quiet[out]",
+                            "-map", "[out]", "-f", "null", "-"], loglevel="info")
+    return _summary(err, "the mix")
 
 
-async def measure_mix(inputs: list[str], graph: str, target: Loudness) -> Measured:
-    """Pass 1: run the mix through loudnorm with print_format=json and read what it measured."""
-    err = await run_ffmpeg([*inputs, "-filter_complex", f"{graph};[mix]{_loudnorm(target)}"
-                            ":print_format=json[out]", "-map", "[out]", "-f", "null", "-"],
-                           loglevel="info")
-    d = _json_block(err)
-    return Measured(_float(d, "input_i"), _float(d, "input_tp"), _float(d, "input_lra"),
-                    _float(d, "input_thresh"), _float(d, "target_offset"))
+def _summary(err: str, what: str) -> Measured:
+    summary = err[err.rfind("Summary:"):]
+    num = r"(-?[\d.]+|-inf|nan)"
+    i = re.search(rf"Integrated loudness:\s+I:\s+{num} LUFS\s+Threshold:\s+{num} LUFS", summary)
+    lra = re.search(rf"LRA:\s+{num} LU", summary)
+    peak = re.search(rf"Peak:\s+{num} dBFS", summary)
+    if not i or not lra or not peak:
+        raise MediaError(f"ebur128 printed no summary for {what}", None, err[-2000:])
+    return Measured(float(i[1]), float(peak[1]), float(lra[1]), float(i[2]), 0.0)
 
 
 def normalise_filter(target: Loudness, m: Measured) -> str:
-    """Pass 2: linear gain from the measured values, back to 48 kHz. The target LRA is raised
-    to the source's when smaller: loudnorm would otherwise fall back to dynamic mode."""
+    """Pass 2: linear gain from the measured values, back to 48 kHz. loudnorm keeps linear mode
+    only when the target LRA is at least the measured one (raised here when needed) and the
+    measured LRA is not 0 (a steady tone measures 0.0: sent as 0.1, which only opens that
+    gate)."""
     lra = min(50.0, max(target.lra, math.ceil(m.lra + 1)))
     return (f"loudnorm=I={_num(target.target)}:TP={_num(target.true_peak - TP_HEADROOM)}"
             f":LRA={_num(lra)}:measured_I={_num(m.i)}:measured_TP={_num(m.tp)}"
-            f":measured_LRA={_num(m.lra)}:measured_thresh={_num(m.thresh)}"
+            f":measured_LRA={_num(max(m.lra, 0.1))}:measured_thresh={_num(m.thresh)}"
             f":offset={_num(m.offset)}:linear=true:print_format=json,aresample={SAMPLE_RATE}")
 
 
@@ -164,11 +165,7 @@ def normalisation_type(stderr: str) -> str | None:
 
 async def measure_file(path: Path) -> tuple[float, float]:
     """Integrated loudness (LUFS) and true peak (dBTP) of a file's audio, by ebur128."""
-    err = await run_ffmpeg(["-i", str(path), "-map", "0:a:0", "-af", "ebur128=peak=true",
+    err = await run_ffmpeg(["-i", str(path), "-map", "0:a:0", "-af", "ebur128=peak=true:framelog=quiet",
                             "-f", "null", "-"], loglevel="info")
-    summary = err[err.rfind("Summary:"):]
-    i = re.search(r"I:\s+(-?[\d.]+|-inf) LUFS", summary)
-    peak = re.search(r"Peak:\s+(-?[\d.]+|-inf) dBFS", summary)
-    if not i or not peak:
-        raise MediaError(f"{path.name}: ebur128 printed no summary", None, err[-2000:])
-    return float(i[1]), float(peak[1])
+    m = _summary(err, path.name)
+    return m.i, m.tp

@@ -7,8 +7,7 @@ junction shortens the cut by J). A caption runs from the middle of its shot's in
 to the middle of its outgoing one: with hard cuts that is exactly the shot, with transitions
 consecutive cues meet halfway through the dissolve and never overlap.
 
-User text never enters the filter graph: each line is written to its own file and drawn with
-`textfile=` and `expansion=none`; the font is always a file (`fontfile=`).
+Text is drawn by flows.media.text (a font file per character, never a family name).
 """
 
 from __future__ import annotations
@@ -16,15 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.media.animatic import wrap
 from flows.media.conform import OutputFormat
-from flows.media.ffmpeg_exec import filter_path
+from flows.media.text import LINE, draw_lines, wrap_lines
 
 
 @dataclass(frozen=True)
 class Caption:
     text: str
-    font: Path | None = None  # the file that draws it (chosen when planning); None: not burned
+    fonts: tuple[Path, ...] = ()  # what draws it (chosen when planning); empty: not burned
 
 
 @dataclass(frozen=True)
@@ -103,19 +101,15 @@ def vtt(cue_list: list[Cue], fps: int) -> str:
 def burn_filters(cue_list: list[Cue], fmt: OutputFormat, look: CaptionLook, work: Path) -> list[str]:
     """drawbox + drawtext filters (to chain with ',') that show each cue on its frames only."""
     size = max(8, round(look.size * fmt.height))
-    line_h = round(size * 1.3)
+    line_h = round(size * LINE)
     pad = max(4, size // 3)
     margin = round(fmt.height * 0.06)
     out: list[str] = []
     for n, cue in enumerate(cue_list):
-        if cue.caption.font is None:
+        fonts = cue.caption.fonts
+        if not fonts:
             continue
-        font = str(cue.caption.font)
-        lines: list[str] = []
-        for para in _lines(cue.caption.text):
-            lines += wrap(para, fmt.width * 0.9, size, look.max_lines, font)
-        if len(lines) > look.max_lines:
-            lines = lines[: look.max_lines - 1] + [lines[look.max_lines - 1].rstrip(" …") + "…"]
+        lines = wrap_lines(cue.caption.text, fonts, size, fmt.width * 0.9, look.max_lines)
         block = line_h * len(lines)
         if look.position == "top":
             top = margin
@@ -129,12 +123,7 @@ def burn_filters(cue_list: list[Cue], fmt: OutputFormat, look: CaptionLook, work
         if look.box_opacity > 0:
             out.append(f"drawbox=x=0:y={top - pad}:w=iw:h={block + 2 * pad}"
                        f":color=black@{look.box_opacity:.2f}:t=fill:enable={on}")
-        for k, line in enumerate(lines):
-            f = work / f"cap{n:04d}-{k}.txt"
-            f.write_text(line, encoding="utf-8")
-            out.append(
-                f"drawtext=fontfile={filter_path(font)}:textfile={filter_path(f)}:expansion=none"
-                f":fontsize={size}:fontcolor=0x{look.color}:borderw={max(1, size // 14)}"
-                f":bordercolor=black@0.7:x=(w-text_w)/2:y={top + k * line_h}:enable={on}"
-            )
+        out += draw_lines(lines, fonts, size, top, fmt.width, work, f"cap{n:04d}",
+                          f":fontcolor=0x{look.color}:borderw={max(1, size // 14)}"
+                          f":bordercolor=black@0.7:enable={on}")
     return out

@@ -13,7 +13,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.media.animatic import wrap
 from flows.media.conform import (
     PCM_ARGS,
     SAMPLE_RATE,
@@ -24,7 +23,8 @@ from flows.media.conform import (
     video_codec_args,
 )
 from flows.media.conform import _copy_atomic as copy_atomic  # write-then-rename copy
-from flows.media.ffmpeg_exec import filter_path, run_ffmpeg
+from flows.media.ffmpeg_exec import run_ffmpeg
+from flows.media.text import LINE, draw_lines, wrap_lines
 from providers.errors import StoryreelError
 
 CARD_VERSION = 1  # bump when the drawing changes: old cached cards are then not reused
@@ -34,9 +34,9 @@ CARD_VERSION = 1  # bump when the drawing changes: old cached cards are then not
 class Card:
     text: str
     duration: float
-    font: Path
+    fonts: tuple[Path, ...]  # what draws the text (flows.media.fonts.choose_font)
     subtitle: str | None = None
-    subtitle_font: Path | None = None
+    subtitle_fonts: tuple[Path, ...] = ()
     background: str = "000000"
     color: str = "ffffff"
 
@@ -50,21 +50,9 @@ def card_key(card: Card, fmt: OutputFormat) -> str:
     material = {"v": CARD_VERSION, "text": card.text, "subtitle": card.subtitle,
                 "frames": fmt.frames(card.duration), "bg": card.background, "fg": card.color,
                 "fmt": [fmt.width, fmt.height, fmt.fps],
-                "font": _sha(card.font),
-                "subfont": _sha(card.subtitle_font) if card.subtitle_font else None}
+                "fonts": [_sha(f) for f in card.fonts],
+                "subfonts": [_sha(f) for f in card.subtitle_fonts]}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
-
-
-def _text(lines: list[str], font: Path, size: int, top: int, colour: str, fade: str,
-          work: Path, tag: str) -> list[str]:
-    out = []
-    for i, line in enumerate(lines):
-        f = work / f"{tag}{i}.txt"
-        f.write_text(line, encoding="utf-8")
-        out.append(f"drawtext=fontfile={filter_path(font)}:textfile={filter_path(f)}"
-                   f":expansion=none:fontsize={size}:fontcolor=0x{colour}"
-                   f":x=(w-text_w)/2:y={top + i * round(size * 1.25)}:alpha={fade}")
-    return out
 
 
 def card_argv(card: Card, fmt: OutputFormat, out: Path, work: Path) -> list[str]:
@@ -72,19 +60,18 @@ def card_argv(card: Card, fmt: OutputFormat, out: Path, work: Path) -> list[str]
     seconds = frames / fmt.fps
     w, h = fmt.width, fmt.height
     tsize, ssize = max(10, h // 9), max(8, h // 20)
-    title = wrap(card.text, w * 0.86, tsize, 3, str(card.font))
-    sub = wrap(card.subtitle, w * 0.86, ssize, 2, str(card.subtitle_font or card.font)) \
-        if card.subtitle else []
+    sub_fonts = card.subtitle_fonts or card.fonts
+    title = wrap_lines(card.text, card.fonts, tsize, w * 0.86, 3)
+    sub = wrap_lines(card.subtitle, sub_fonts, ssize, w * 0.86, 2) if card.subtitle else []
     gap = round(ssize * 0.8) if sub else 0
-    block = round(tsize * 1.25) * len(title) + gap + round(ssize * 1.25) * len(sub)
+    block = round(tsize * LINE) * len(title) + gap + round(ssize * LINE) * len(sub)
     top = (h - block) // 2
     ramp = min(0.4, seconds / 4)
-    fade = f"min(1\\,min(t\\,{seconds:.4f}-t)/{ramp:.4f})"  # text fades in and out
+    fade = f":fontcolor=0x{card.color}:alpha=min(1\\,min(t\\,{seconds:.4f}-t)/{ramp:.4f})"
     filters = [f"color=c=0x{card.background}:s={w}x{h}:r={fmt.fps}", "format=yuv420p", "setsar=1"]
-    filters += _text(title, card.font, tsize, top, card.color, fade, work, "t")
-    sub_top = top + round(tsize * 1.25) * len(title) + gap
-    filters += _text(sub, card.subtitle_font or card.font, ssize, sub_top, card.color, fade,
-                     work, "s")
+    filters += draw_lines(title, card.fonts, tsize, top, w, work, "t", fade)
+    sub_top = top + round(tsize * LINE) * len(title) + gap
+    filters += draw_lines(sub, sub_fonts, ssize, sub_top, w, work, "s", fade)
     filters.append(f"trim=end_frame={frames}")
     graph = (",".join(filters) + "[v];"
              f"anullsrc=r={SAMPLE_RATE}:cl=stereo,atrim=end_sample={fmt.samples(frames)}[a]")

@@ -51,7 +51,7 @@ class Cut:
     def draws(self) -> bool:
         """True when the picture must be encoded (something is drawn on it)."""
         return self.logo is not None or (self.burn is not None and any(
-            c is not None and c.font is not None for c in self.captions))
+            c is not None and c.fonts for c in self.captions))
 
     @property
     def plain(self) -> bool:
@@ -60,7 +60,7 @@ class Cut:
     def files(self) -> list[Path]:
         """Every file whose bytes the cut depends on (clips, music, logo, fonts)."""
         out = list(self.clips)
-        out += [c.font for c in self.captions if c is not None and c.font is not None]
+        out += sorted({f for c in self.captions if c is not None for f in c.fonts})
         if self.logo:
             out.append(self.logo.image)
         if self.music:
@@ -118,7 +118,7 @@ async def make_cut(cut: Cut, dest: Path) -> CutReport:
         audio = mix_graph(cut.music, fmt.samples(total))
         measured = None
         if cut.loudness is not None:
-            measured = await measure_mix(inputs, audio, cut.loudness)
+            measured = await measure_mix(inputs, audio)
             if not measured.silent:
                 audio += f";[mix]{normalise_filter(cut.loudness, measured)}[aout]"
         if not audio.endswith("[aout]"):

@@ -76,27 +76,61 @@ def _system_font(chars: list[str]) -> Path | None:
 
 @dataclass(frozen=True)
 class FontChoice:
-    font: Path | None  # None: nothing has every character
-    missing: tuple[str, ...] = ()  # what the best candidate lacks, when font is None
+    fonts: tuple[Path, ...]  # every character has a glyph in one of these (first one wins)
+    missing: tuple[str, ...] = ()  # characters none of them has
+
+    @property
+    def font(self) -> Path | None:
+        """The font of the text's first character (None when some character has no font)."""
+        return None if self.missing else self.fonts[0]
 
 
 def choose_font(text: str, preferred: Path | None = None, system: bool = True) -> FontChoice:
-    """The first of `preferred`, the bundled fonts, then (with `system`) a font fontconfig
-    finds, that has a glyph for every character of `text`."""
+    """The fonts that draw `text`: for each character the first of `preferred`, the bundled
+    fonts, then (with `system`) a font fontconfig finds, that has a glyph for it."""
     candidates = ([preferred] if preferred else []) + list(BUNDLED)
-    best: list[str] | None = None
-    for font in candidates:
-        lacking = missing(text, font)
-        if not lacking:
-            return FontChoice(font)
-        if best is None or len(lacking) < len(best):
-            best = lacking
-    assert best is not None
-    if system:
-        found = _system_font(missing(text, candidates[0]))
-        if found is not None and not missing(text, found):
-            return FontChoice(found)
-    return FontChoice(None, tuple(best))
+    used: list[Path] = []
+    lacking: list[str] = []
+    for ch in dict.fromkeys(text):
+        if _ignorable(ch):
+            continue
+        font = next((f for f in candidates if ord(ch) in charset(f)), None)
+        if font is None and system:
+            font = _system_font([ch])
+            if font is not None:
+                candidates.append(font)
+        if font is None:
+            lacking.append(ch)
+        elif font not in used:
+            used.append(font)
+    order = [f for f in candidates if f in used] or candidates[:1]
+    return FontChoice(tuple(order), tuple(lacking))
+
+
+def runs(text: str, fonts: tuple[Path, ...]) -> list[tuple[str, Path]]:
+    """`text` cut into pieces that one font draws each: every character goes to the first of
+    `fonts` that has it; spaces and joiners stay with the piece they are in."""
+    out: list[tuple[str, Path]] = []
+    for ch in text:
+        font = None if _ignorable(ch) and out else next(
+            (f for f in fonts if ord(ch) in charset(f)), fonts[0])
+        if out and (font is None or font == out[-1][1]):
+            out[-1] = (out[-1][0] + ch, out[-1][1])
+        else:
+            out.append((ch, font or fonts[0]))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _pil_font(font: Path, size: int):  # type: ignore[no-untyped-def]
+    from PIL import ImageFont
+
+    return ImageFont.truetype(str(font), size)
+
+
+def width(text: str, fonts: tuple[Path, ...], size: int) -> float:
+    """Pixels `text` takes at `size`, each piece measured with the font that draws it."""
+    return sum(_pil_font(f, size).getlength(piece) for piece, f in runs(text, fonts))
 
 
 def describe_missing(chars: tuple[str, ...] | list[str]) -> str:

@@ -35,6 +35,11 @@ class FinishPlan:
     title: CardPlan | None = None
     end: CardPlan | None = None
 
+    @property
+    def draws_text(self) -> bool:
+        return self.title is not None or self.end is not None or (
+            self.burn is not None and any(c is not None and c.fonts for c in self.captions))
+
     def to_json(self) -> dict[str, Any]:
         def card(c: CardPlan | None) -> dict[str, Any] | None:
             return None if c is None else {"text": c.card.text, "subtitle": c.card.subtitle,
@@ -56,14 +61,14 @@ def _file(ref: str, source: Path, where: str, issues: Issues) -> Path | None:
     return path
 
 
-def _font_for(text: str, preferred: Path | None, where: str, issues: Issues) -> Path | None:
+def _fonts_for(text: str, preferred: Path | None, where: str, issues: Issues) -> tuple[Path, ...]:
     choice = choose_font(text, preferred)
-    if choice.font is None:
+    if choice.missing:
         issues.append((where, f"no font has {describe_missing(choice.missing)}: the bundled fonts "
-                              "cover Latin, Greek, Cyrillic, Japanese and some emoji; set "
-                              "defaults.caption_style.font to a .ttf/.otf that has them, or "
-                              "install one fontconfig can find (e.g. fonts-noto-cjk)"))
-    return choice.font
+                              "cover Latin, Greek, Cyrillic, Japanese, symbols and most emoji "
+                              "(Unicode 9); set defaults.caption_style.font to a .ttf/.otf that "
+                              "has them, or install one fontconfig can find (e.g. fonts-noto-cjk)"))
+    return choice.fonts
 
 
 def _transition(t: Any) -> Transition:
@@ -90,7 +95,7 @@ def plan_finishing(board: Storyboard, source: Path, issues: Issues) -> FinishPla
         if not shot.caption or not shot.caption.strip():
             captions.append(None)
             continue
-        drawn = _font_for(shot.caption, font, f"shots[{i}].caption", issues) if burn else None
+        drawn = _fonts_for(shot.caption, font, f"shots[{i}].caption", issues) if burn else ()
         captions.append(Caption(shot.caption, drawn))
     look = CaptionLook(style.size, style.color, style.box_opacity, style.position,
                        style.max_lines) if burn else None
@@ -101,9 +106,9 @@ def plan_finishing(board: Storyboard, source: Path, issues: Issues) -> FinishPla
         if spec is None:
             cards[name] = None
             continue
-        tf = _font_for(spec.text, font, f"{name}.text", issues)
-        sf = _font_for(spec.subtitle, font, f"{name}.subtitle", issues) if spec.subtitle else None
-        cards[name] = CardPlan(Card(spec.text, spec.duration, tf or Path(), spec.subtitle, sf,
+        tf = _fonts_for(spec.text, font, f"{name}.text", issues)
+        sf = _fonts_for(spec.subtitle, font, f"{name}.subtitle", issues) if spec.subtitle else ()
+        cards[name] = CardPlan(Card(spec.text, spec.duration, tf, spec.subtitle, sf,
                                     spec.background, spec.color), _transition(spec.transition))
 
     logo = None

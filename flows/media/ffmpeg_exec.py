@@ -46,9 +46,9 @@ def ffmpeg_exe() -> str:
 
 @functools.cache
 def font_file() -> str | None:
-    """A TrueType file for drawtext: the one shipped in flows/media/fonts (a pip-only install
+    """A TrueType file for drawtext: the one shipped in flows/media/fontfiles (a pip-only install
     has no system fonts), else DejaVu Sans through fontconfig; None when there is none."""
-    bundled = Path(__file__).resolve().parent / "fonts" / "DejaVuSans.ttf"
+    bundled = Path(__file__).resolve().parent / "fontfiles" / "DejaVuSans.ttf"
     if bundled.is_file():
         return str(bundled)
     fc = shutil.which("fc-match")

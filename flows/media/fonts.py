@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-FONTS_DIR = Path(__file__).resolve().parent / "fonts"
+FONTS_DIR = Path(__file__).resolve().parent / "fontfiles"
 # tried in this order; the first one that has every character of a text draws it
 BUNDLED = (FONTS_DIR / "DejaVuSans.ttf", FONTS_DIR / "VL-PGothic-Regular.ttf",
            FONTS_DIR / "Symbola.ttf")

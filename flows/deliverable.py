@@ -48,7 +48,10 @@ def summary_lines(report: CutReport) -> list[str]:
         out.append(f"captions: {len(report.cues)} cues in {report.srt} and {report.vtt}")
     if report.loudness:
         ld: dict[str, Any] = report.loudness
-        out.append(f"loudness: {ld['integrated_lufs']:.1f} LUFS integrated, "
-                   f"{ld['true_peak_dbtp']:.1f} dBTP true peak (target {ld['target_lufs']:g} LUFS, "
-                   f"{ld['mode']} normalisation)")
+        if ld["mode"] == "silent" or None in (ld["integrated_lufs"], ld["true_peak_dbtp"]):
+            out.append("loudness: the cut is silent, nothing to normalise")
+        else:
+            out.append(f"loudness: {ld['integrated_lufs']:.1f} LUFS integrated, "
+                       f"{ld['true_peak_dbtp']:.1f} dBTP true peak (target {ld['target_lufs']:g} "
+                       f"LUFS, {ld['mode']} normalisation)")
     return out

@@ -247,6 +247,47 @@ def slices(path: Path) -> list[bytes]:
     return out
 
 
+async def test_silent_cut_with_a_loudness_target(tmp_path: Path) -> None:
+    """Nothing to normalise: the cut is made, and its report says so instead of -inf."""
+    from flows.deliverable import summary_lines
+    from flows.media.audio import Loudness
+
+    fmt = OutputFormat(W, H, FPS)
+    raw = tmp_path / "raw.mp4"
+    ff("-f", "lavfi", "-i", f"testsrc2=s={W}x{H}:r={FPS}:d=1", "-c:v", "libx264",
+       "-pix_fmt", "yuv420p", str(raw))
+    await conform(raw, tmp_path / "c.mov", fmt, 1)
+    report = await make_cut(Cut((tmp_path / "c.mov",), (), fmt, loudness=Loudness(-14)),
+                            tmp_path / "final.mp4")
+    assert report.loudness is not None and report.loudness["mode"] == "silent"
+    assert report.loudness["true_peak_dbtp"] is None
+    json.dumps(report.to_json(), allow_nan=False)
+    assert summary_lines(report) == ["loudness: the cut is silent, nothing to normalise"]
+
+
+async def test_cards_are_drawn_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A card is a house intermediate, cached by content: the same card is not drawn again,
+    a changed one is."""
+    import flows.media.cards as cards
+    from flows.media.fonts import BUNDLED
+    from flows.media.probe import probe
+
+    fmt = OutputFormat(W, H, FPS)
+    card = cards.Card("Hello", 1.0, (BUNDLED[0],), "sub")
+    await cards.render_card(card, fmt, tmp_path / "a.mov", tmp_path / "cache")
+    info = probe(tmp_path / "a.mov")
+    assert info.nb_frames == FPS and info.audio_codec == "pcm_s16le"
+
+    async def no_ffmpeg(*args: object, **kw: object) -> str:
+        raise AssertionError("the card was drawn again")
+    monkeypatch.setattr(cards, "run_ffmpeg", no_ffmpeg)
+    await cards.render_card(card, fmt, tmp_path / "b.mov", tmp_path / "cache")
+    assert (tmp_path / "b.mov").read_bytes() == (tmp_path / "a.mov").read_bytes()
+    with pytest.raises(AssertionError, match="drawn again"):
+        await cards.render_card(cards.Card("Hello!", 1.0, (BUNDLED[0],)), fmt,
+                                tmp_path / "c.mov", tmp_path / "cache")
+
+
 HEAD = """\
 version: 1
 title: t

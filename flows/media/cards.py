@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +17,11 @@ from flows.media.conform import (
     SAMPLE_RATE,
     OutputFormat,
     as_argv,
-    check_intermediate,
-    temp_name,
+    make_intermediate,
     video_codec_args,
 )
-from flows.media.conform import _copy_atomic as copy_atomic  # write-then-rename copy
 from flows.media.ffmpeg_exec import run_ffmpeg
 from flows.media.text import LINE, draw_lines, wrap_lines
-from providers.errors import StoryreelError
 
 CARD_VERSION = 1  # bump when the drawing changes: old cached cards are then not reused
 
@@ -83,27 +79,11 @@ def card_argv(card: Card, fmt: OutputFormat, out: Path, work: Path) -> list[str]
 async def render_card(card: Card, fmt: OutputFormat, dest: Path, cache_dir: Path | None = None) -> Path:
     """Write the card's intermediate to `dest` (.mov), from `cache_dir` when drawn before."""
     dest = Path(dest)
-    frames = fmt.frames(card.duration)
     cached = Path(cache_dir) / f"{card_key(card, fmt)}.mov" if cache_dir else None
-    if cached is not None and cached.exists():
-        try:
-            check_intermediate(cached, fmt, frames)
-            copy_atomic(cached, dest)
-            return dest
-        except StoryreelError:
-            cached.unlink(missing_ok=True)
-    tmp = temp_name(dest)
-    try:
+
+    async def draw(tmp: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="storyreel-card-") as work:
             await run_ffmpeg(card_argv(card, fmt, tmp, Path(work)))
-        check_intermediate(tmp, fmt, frames)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if cached is not None:
-        try:
-            copy_atomic(dest, cached)
-        except OSError:
-            pass  # an unwritable cache only costs drawing the card again
-    return dest
 
+    await make_intermediate(dest, fmt, fmt.frames(card.duration), draw, cached)
+    return dest

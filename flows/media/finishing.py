@@ -10,6 +10,7 @@ audio-only first pass (loudnorm's measurement) and an audio-only measurement of 
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -169,6 +170,9 @@ def _sidecars(cue_list: list[Cue], fps: int, dest: Path) -> tuple[Path, Path]:
 
 async def _loudness_report(dest: Path, target: Loudness, silent: bool, err: str) -> dict[str, Any]:
     integrated, peak = await measure_file(dest)
+
+    def finite(x: float) -> float | None:  # silence measures -inf: null in run.json
+        return x if math.isfinite(x) else None
     return {"target_lufs": target.target, "true_peak_limit_dbtp": target.true_peak,
-            "integrated_lufs": integrated, "true_peak_dbtp": peak,
+            "integrated_lufs": finite(integrated), "true_peak_dbtp": finite(peak),
             "mode": "silent" if silent else (normalisation_type(err) or "unknown")}

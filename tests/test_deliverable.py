@@ -248,7 +248,8 @@ def slices(path: Path) -> list[bytes]:
 
 
 async def test_silent_cut_with_a_loudness_target(tmp_path: Path) -> None:
-    """Nothing to normalise: the cut is made, and its report says so instead of -inf."""
+    """Nothing to normalise: the cut is made, and its report says so instead of -inf; no
+    captions: no sidecar files."""
     from flows.deliverable import summary_lines
     from flows.media.audio import Loudness
 
@@ -257,12 +258,14 @@ async def test_silent_cut_with_a_loudness_target(tmp_path: Path) -> None:
     ff("-f", "lavfi", "-i", f"testsrc2=s={W}x{H}:r={FPS}:d=1", "-c:v", "libx264",
        "-pix_fmt", "yuv420p", str(raw))
     await conform(raw, tmp_path / "c.mov", fmt, 1)
+    (tmp_path / "final.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nstale\n")
     report = await make_cut(Cut((tmp_path / "c.mov",), (), fmt, loudness=Loudness(-14)),
                             tmp_path / "final.mp4")
     assert report.loudness is not None and report.loudness["mode"] == "silent"
     assert report.loudness["true_peak_dbtp"] is None
     json.dumps(report.to_json(), allow_nan=False)
     assert summary_lines(report) == ["loudness: the cut is silent, nothing to normalise"]
+    assert not (tmp_path / "final.srt").exists()  # an earlier run's captions are not left behind
 
 
 async def test_cards_are_drawn_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

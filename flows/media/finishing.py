@@ -33,6 +33,8 @@ from flows.media.ffmpeg_exec import run_ffmpeg
 from flows.media.overlay import Logo, logo_filter, logo_input
 from flows.media.probe import VideoInfo, probe
 
+CUT_VERSION = 1  # bump when the way a cut is made changes: a cut key then changes too
+
 
 @dataclass(frozen=True)
 class Cut:
@@ -78,7 +80,7 @@ class Cut:
             if hasattr(x, "__dataclass_fields__"):
                 return {k: plain(getattr(x, k)) for k in x.__dataclass_fields__}
             return x
-        return plain(self)
+        return {"v": CUT_VERSION, **plain(self)}
 
 
 @dataclass
@@ -102,11 +104,12 @@ async def make_cut(cut: Cut, dest: Path) -> CutReport:
     fmt = cut.fmt
     captions = list(cut.captions) + [None] * (len(clips) - len(cut.captions))
     if cut.plain and not any(captions):
+        _sidecars([], fmt.fps, dest)
         return CutReport(await assemble(clips, dest, fmt, list(cut.transitions)))
     frames, joins, transitions = layout(clips, fmt, list(cut.transitions))
     total = sum(frames) - sum(joins)
     cue_list = cues(frames, joins, captions)
-    sidecars = _sidecars(cue_list, fmt.fps, dest) if cue_list else (None, None)
+    sidecars = _sidecars(cue_list, fmt.fps, dest)
     if cut.plain:
         return CutReport(await assemble(clips, dest, fmt, transitions), cue_list, *sidecars)
 
@@ -126,7 +129,8 @@ async def make_cut(cut: Cut, dest: Path) -> CutReport:
             audio += ";[mix]anull[aout]"
         graph, video_args = audio, ["-map", "0:v:0", "-c:v", "copy"]
         if cut.draws:
-            graph, video_args = _picture(cut, cue_list, work, inputs, audio)
+            graph, video_args, more = _picture(cut, cue_list, work, inputs.count("-i"), audio)
+            inputs = [*inputs, *more]
         tmp = temp_name(dest)
         try:
             err = await run_ffmpeg([
@@ -144,28 +148,35 @@ async def make_cut(cut: Cut, dest: Path) -> CutReport:
     return report
 
 
-def _picture(cut: Cut, cue_list: list[Cue], work: Path, inputs: list[str],
-             audio: str) -> tuple[str, list[str]]:
-    """The filter graph that draws captions and the logo, and the video output arguments."""
+def _picture(cut: Cut, cue_list: list[Cue], work: Path, next_input: int,
+             audio: str) -> tuple[str, list[str], list[str]]:
+    """The filter graph that draws captions and the logo, the video output arguments, and the
+    inputs to add (the logo, as input number `next_input`)."""
     fmt = cut.fmt
     chain = burn_filters(cue_list, fmt, cut.burn, work) if cut.burn is not None else []
     parts = [audio, "[0:v]" + ",".join(chain or ["null"]) + ("[drawn]" if cut.logo else "[vout]")]
+    more: list[str] = []
     if cut.logo is not None:
-        index = 2 if cut.music is not None else 1
-        inputs += logo_input(cut.logo, fmt)
-        parts.append(logo_filter(cut.logo, fmt, "drawn", f"{index}:v", "vout"))
+        more = logo_input(cut.logo, fmt)
+        parts.append(logo_filter(cut.logo, fmt, "drawn", f"{next_input}:v", "vout"))
     # the one encode of the whole cut: the house settings, all cores (threads 0 = auto)
     codec = {**video_codec_args(fmt), "threads": 0}
-    return ";".join(parts), ["-map", "[vout]", *as_argv(codec)]
+    return ";".join(parts), ["-map", "[vout]", *as_argv(codec)], more
 
 
-def _sidecars(cue_list: list[Cue], fps: int, dest: Path) -> tuple[Path, Path]:
+def _sidecars(cue_list: list[Cue], fps: int, dest: Path) -> tuple[Path | None, Path | None]:
+    """final.srt / final.vtt beside the cut; none (and no stale ones) without captions."""
     from flows.money.atomic import write_text_atomic
 
     base = dest.with_suffix("")
-    s = write_text_atomic(base.with_name(base.name + ".srt"), srt(cue_list, fps))
-    v = write_text_atomic(base.with_name(base.name + ".vtt"), vtt(cue_list, fps))
-    return Path(s), Path(v)
+    paths = base.with_name(base.name + ".srt"), base.with_name(base.name + ".vtt")
+    if not cue_list:
+        for p in paths:
+            p.unlink(missing_ok=True)
+        return None, None
+    write_text_atomic(paths[0], srt(cue_list, fps))
+    write_text_atomic(paths[1], vtt(cue_list, fps))
+    return paths
 
 
 async def _loudness_report(dest: Path, target: Loudness, silent: bool, err: str) -> dict[str, Any]:

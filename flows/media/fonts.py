@@ -69,7 +69,7 @@ def _system_font(chars: list[str]) -> Path | None:
         if "color=True" in rest.replace(" ", ""):
             continue
         p = Path(path.strip())
-        if p.suffix.lower() in (".ttf", ".otf") and p.is_file():
+        if p.suffix.lower() in (".ttf", ".otf", ".ttc", ".otc") and p.is_file():  # first face
             return p
     return None
 
@@ -89,13 +89,17 @@ def choose_font(text: str, preferred: Path | None = None, system: bool = True) -
     """The fonts that draw `text`: for each character the first of `preferred`, the bundled
     fonts, then (with `system`) a font fontconfig finds, that has a glyph for it."""
     candidates = ([preferred] if preferred else []) + list(BUNDLED)
+    chars = [ch for ch in dict.fromkeys(text) if not _ignorable(ch)]
+    if system:  # one font for everything the shipped ones lack, if fontconfig has one
+        rest = [ch for ch in chars if not any(ord(ch) in charset(f) for f in candidates)]
+        found = _system_font(rest) if rest else None
+        if found is not None:
+            candidates.append(found)
     used: list[Path] = []
     lacking: list[str] = []
-    for ch in dict.fromkeys(text):
-        if _ignorable(ch):
-            continue
+    for ch in chars:
         font = next((f for f in candidates if ord(ch) in charset(f)), None)
-        if font is None and system:
+        if font is None and system:  # else one per character
             font = _system_font([ch])
             if font is not None:
                 candidates.append(font)

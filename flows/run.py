@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.media.assemble import Transition, assemble
+from flows.deliverable import cut_for, summary_lines
 from flows.media.conform import OutputFormat, conform
 from flows.media.ffmpeg_exec import ffmpeg_exe
+from flows.media.finishing import make_cut
 from flows.money.atomic import write_text_atomic
 from flows.money.cache import ClipCache, default_cache_dir
 from flows.money.journal import Journal
@@ -68,6 +69,10 @@ def preflight(plan: Plan) -> None:
     except Exception as exc:  # no binary at all: say how to get one
         raise MediaError(f"ffmpeg not found ({exc}); pip install imageio-ffmpeg or set "
                          "FFMPEG_BINARY") from None
+    if plan.finishing is not None and plan.finishing.draws_text:
+        from flows.media.text import check_drawtext
+
+        check_drawtext()  # captions and cards: refused now, not after the shots are paid for
 
 
 def run_dir_for(plan: Plan, out: Path | None) -> Path:
@@ -154,6 +159,7 @@ class RunSummary:
     results: list[ShotResult]
     table: str  # per-provider spend vs cap, printable
     rows: list[dict[str, Any]]
+    cut: dict[str, Any] | None = None  # the cut: duration, captions, measured loudness
 
     @property
     def spent_usd(self) -> float:
@@ -177,17 +183,19 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
             clips.append(res.conformed)
         else:
             clips.append(await placeholder(plan, shot.index, f"{res.status}: {res.reason}", run_dir))
-    transitions = [Transition(s.transition.kind, s.transition.duration) for s in plan.shots[:-1]]
     final = run_dir / "final.mp4"
-    await assemble(clips, final, output_format(plan), transitions)
+    # title/end cards, captions, music, loudness, logo: flows/deliverable.py
+    cut = await cut_for(plan, clips, run_dir, output_format(plan))
+    cut_report = await make_cut(cut, final)
     sheet = asyncio.create_task(_contact_sheet(final, run_dir)) if contact_sheet else None
     # the reports (pandas) in a thread, while ffmpeg draws the contact sheet
     rows, cost_csv, table, totals = await asyncio.to_thread(_reports, plan, run_dir, journal)
+    table = "\n".join([table, *summary_lines(cut_report)])
     summary = RunSummary(journal.run_id, run_dir, final, cost_csv, totals, plan.cap_usd,
-                         results, table, rows)
+                         results, table, rows, cut=cut_report.to_json())
     if sheet is not None:
         await sheet
-    write_run_json(plan, run_dir, journal.run_id, results, totals)
+    write_run_json(plan, run_dir, journal.run_id, results, totals, cut=cut_report.to_json())
     return summary
 
 
@@ -219,10 +227,11 @@ def warm_imports() -> None:
 
 
 def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotResult],
-                   totals: dict[str, float]) -> Path:
+                   totals: dict[str, float], cut: dict[str, Any] | None = None) -> Path:
     data = {"run_id": run_id, "plan": plan.to_json(), **totals, "spent_usd": totals["total_usd"],
             "results": [{"shot_id": r.shot_id, "status": r.status, "option": r.option,
                          "reason": r.reason,
-                         "clip": str(r.conformed) if r.conformed else None} for r in results]}
+                         "clip": str(r.conformed) if r.conformed else None} for r in results],
+            "cut": cut}
     return write_text_atomic(run_dir / "run.json",
                              redact(json.dumps(data, indent=2, default=str)))

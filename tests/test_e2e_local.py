@@ -21,7 +21,11 @@ LOCAL_SPECS = [p for p in sorted((ROOT / "specs").glob("*.yaml"))
 def expected_length(spec: Path) -> float:
     plan = make_plan(spec)
     junctions = sum(s.transition.duration for s in plan.shots[:-1] if s.transition.kind != "cut")
-    return plan.total_duration - junctions
+    cards = [c for c in (plan.finishing.title, plan.finishing.end) if c] if plan.finishing else []
+    # a title/end card lasts its duration, less its junction with the cut when not a hard cut
+    extra = sum(c.card.duration - (c.transition.duration if c.transition.kind != "cut" else 0)
+                for c in cards)
+    return plan.total_duration - junctions + extra
 
 
 @pytest.mark.e2e

@@ -18,6 +18,7 @@ import os
 import random
 import tempfile
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageFont, ImageOps
@@ -50,9 +51,11 @@ def _measure(font_path: str | None, size: int):
                          for c in s)
 
 
-def wrap(text: str, width_px: float, size: int, max_lines: int, font_path: str | None) -> list[str]:
-    """Greedy word wrap measured with the real font; over-long words break by character."""
-    length = _measure(font_path, size)
+def wrap(text: str, width_px: float, size: int, max_lines: int, font_path: str | None,
+         measure: Callable[[str], float] | None = None) -> list[str]:
+    """Greedy word wrap measured with the real font (or `measure`, a text's width in pixels);
+    over-long words break by character."""
+    length = measure or _measure(font_path, size)
     lines: list[str] = []
     line = ""
     for word in _clean(text).split(" "):

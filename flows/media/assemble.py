@@ -164,6 +164,39 @@ async def _render_segments(clips: list[Path], frames: list[int], joins: list[int
                 segments.append(seg)
 
 
+def layout(clips: list[Path], fmt: OutputFormat, transitions: list[Transition] | None
+           ) -> tuple[list[int], list[int], list[Transition]]:
+    """Check the clips are house intermediates; their frames, junction frames and transitions."""
+    transitions = list(transitions) if transitions is not None else [Transition()] * (len(clips) - 1)
+    if not clips:
+        raise ValueError("assemble needs at least one clip")
+    if len(transitions) != len(clips) - 1:
+        raise ValueError(f"{len(clips)} clips need {len(clips) - 1} transitions, "
+                         f"got {len(transitions)}")
+    infos = [probe(c) for c in clips]
+    for c, info in zip(clips, infos, strict=True):
+        _check_house(c, info, fmt)
+    frames = [i.nb_frames for i in infos]
+    return frames, junction_frames(frames, transitions, fmt.fps), transitions
+
+
+async def segments_list(clips: list[Path], frames: list[int], joins: list[int],
+                        transitions: list[Transition], fmt: OutputFormat, work: Path) -> Path:
+    """Render the junctions (and the bodies they trim) into `work`; the concat list of all
+    segments in playback order."""
+    segments: list[Path] = []
+    try:
+        await _render_segments(clips, frames, joins, transitions, fmt, work, segments)
+    except ExceptionGroup as group:  # callers expect the MediaError itself
+        raise group.exceptions[0] from None
+    listfile = work / "segments.txt"
+    concat_list(segments, listfile)
+    return listfile
+
+
+verify_cut = _verify
+
+
 async def assemble(
     clips: list[Path],
     dest: Path,
@@ -172,28 +205,11 @@ async def assemble(
 ) -> VideoInfo:
     """Join conformed clips into `dest` (.mp4); transitions[i] joins clips[i] and clips[i+1]."""
     clips, dest = [Path(c) for c in clips], Path(dest)
-    if not clips:
-        raise ValueError("assemble needs at least one clip")
-    transitions = list(transitions) if transitions is not None else [Transition()] * (len(clips) - 1)
-    if len(transitions) != len(clips) - 1:
-        raise ValueError(f"{len(clips)} clips need {len(clips) - 1} transitions, "
-                         f"got {len(transitions)}")
-    infos = [probe(c) for c in clips]
-    for c, info in zip(clips, infos, strict=True):
-        _check_house(c, info, fmt)
-    frames = [i.nb_frames for i in infos]
-    joins = junction_frames(frames, transitions, fmt.fps)
+    frames, joins, transitions = layout(clips, fmt, transitions)
     total = sum(frames) - sum(joins)
 
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".assemble-") as tmpdir:
-        work = Path(tmpdir)
-        segments: list[Path] = []
-        try:
-            await _render_segments(clips, frames, joins, transitions, fmt, work, segments)
-        except ExceptionGroup as group:  # callers expect the MediaError itself
-            raise group.exceptions[0] from None
-        listfile = work / "segments.txt"
-        concat_list(segments, listfile)
+        listfile = await segments_list(clips, frames, joins, transitions, fmt, Path(tmpdir))
         tmp = temp_name(dest)
         try:
             await run_ffmpeg([

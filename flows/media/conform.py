@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -204,6 +205,17 @@ async def conform(src: Path, dest: Path, fmt: OutputFormat, duration: float,
     source = source if source is not None else probe(src)
     frames = fmt.frames(duration)
     cached = _cache_path(cache_dir, src, fmt, frames, source.has_audio) if cache_dir else None
+    return await make_intermediate(
+        dest, fmt, frames, lambda tmp: run_ffmpeg(conform_argv(src, tmp, fmt, frames, source.has_audio)),
+        cached)
+
+
+async def make_intermediate(dest: Path, fmt: OutputFormat, frames: int,
+                            make: Callable[[Path], Awaitable[object]],
+                            cached: Path | None = None) -> VideoInfo:
+    """`make(tmp)` writes a house intermediate of `frames` frames; it is checked, then renamed
+    to `dest`. With `cached` (a content-addressed path), a good copy there is used instead, and
+    a new one is stored there."""
     if cached is not None and cached.exists():
         try:
             info = check_intermediate(cached, fmt, frames)
@@ -213,7 +225,7 @@ async def conform(src: Path, dest: Path, fmt: OutputFormat, duration: float,
             cached.unlink(missing_ok=True)
     tmp = temp_name(dest)
     try:
-        await run_ffmpeg(conform_argv(src, tmp, fmt, frames, source.has_audio))
+        await make(tmp)
         info = check_intermediate(tmp, fmt, frames)  # the same file `dest` becomes
         os.replace(tmp, dest)
     finally:

@@ -46,7 +46,11 @@ def ffmpeg_exe() -> str:
 
 @functools.cache
 def font_file() -> str | None:
-    """A TrueType file for drawtext, found through fontconfig; None when there is none."""
+    """A TrueType file for drawtext: the one shipped in flows/media/fontfiles (a pip-only install
+    has no system fonts), else DejaVu Sans through fontconfig; None when there is none."""
+    bundled = Path(__file__).resolve().parent / "fontfiles" / "DejaVuSans.ttf"
+    if bundled.is_file():
+        return str(bundled)
     fc = shutil.which("fc-match")
     if not fc:
         return None
@@ -153,9 +157,11 @@ async def _drain(stream: asyncio.StreamReader, sink: bytearray) -> None:
             del sink[:-200_000]
 
 
-async def run_ffmpeg(args: Sequence[str], *, timeout: float = 600) -> None:
-    """Run ffmpeg with `args`; raise MediaError on a non-zero exit or after `timeout` seconds."""
-    argv = [ffmpeg_exe(), *BASE_ARGS, *args]
+async def run_ffmpeg(args: Sequence[str], *, timeout: float = 600, loglevel: str = "error") -> str:
+    """Run ffmpeg with `args`; raise MediaError on a non-zero exit or after `timeout` seconds.
+    Returns the tail of its stderr: with loglevel="info", what filters print (loudnorm's JSON)."""
+    base = BASE_ARGS if loglevel == "error" else [*BASE_ARGS[:-1], loglevel, "-nostats"]
+    argv = [ffmpeg_exe(), *base, *args]
     async with SLOTS:
         log.debug("ffmpeg: %s", shlex.join(argv))
         proc = await asyncio.create_subprocess_exec(
@@ -185,6 +191,7 @@ async def run_ffmpeg(args: Sequence[str], *, timeout: float = 600) -> None:
         raise MediaError(
             f"ffmpeg failed (exit code {proc.returncode})", argv, err.decode(errors="replace")
         )
+    return err.decode(errors="replace")
 
 
 def run_ffmpeg_sync(args: Sequence[str], *, timeout: float = 600) -> None:

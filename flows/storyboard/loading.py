@@ -26,7 +26,7 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$")
 # fields whose text may use ${var}; ids and providers stay literal on purpose
-_SUBSTITUTED = {"title", "prompt", "style", "negative_prompt", "image"}
+_SUBSTITUTED = {"title", "prompt", "style", "negative_prompt", "image", "caption", "text", "subtitle"}
 
 MAX_FILE_BYTES = 1024 * 1024  # a storyboard, not a data set
 MAX_DEPTH = 32  # levels of nesting (a storyboard needs about 5)
@@ -320,11 +320,31 @@ _UNION_TAGS = {"Transition", "literal['cut','crossfade','fade_black']"}
 def _allowed_hint(loc: tuple[Any, ...]) -> str:
     from flows.storyboard import spec
 
-    parents = {"output": spec.Output, "budget": spec.Budget, "defaults": spec.Defaults}
-    model: type = spec.Storyboard
-    if len(loc) >= 3 and loc[0] == "shots":
-        model = spec.Shot
-    elif len(loc) >= 2 and loc[0] in parents:
-        model = parents[loc[0]]
+    model = _model_at(spec.Storyboard, loc[:-1])
     fields = ", ".join(model.model_fields)  # type: ignore[attr-defined]
     return f" (allowed: {fields})"
+
+
+def _model_at(model: type, path: tuple[Any, ...]) -> type:
+    """The pydantic model that holds the field at `path` (shots[3].x -> Shot, output.logo.x -> Logo)."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    for part in path:
+        if isinstance(part, int):
+            continue
+        f = model.model_fields.get(part)  # type: ignore[attr-defined]
+        if f is None:
+            break
+        todo, found = [f.annotation], None
+        while todo and found is None:
+            t = todo.pop()
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                found = t
+            else:
+                todo.extend(get_args(t))
+        if found is None:
+            break
+        model = found
+    return model

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from flows.storyboard.files import reference_image
+from flows.storyboard.finishing import FinishPlan, plan_finishing
 from flows.storyboard.spec import Storyboard, Transition
 from providers.catalog import ModelInfo, Price, load_catalog
 from providers.errors import SpecError
@@ -78,6 +79,7 @@ class Plan:
     aspect_ratio: str
     resolution: str
     shots: list[ShotPlan]
+    finishing: FinishPlan | None = None  # music, loudness, captions, cards, logo
 
     @property
     def cap_usd(self) -> float | None:
@@ -123,6 +125,7 @@ class Plan:
                              "estimate_usd": o.estimate_usd} for o in s.options],
                 "retries": s.retries, "transition": s.transition.model_dump(),
             } for s in self.shots],
+            "deliverable": self.finishing.to_json() if self.finishing else None,
         }
 
 
@@ -178,9 +181,11 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
             transition=tr, negative_prompt=shot.negative_prompt or d.negative_prompt,
             image=image, image_sha256=image_hash, params={**d.params, **shot.params},
         ))
+    finishing = plan_finishing(board, source, issues)
     if issues:
         raise SpecError(issues, str(source))
-    return Plan(board, source, width, height, board.output.fps, aspect, resolution, shots)
+    return Plan(board, source, width, height, board.output.fps, aspect, resolution, shots,
+                finishing)
 
 
 def _lines(label: str) -> int:

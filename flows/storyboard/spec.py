@@ -13,11 +13,36 @@ ASPECT = re.compile(r"^(\d{1,3}):(\d{1,3})$")
 PRESETS = {"360p": 360, "480p": 480, "540p": 540, "720p": 720, "1080p": 1080, "1440p": 1440,
            "2160p": 2160, "4k": 2160}
 MAX_SHOT_SECONDS = 600.0
+COLOR = re.compile(r"^#?([0-9a-fA-F]{6})$")
+NAMED_COLORS = {"white": "ffffff", "black": "000000", "yellow": "ffde00", "red": "e02020",
+                "green": "20c040", "blue": "2060e0", "gray": "808080", "grey": "808080"}
+# integrated loudness targets (LUFS): platforms' ~-14, EBU R128 broadcast -23
+LOUDNESS_PRESETS = {"youtube": -14.0, "social": -14.0, "broadcast": -23.0}
 
 
 class _Strict(BaseModel):
     # NaN and infinity are never a duration, a price or a cap
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _color(v: str) -> str:
+    """'#ff8800', 'ff8800' or a name -> 'ff8800'."""
+    v = v.strip().lower()
+    if v in NAMED_COLORS:
+        return NAMED_COLORS[v]
+    m = COLOR.match(v)
+    if not m:
+        raise ValueError(f"'{v}' is not a colour: use #RRGGBB or one of {', '.join(NAMED_COLORS)}")
+    return m[1]
+
+
+class Logo(_Strict):
+    """A picture over the whole cut (PNG with alpha works best)."""
+
+    image: str = Field(description="path relative to the storyboard")
+    position: Literal["top-left", "top-right", "bottom-left", "bottom-right", "center"] = "top-right"
+    opacity: float = Field(0.8, ge=0, le=1)
+    scale: float = Field(0.15, gt=0, le=1, description="logo width as a fraction of the frame width")
 
 
 class Output(_Strict):
@@ -27,6 +52,8 @@ class Output(_Strict):
     aspect_ratio: str = Field("16:9", description="W:H, used with a preset size and sent to vendors")
     fps: int = Field(24, ge=1, le=120)
     fit: Literal["pad", "crop"] = Field("pad", description="pad: letterbox; crop: fill and crop")
+    burn_captions: bool = Field(False, description="draw the shots' captions into the picture")
+    logo: Logo | None = None
 
     @field_validator("size")
     @classmethod
@@ -66,6 +93,73 @@ class Transition(_Strict):
 TransitionSpec = Literal["cut", "crossfade", "fade_black"] | Transition
 
 
+class CaptionStyle(_Strict):
+    """How burned-in captions look (sidecar .srt/.vtt files carry the text only)."""
+
+    font: str | None = Field(None, description="a .ttf/.otf file relative to the storyboard; "
+                             "default: the bundled DejaVu Sans, VL PGothic for Japanese")
+    size: float = Field(0.06, gt=0, le=0.25, description="text height as a fraction of the frame height")
+    color: str = Field("white", validate_default=True)
+    box_opacity: float = Field(0.5, ge=0, le=1, description="dark box behind the text (0: none)")
+    position: Literal["bottom", "top", "middle"] = "bottom"
+    max_lines: int = Field(2, ge=1, le=6, description="longer captions are cut with an ellipsis")
+
+    @field_validator("color")
+    @classmethod
+    def _colour(cls, v: str) -> str:
+        return _color(v)
+
+
+class Card(_Strict):
+    """A title or end card: text on a plain background, rendered locally (free)."""
+
+    text: str = Field(min_length=1, max_length=200)
+    duration: float = Field(3.0, gt=0, le=30)
+    subtitle: str | None = Field(None, max_length=300)
+    background: str = Field("black", validate_default=True)
+    color: str = Field("white", validate_default=True)
+    transition: TransitionSpec = Field("cut", description="junction between the card and the cut")
+
+    @field_validator("background", "color")
+    @classmethod
+    def _colours(cls, v: str) -> str:
+        return _color(v)
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("text is empty")
+        return v
+
+
+class Audio(_Strict):
+    """The cut's sound: a music bed under the clips' own audio, and a loudness target."""
+
+    music: str | None = Field(None, description="audio file relative to the storyboard; looped or "
+                              "trimmed to the cut")
+    volume_db: float = Field(-12.0, ge=-60, le=12, description="music gain before mixing")
+    fade_in_s: float = Field(1.0, ge=0, le=60)
+    fade_out_s: float = Field(2.0, ge=0, le=60)
+    duck: bool = Field(True, description="lower the music under the clips' own audio")
+    loudness: float | None = Field(None, description="integrated LUFS (-40..-5), or youtube/social "
+                                   "(-14), broadcast (-23); true peak -1 dBTP")
+
+    @field_validator("loudness", mode="before")
+    @classmethod
+    def _loudness(cls, v: object) -> object:
+        if isinstance(v, str):
+            key = v.strip().lower()
+            if key not in LOUDNESS_PRESETS:
+                raise ValueError(f"'{v}' is not a loudness: use a LUFS number like -14 or one of "
+                                 f"{', '.join(LOUDNESS_PRESETS)}")
+            return LOUDNESS_PRESETS[key]
+        if isinstance(v, bool) or (isinstance(v, int | float) and not -40 <= v <= -5):
+            raise ValueError(f"{v} LUFS is out of range: use -40..-5 (e.g. -14 for the web, "
+                             "-23 for broadcast)")
+        return v
+
+
 class Defaults(_Strict):
     provider: str = "local"
     model: str | None = Field(None, description="catalog model key; the provider's default if unset")
@@ -77,6 +171,7 @@ class Defaults(_Strict):
     retries: int = Field(1, ge=0, le=5, description="extra attempts on the same option after a failure")
     transition: TransitionSpec = "cut"
     params: dict[str, Any] = Field(default_factory=dict)
+    caption_style: CaptionStyle = Field(default_factory=CaptionStyle)
 
 
 class Shot(_Strict):
@@ -92,6 +187,8 @@ class Shot(_Strict):
     retries: int | None = Field(None, ge=0, le=5)
     transition: TransitionSpec | None = Field(None, description="junction into the next shot")
     params: dict[str, Any] = Field(default_factory=dict, description="vendor-specific extras")
+    caption: str | None = Field(None, max_length=500, description="text shown while the shot plays "
+                                "(final.srt/final.vtt; burned in with output.burn_captions)")
 
     @field_validator("id")
     @classmethod
@@ -126,6 +223,9 @@ class Storyboard(_Strict):
     pricing: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="'provider:model' -> price rule overriding the catalog")
     shots: list[Shot] = Field(min_length=1)
+    audio: Audio = Field(default_factory=Audio)
+    title_card: Card | None = None
+    end_card: Card | None = None
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Storyboard:

@@ -26,7 +26,7 @@ from pathlib import Path
 from flows import redaction
 from flows.context import RunContext, clip_key
 from flows.render import submit_first
-from flows.run import RunOptions, cache_for, ledger_for, open_journal, output_format
+from flows.run import RunOptions, cache_for, close_window, ledger_for, open_journal, output_format
 from flows.storyboard.keys import env_key, key_env
 from flows.storyboard.plan import Plan, ShotPlan
 from providers.errors import redact
@@ -57,10 +57,12 @@ async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str,
     """Submit the eligible shots' first attempts; record and return what was done."""
     redaction.install()
     journal = open_journal(run_dir)
+    ledger = None
     try:
+        ledger = ledger_for(plan, journal)
         async with new_client() as client:
             ctx = RunContext(plan=plan, run_dir=run_dir, journal=journal,
-                             ledger=ledger_for(plan, journal), client=client,
+                             ledger=ledger, client=client,
                              keys={p: env_key(p) for p in plan.providers_used()},
                              fmt=output_format(plan), cache=cache_for(opts), regenerate=opts.regenerate,
                              limits=dict(plan.storyboard.limits), log=_log)
@@ -79,6 +81,8 @@ async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str,
         journal.meta_set(META_KEY, early)
         return early
     finally:
+        if ledger is not None:  # the flow's ledger, in this process, adopts what is at vendors
+            await asyncio.to_thread(close_window, ledger, False)
         journal.close()
 
 

@@ -150,6 +150,7 @@ async def _send(ctx: RunContext, shot: ShotPlan, opt: Option, base: dict[str, An
     journal, ledger = ctx.journal, ctx.ledger
     provider = ctx.provider(opt.provider)
     req = shot.request(opt, ctx.plan)
+    await ledger.commit(reservation, base["attempt"])  # a spend window counts it from here on
     row = journal.intent(**base, cache_key=clip_key(ctx, shot, opt),
                          estimated_usd=opt.estimate_usd, reserved_usd=reservation.amount_usd)
     started = time.monotonic()

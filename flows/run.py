@@ -19,6 +19,7 @@ from flows.money.atomic import write_text_atomic
 from flows.money.cache import ClipCache, default_cache_dir
 from flows.money.journal import Journal
 from flows.money.ledger import Ledger
+from flows.money.window import SpendWindow
 from flows.render import ShotResult
 from flows.storyboard.keys import require_keys
 from flows.storyboard.loading import load_storyboard
@@ -94,10 +95,43 @@ def ledger_for(plan: Plan, journal: Journal) -> Ledger:
         elif a.status in ("submitted", "running") and a.job_id:
             at_vendor.append(a)
     budget = plan.storyboard.budget
-    ledger = Ledger(budget.max_usd, budget.max_usd_per_shot, already_spent_usd=spent)
+    window = spend_window_for(plan, journal)
+    ledger = Ledger(budget.max_usd, budget.max_usd_per_shot, already_spent_usd=spent,
+                    window=window)
     for a in at_vendor:
-        ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id)
+        ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id, attempt=a.attempt)
+    if window is not None:  # after the holds: they adopt what is still at a vendor
+        window.recover(journal.attempts())
     return ledger
+
+
+def spend_window_for(plan: Plan, journal: Journal) -> SpendWindow | None:
+    """The run's side of its spend window (storyboard `budget.window`, or the operators'
+    STORYREEL_BUDGETS file), in the store STORYREEL_LEDGER_URL names; None without one."""
+    from flows.storyboard.budgets import window_spec
+
+    spec = window_spec(plan.storyboard)
+    if spec is None:
+        return None
+    from flows.money.window import SpendWindow
+    from flows.money.window_sql import open_store
+
+    return SpendWindow(open_store(), spec, journal.run_id)
+
+
+def close_window(ledger: Ledger, end_run: bool = True) -> list[dict[str, Any]]:
+    """End this process's side of the run's spend window (see SpendWindow.close); returns what
+    the run used of each window it touched ([] without one, or when already closed)."""
+    window = ledger.window
+    if window is None or window.closed:
+        return []
+    try:
+        window.close(end_run)
+        return window.usage() if end_run else []
+    except StoryreelError as exc:  # the ledger is counted safely (leases); the report says so
+        return [{"scope": window.spec.scope, "error": str(exc)}]
+    finally:
+        window.store.close()
 
 
 def cache_for(opts: RunOptions) -> ClipCache | None:
@@ -134,6 +168,7 @@ class RunSummary:
     results: list[ShotResult]
     table: str  # per-provider spend vs cap, printable
     rows: list[dict[str, Any]]
+    windows: list[dict[str, Any]] = field(default_factory=list)  # spend windows it used
 
     @property
     def ok(self) -> bool:
@@ -162,7 +197,8 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
                          results, table, rows)
     if sheet is not None:
         await sheet
-    write_run_json(plan, run_dir, journal.run_id, results, ledger)
+    summary.windows = await asyncio.to_thread(close_window, ledger)
+    write_run_json(plan, run_dir, journal.run_id, results, ledger, summary.windows)
     return summary
 
 
@@ -193,8 +229,9 @@ def warm_imports() -> None:
 
 
 def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotResult],
-                   ledger: Ledger) -> Path:
+                   ledger: Ledger, windows: list[dict[str, Any]] | None = None) -> Path:
     data = {"run_id": run_id, "plan": plan.to_json(), "spent_usd": ledger.spent_usd,
+            "windows": windows or [],
             "results": [{"shot_id": r.shot_id, "status": r.status, "option": r.option,
                          "reason": r.reason,
                          "clip": str(r.conformed) if r.conformed else None} for r in results]}

@@ -164,6 +164,8 @@ def _allowed_hint(loc: tuple[Any, ...]) -> str:
     model: type = spec.Storyboard
     if len(loc) >= 3 and loc[0] == "shots":
         model = spec.Shot
+    elif len(loc) >= 3 and loc[:2] == ("budget", "window"):
+        model = spec.Window
     elif len(loc) >= 2 and loc[0] in parents:
         model = parents[loc[0]]
     fields = ", ".join(model.model_fields)  # type: ignore[attr-defined]

@@ -328,8 +328,13 @@ SHOTS = 3
 LIMIT = D("2.00")
 
 
-def run_env(emu: Any, prefect_api: str, tmp: Path, url: str, **extra: str) -> dict[str, str]:
-    return {**os.environ, **emu.env(), "PREFECT_API_URL": prefect_api,
+def run_env(emu: Any, prefect_api: str | None, tmp: Path, url: str, **extra: str
+            ) -> dict[str, str]:
+    """With prefect_api None each run starts its own temporary Prefect server."""
+    base = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    api = {"PREFECT_API_URL": prefect_api} if prefect_api else {
+        "PREFECT_HOME": str(tmp / "prefect-home")}
+    return {**base, **emu.env(), **api,
             "STORYREEL_CACHE_DIR": str(tmp / "cache"), "STORYREEL_POLL_FIRST_S": "0.1",
             "STORYREEL_POLL_MAX_S": "0.3", "STORYREEL_LEDGER_URL": url,
             "STORYREEL_HOME": str(tmp / "home"), **extra}
@@ -415,12 +420,14 @@ def journal_rows(out: Path) -> list[dict[str, Any]]:
 @pytest.mark.e2e
 @pytest.mark.parametrize("comeback", ["lease-expiry", "resume"])
 def test_killed_run_gives_back_what_it_held_but_counts_what_may_be_charged(
-        comeback: str, emu_env: Any, prefect_api: str, tmp_path: Path) -> None:
+        comeback: str, emu_env: Any, tmp_path: Path) -> None:
     emu = emu_env
     emu.configure(latency=8.0)
     url = f"sqlite:///{tmp_path / 'budgets.sqlite'}"
     lease = "3" if comeback == "lease-expiry" else "600"
-    env = run_env(emu, prefect_api, tmp_path, url, STORYREEL_WINDOW_LEASE_S=lease)
+    # each run on its own temporary Prefect server: on a shared one, `limits:` become global
+    # concurrency slots that the killed run would hold until Prefect's own lease ran out
+    env = run_env(emu, None, tmp_path, url, STORYREEL_WINDOW_LEASE_S=lease)
     # limits: fal 2 -> the third shot has reserved its money and waits for a slot
     spec = write_board(tmp_path, [{"id": f"s{i}", "prompt": f"take {i}"} for i in range(3)],
                        defaults={"provider": "fal", "model": "kling-2.5-turbo-pro",
@@ -461,6 +468,8 @@ def test_killed_run_gives_back_what_it_held_but_counts_what_may_be_charged(
     again = cli(["run", str(spec), "--out", str(out)], env, tmp_path / "run2.log")
     try:
         again.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the resumed run hung:\n" + (tmp_path / "run2.log").read_text()[-5000:])
     finally:
         stop(again)
     log = (tmp_path / "run2.log").read_text(errors="replace")

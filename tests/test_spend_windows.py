@@ -37,7 +37,7 @@ from flows.storyboard.budgets import window_spec
 from flows.storyboard.loading import parse_storyboard
 from providers.errors import BudgetError, SpecError
 from tests.pg import missing_postgres, pg_binaries, pg_cluster, stop
-from tests.storyboards import charged, cost_rows, write_board
+from tests.storyboards import charged, cost_rows, total, write_board
 
 ROOT = Path(__file__).resolve().parent.parent
 PARIS = "Europe/Paris"
@@ -384,11 +384,17 @@ def test_eight_concurrent_runs_never_pass_a_shared_daily_window(
 
     paid = charged(emu, "fal")
     w = window_of(ledger_url, "shared")
+    spent = D(w["spent_usd"])
     assert paid <= LIMIT, f"seed {seed}: the vendor charged {paid} > window {LIMIT}"
-    assert D(w["spent_usd"]) == paid, (seed, w, paid)  # every cent counted, no more
     assert w["reserved_usd"] == 0 and w["runs"] == [], w
-    # the window really was contended: some shots were refused by it, some were paid
+    # every cent counted: the window holds what the runs' reports say was (or may have been)
+    # charged; above what the vendor charged only by unconfirmed submits, counted at their
+    # estimate because nobody can know (here a lost answer may hide a job that failed)
     rows = [r for n in range(RUNS) for r in cost_rows(tmp_path / f"out{n}")]
+    unconfirmed = total([r for r in rows if r["status"] == "unconfirmed"])
+    assert spent == total(rows), (seed, w)
+    assert paid <= spent <= paid + unconfirmed, (seed, spent, paid, unconfirmed)
+    # the window really was contended: some shots were refused by it, some were paid
     refused = [r for r in rows if r["status"] == "skipped"
                and "spend window shared day" in (r["failure_reason"] or "")]
     assert refused and paid > 0, (seed, [r["status"] for r in rows])
@@ -399,7 +405,7 @@ def test_eight_concurrent_runs_never_pass_a_shared_daily_window(
         [day] = [x for x in run_json["windows"] if x["period"] == "day"]
         assert day["scope"] == "shared" and day["limit_usd"] == float(LIMIT)
         used += D(day["run_spent_usd"])
-    assert used == paid
+    assert used == spent
     assert any("window: shared day" in log for log in logs)
 
 

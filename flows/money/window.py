@@ -383,8 +383,8 @@ class SpendWindow:
 
     # -- reading -------------------------------------------------------------------------------
     def usage(self) -> list[dict[str, Any]]:
-        """Per window this run touched: what the run spent and still holds, and where the
-        window stands."""
+        """Per window this run touched (and the current ones): what the run spent and still
+        holds, and where the window stands."""
         def step(tx: Tx) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             mine = tx.execute("SELECT day, month, state, amount_micros, actual_micros FROM "
                               "spend_reservations WHERE run_id = ? AND scope = ?",
@@ -395,7 +395,9 @@ class SpendWindow:
             return mine, rows
 
         mine, rows = self.store.atomic(step)
-        used: dict[tuple[str, str], list[int]] = {}
+        # the windows it is in now, even when every reservation was refused
+        used: dict[tuple[str, str], list[int]] = {
+            (period, start): [0, 0] for period, start, _ in self.spec.periods(self.clock())}
         for day, month, state, amount, actual in mine:
             held, spent = _weight(state, amount, actual)
             for key in (("day", day), ("month", month)):

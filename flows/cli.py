@@ -183,8 +183,9 @@ def _window_used(w: dict[str, Any]) -> str:
         return f"window: {w['scope']}: {w['error']}"
     return (f"window: {w['scope']} {w['period']} {w['start']}: this run {_money(w['run_spent_usd'])}"
             f" spent" + (f" + {_money(w['run_held_usd'])} held" if w["run_held_usd"] else "")
-            + f"; all runs {_money(w['window_spent_usd'])} of {_money(w['limit_usd'])}, "
-            f"{_money(w['remaining_usd'])} left")
+            + f"; all runs {_money(w['window_spent_usd'])} "
+            + ("(no limit)" if w["limit_usd"] is None else
+               f"of {_money(w['limit_usd'])}, {_money(w['remaining_usd'])} left"))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -102,8 +102,8 @@ class SQLiteStore:
     reliable there; use PostgreSQL for several machines)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path).expanduser()
-        self.url = f"sqlite:///{self.path}"
+        self.path = Path(path).expanduser().absolute()
+        self.url = f"sqlite://{self.path}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -250,6 +250,7 @@ def open_store(url: str | None = None) -> Store:
         # sqlite:///abs/path (the usual URL form), sqlite:///~/x, or sqlite:relative/path
         path = re.sub(r"^sqlite:(//)?", "", url, flags=re.I)
         path = path[1:] if path.startswith("/~") else path
+        path = "/" + path.lstrip("/") if path.startswith("/") else path
         if not path.strip("/"):
             raise SpecError([("STORYREEL_LEDGER_URL", "sqlite:///path/to/budgets.sqlite needs a "
                                                      "path")])

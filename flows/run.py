@@ -63,6 +63,9 @@ def preflight(plan: Plan) -> None:
         raise BudgetError("; ".join(over) + " (raise the cap with --budget or budget.max_usd, "
                           "or set budget.on_exhausted: skip to render what fits)")
     require_keys(plan.providers_used(), plan.storyboard.keys)
+    from flows.storyboard.budgets import window_spec
+
+    window_spec(plan.storyboard)  # a broken operators' budgets file stops the run here
     try:
         ffmpeg_exe()
     except Exception as exc:  # no binary at all: say how to get one

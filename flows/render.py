@@ -332,7 +332,7 @@ async def _resume(ctx: RunContext, shot: ShotPlan, conformed: Path,
                                          conformed, reasons)
             else:  # committed money: held since the ledger was made (run.ledger_for)
                 reservation = ctx.ledger.held(last.id) or ctx.ledger.hold(
-                    shot.shot_id, last.reserved_usd or 0.0)
+                    shot.shot_id, last.reserved_usd or 0.0, attempt=last.attempt)
                 result = await _complete(ctx, shot, opt, provider, job, last.id, reservation,
                                          conformed, reasons, time.monotonic())
         return result  # None: that job failed, fresh attempts follow

@@ -54,8 +54,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from flows.storyboard.keys import missing_keys
 
     plan = make_plan(args.spec, _vars(args.var), args.budget)
+    windows, window_problem = _plan_windows(plan)
     if args.json:
-        print(json.dumps(plan.to_json(), indent=2))
+        print(json.dumps({**plan.to_json(), "windows": windows}, indent=2))
     else:
         print(f"{plan.storyboard.title}: {len(plan.shots)} shots, {plan.total_duration:g} s, "
               f"{plan.width}x{plan.height} @ {plan.fps} fps")
@@ -68,7 +69,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         cap = plan.cap_usd
         print(f"{'total':<70} ${plan.total_estimate:>9.4f}  cap: "
               + (f"${cap:.2f}" if cap is not None else "none"))
+        for w in windows:
+            print(f"window {_window_line(w)}")
     problems = plan.over_budget()
+    if window_problem and plan.storyboard.budget.on_exhausted == "stop":
+        problems.append(window_problem + " (budget.on_exhausted: stop)")
+    elif window_problem:
+        print(f"warning: {window_problem}; shots that do not fit will be skipped "
+              "(budget.on_exhausted: skip)", file=sys.stderr)
     for p in problems:
         print(f"error: {p}", file=sys.stderr)
     keys = missing_keys(plan.providers_used(), plan.storyboard.keys)
@@ -117,6 +125,8 @@ def _run_locked(args: argparse.Namespace, plan: Any, variables: dict[str, str], 
         if (args.budget is not None or plan.cap_usd is not None) else "no cap"
     print(f"\n{result.get('summary', '')}\n\ncut:    {result['final']}\n"
           f"report: {result['cost_csv']}\n" + spent_line(result, cap))
+    for w in result.get("windows", []):
+        print(_window_used(w))
     if not result["ok"]:
         print(f"missing shots (placeholders in the cut): {', '.join(result['failed'])}",
               file=sys.stderr)
@@ -143,6 +153,81 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     for line in unsettled:
         print(f"still at risk: {line}")
     return 1 if unsettled else 0
+
+
+def _plan_windows(plan: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """The spend windows the storyboard would spend from, and why its estimate does not fit
+    in them now (None when it does, or without a window)."""
+    from flows.money.window import status
+    from flows.money.window_sql import open_store
+    from flows.storyboard.budgets import window_spec
+
+    spec = window_spec(plan.storyboard)
+    if spec is None:
+        return [], None
+    store = open_store()
+    try:
+        windows = [w for w in status(store, [spec]) if w["scope"] == spec.scope]
+    finally:
+        store.close()
+    for w in windows:
+        left = w["remaining_usd"]
+        if left is not None and plan.total_estimate > left + 1e-9:
+            return windows, (f"estimated total ${plan.total_estimate:.2f} does not fit spend "
+                             f"window {w['scope']} {w['period']} {w['start']}: ${left:.2f} left")
+    return windows, None
+
+
+def _money(v: float | None) -> str:
+    return "-" if v is None else f"${v:.2f}"
+
+
+def _window_line(w: dict[str, Any]) -> str:
+    return (f"{w['scope']} {w['period']} {w['start']} ({w['timezone']}): limit "
+            f"{_money(w['limit_usd'])}, spent {_money(w['spent_usd'])}, reserved "
+            f"{_money(w['reserved_usd'])}, {_money(w['remaining_usd'])} left")
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from flows.money.window import status
+    from flows.money.window_sql import open_store
+    from flows.storyboard.budgets import declared_specs
+
+    specs = declared_specs()
+    store = open_store()
+    try:
+        windows = status(store, specs, everything=args.all)
+        url = store.url
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"ledger": url, "windows": windows}, indent=2))
+        return 0
+    print(f"ledger: {url}")
+    if not windows:
+        print("no spend windows yet (declare budget.window in a storyboard, or scopes in the "
+              "file STORYREEL_BUDGETS names)")
+    print(f"{'scope':<16} {'period':<6} {'start':<11} {'timezone':<18} {'limit':>10} "
+          f"{'spent':>10} {'reserved':>10} {'remaining':>10}")
+    for w in windows:
+        print(f"{w['scope']:<16} {w['period']:<6} {w['start']:<11} {w['timezone']:<18} "
+              f"{_money(w['limit_usd']):>10} {_money(w['spent_usd']):>10} "
+              f"{_money(w['reserved_usd']):>10} {_money(w['remaining_usd']):>10}")
+        for r in w["runs"]:
+            print(f"    held by run {r['run_id']} on {r['host']} (pid {r['pid']}): "
+                  f"{r['reservations']} reservation(s), {_money(r['reserved_usd'])}, lease "
+                  f"{max(r['lease_s'], 0):g} s")
+    return 0
+
+
+def _window_used(w: dict[str, Any]) -> str:
+    if "error" in w:
+        return f"window: {w['scope']}: {w['error']}"
+    return (f"window: {w['scope']} {w['period']} {w['start']}: this run {_money(w['run_spent_usd'])}"
+            f" spent" + (f" + {_money(w['run_held_usd'])} held" if w["run_held_usd"] else "")
+            + f"; all runs {_money(w['window_spent_usd'])} "
+            + ("(no limit)" if w["limit_usd"] is None else
+               f"of {_money(w['limit_usd'])}, {_money(w['remaining_usd'])} left"))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -224,6 +309,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resubmit-unconfirmed", action="store_true",
                    help="resubmit shots whose earlier submit may or may not have been accepted")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("budget", help="spend windows: limit, spent, reserved, remaining, and "
+                       "the runs holding reservations")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="past windows too, not only today's "
+                   "and this month's")
+    p.set_defaults(fn=cmd_budget)
     sub.add_parser("schema", help="print the storyboard JSON Schema").set_defaults(fn=cmd_schema)
     p = sub.add_parser("providers", help="list providers, models, limits and prices")
     p.add_argument("--json", action="store_true")

@@ -26,7 +26,7 @@ from pathlib import Path
 from flows import redaction
 from flows.context import RunContext, clip_key
 from flows.render import submit_first
-from flows.run import RunOptions, new_context, open_journal
+from flows.run import RunOptions, close_window, new_context, open_journal
 from flows.storyboard.keys import env_key, key_env
 from flows.storyboard.plan import Plan, ShotPlan
 from providers.errors import redact
@@ -55,6 +55,7 @@ async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str,
     """Submit the eligible shots' first attempts; record and return what was done."""
     redaction.install()
     journal = open_journal(run_dir)
+    ctx = None
     try:
         async with new_client() as client:
             ctx = new_context(plan, opts, run_dir, journal, client,
@@ -72,4 +73,6 @@ async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str,
         return {s.shot_id: r for s, r in zip(shots, outcomes, strict=True)
                 if isinstance(r, list)}
     finally:
+        if ctx is not None:  # the flow's ledger, in this process, adopts what is at vendors
+            await asyncio.to_thread(close_window, ctx.ledger, False)
         journal.close()

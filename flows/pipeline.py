@@ -30,6 +30,7 @@ from flows.render import RunContext, ShotResult, render_shot
 from flows.run import (
     RunOptions,
     RunSummary,
+    close_window,
     finish,
     make_plan,
     new_context,
@@ -192,7 +193,7 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
     return {"run_id": summary.run_id, "run_dir": str(summary.run_dir), "final": str(summary.final),
             "cost_csv": str(summary.cost_csv), "spent_usd": summary.spent_usd, **summary.totals,
             "ok": summary.ok, "failed": [r.shot_id for r in summary.failures()],
-            "summary": summary.table}
+            "summary": summary.table, "windows": summary.windows}
 
 
 async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool = False) -> RunSummary:
@@ -252,6 +253,7 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
             await warm
             return await finish(plan, run_dir, journal, ctx.ledger, results)
         finally:
+            await asyncio.to_thread(close_window, ctx.ledger)  # no-op after finish's
             journal.close()
 
 
@@ -267,6 +269,13 @@ async def _artifacts(plan: Plan, summary: RunSummary) -> None:
              f"${summary.totals['at_risk_usd']:.4f} at risk (may have been charged).", "",
              f"Cut: `{summary.final}`  ", f"Report: `{summary.cost_csv}`", "",
              "```", summary.table, "```"]
+    for w in summary.windows:  # spend windows shared with other runs (flows/money/window.py)
+        lines += [f"Window {w['scope']} {w.get('period', '')} {w.get('start', '')}: "
+                  + (w["error"] if "error" in w else
+                     f"this run spent ${w['run_spent_usd']:.4f} (holds ${w['run_held_usd']:.4f}); "
+                     f"all runs ${w['window_spent_usd']:.4f} of "
+                     + ("no limit" if w["limit_usd"] is None else f"${w['limit_usd']:.2f}, "
+                        f"${w['remaining_usd']:.2f} left")) + "  "]
     if summary.failures():
         lines += ["", "## Missing shots"] + [f"- {r.shot_id}: {r.status}: {r.reason}"
                                             for r in summary.failures()]

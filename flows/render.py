@@ -231,6 +231,7 @@ async def _send(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, base: di
     journal, ledger = ctx.journal, ctx.ledger
     provider = ctx.provider(opt.provider)
     req = shot.request(opt, ctx.plan)
+    await ledger.commit(reservation, base["attempt"])  # a spend window counts it from here on
     row = journal.intent(**base, cache_key=key, estimated_usd=opt.estimate_usd,
                          reserved_usd=reservation.amount_usd)
     started = time.monotonic()
@@ -450,7 +451,7 @@ async def _resume(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: P
                                        done, last.id, conformed, reasons)
             # committed money: held since the ledger was made (run.ledger_for)
             reservation = ctx.ledger.held(last.id) or ctx.ledger.hold(
-                shot.shot_id, last.reserved_usd or 0.0)
+                shot.shot_id, last.reserved_usd or 0.0, attempt=last.attempt)
             return await _complete(ctx, shot, opt, last.cache_key or keys[0], provider, job,
                                    last.id, reservation, conformed, reasons, time.monotonic())
     return None

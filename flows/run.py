@@ -22,6 +22,7 @@ from flows.money.cache import ClipCache, default_cache_dir
 from flows.money.journal import Journal
 from flows.money.ledger import Ledger
 from flows.money.status import AT_VENDOR, GOOD, Status
+from flows.money.window import SpendWindow
 from flows.redaction import redact, redact_data
 from flows.render import RunContext, ShotResult
 from flows.storyboard.keys import require_keys
@@ -64,6 +65,9 @@ def preflight(plan: Plan) -> None:
         raise BudgetError("; ".join(over) + " (raise the cap with --budget or budget.max_usd, "
                           "or set budget.on_exhausted: skip to render what fits)")
     require_keys(plan.providers_used(), plan.storyboard.keys)
+    from flows.storyboard.budgets import window_spec
+
+    window_spec(plan.storyboard)  # a broken operators' budgets file stops the run here
     try:
         ffmpeg_exe()
     except Exception as exc:  # no binary at all: say how to get one
@@ -102,15 +106,18 @@ def ledger_for(plan: Plan, journal: Journal) -> Ledger:
     spent or may have spent (so the run cap and each shot's cap hold across a resume); jobs
     still at a vendor are held before anything can reserve, for the shot that resumes them."""
     budget = plan.storyboard.budget
-    ledger = Ledger(budget.max_usd, budget.max_usd_per_shot)
+    window = spend_window_for(plan, journal)
+    ledger = Ledger(budget.max_usd, budget.max_usd_per_shot, window=window)
     for a in journal.attempts():
         if a.status in AT_VENDOR and a.job_id:
-            ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id)
+            ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id, attempt=a.attempt)
         elif a.status in (Status.INTENT, Status.UNCONFIRMED):  # may have been charged
             ledger.book(a.shot_id, a.actual_usd if a.actual_usd is not None
                         else a.reserved_usd or 0.0)
         elif a.actual_usd:
             ledger.book(a.shot_id, a.actual_usd)
+    if window is not None:  # after the holds: they adopt what is still at a vendor
+        window.recover(journal.attempts())
     return ledger
 
 
@@ -123,6 +130,35 @@ def new_context(plan: Plan, opts: RunOptions, run_dir: Path, journal: Journal,
                       fmt=output_format(plan), cache=cache_for(opts), regenerate=opts.regenerate,
                       resubmit_unconfirmed=opts.resubmit_unconfirmed,
                       limits=dict(plan.storyboard.limits), limiter=limiter, log=log)
+
+
+def spend_window_for(plan: Plan, journal: Journal) -> SpendWindow | None:
+    """The run's side of its spend window (storyboard `budget.window`, or the operators'
+    STORYREEL_BUDGETS file), in the store STORYREEL_LEDGER_URL names; None without one."""
+    from flows.storyboard.budgets import window_spec
+
+    spec = window_spec(plan.storyboard)
+    if spec is None:
+        return None
+    from flows.money.window import SpendWindow
+    from flows.money.window_sql import open_store
+
+    return SpendWindow(open_store(), spec, journal.run_id)
+
+
+def close_window(ledger: Ledger, end_run: bool = True) -> list[dict[str, Any]]:
+    """End this process's side of the run's spend window (see SpendWindow.close); returns what
+    the run used of each window it touched ([] without one, or when already closed)."""
+    window = ledger.window
+    if window is None or window.closed:
+        return []
+    try:
+        window.close(end_run)
+        return window.usage() if end_run else []
+    except StoryreelError as exc:  # the ledger is counted safely (leases); the report says so
+        return [{"scope": window.spec.scope, "error": str(exc)}]
+    finally:
+        window.store.close()
 
 
 def cache_for(opts: RunOptions) -> ClipCache | None:
@@ -160,6 +196,7 @@ class RunSummary:
     table: str  # per-provider spend vs cap, printable
     rows: list[dict[str, Any]]
     cut: dict[str, Any] | None = None  # the cut: duration, captions, measured loudness
+    windows: list[dict[str, Any]] = field(default_factory=list)  # spend windows it used
 
     @property
     def spent_usd(self) -> float:
@@ -195,7 +232,9 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
                          results, table, rows, cut=cut_report.to_json())
     if sheet is not None:
         await sheet
-    write_run_json(plan, run_dir, journal.run_id, results, totals, cut=cut_report.to_json())
+    summary.windows = await asyncio.to_thread(close_window, ledger)
+    write_run_json(plan, run_dir, journal.run_id, results, totals, cut=cut_report.to_json(),
+                   windows=summary.windows)
     return summary
 
 
@@ -227,8 +266,10 @@ def warm_imports() -> None:
 
 
 def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotResult],
-                   totals: dict[str, float], cut: dict[str, Any] | None = None) -> Path:
+                   totals: dict[str, float], cut: dict[str, Any] | None = None,
+                   windows: list[dict[str, Any]] | None = None) -> Path:
     data = {"run_id": run_id, "plan": plan.to_json(), **totals, "spent_usd": totals["total_usd"],
+            "windows": windows or [],
             "results": [{"shot_id": r.shot_id, "status": r.status, "option": r.option,
                          "reason": r.reason,
                          "clip": str(r.conformed) if r.conformed else None} for r in results],

@@ -13,13 +13,8 @@ import contextlib
 import csv
 import datetime as dt
 import os
-import pwd
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +25,7 @@ import httpx
 import pytest
 
 from flows.media.probe import probe
+from tests.pg import free_port, pg_binaries, pg_cluster, start, stop, tail
 from tests.storyboards import write_board
 
 pytestmark = pytest.mark.server
@@ -39,87 +35,17 @@ POOL = "storyreel-pool"
 SHOTS = 3  # per run; two runs, `limits: {fal: 2}`: 4 jobs could be in flight without the GCL
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(argv: list[str], log: Path, **kw: Any) -> subprocess.Popen[bytes]:
-    """A child in its own session (pid == process group id), output to a log file."""
-    with open(log, "ab") as fh:
-        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, **kw)
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
-    """Signal the child's whole process group, then SIGKILL it if it lingers."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # stragglers (postgres backends, flow runs)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-
-
-def tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
 # -- PostgreSQL ------------------------------------------------------------------------------
-
-def _pg_user() -> pwd.struct_passwd | None:
-    """postgres refuses to run as root: run it as `postgres` (or `nobody`) then."""
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "nobody"):
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    pytest.skip("running as root with no unprivileged user for postgres")
-
 
 @pytest.fixture(scope="module")
 def database_url() -> Iterator[str | None]:
     """A throw-away PostgreSQL cluster on a free port; None (SQLite) without the binaries."""
-    initdb, postgres = shutil.which("initdb"), shutil.which("postgres")
-    if not (initdb and postgres):
+    found = pg_binaries()
+    if found is None:
         yield None
         return
-    user = _pg_user()
-    tmp = Path(tempfile.mkdtemp(prefix="storyreel-pg-"))  # not under pytest's 0700 root dir
-    as_user: dict[str, Any] = {}
-    if user is not None:
-        os.chown(tmp, user.pw_uid, user.pw_gid)
-        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-    proc = None
-    try:
-        subprocess.run([initdb, "-D", str(tmp / "data"), "-U", "postgres", "-A", "trust",
-                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True,
-                       timeout=120, cwd=tmp, **as_user)
-        port = free_port()
-        log = tmp / "postgres.log"
-        proc = start([postgres, "-D", str(tmp / "data"), "-p", str(port), "-k", str(tmp),
-                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                      "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-                     log, cwd=tmp, **as_user)
-        deadline = time.monotonic() + 60
-        while "ready to accept connections" not in tail(log, 100_000):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"postgres did not start:\n{tail(log)}")
-            time.sleep(0.1)
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        if proc is not None:
-            stop(proc, signal.SIGINT)  # "fast" shutdown; SIGTERM would wait for clients
-        shutil.rmtree(tmp, ignore_errors=True)
+    with pg_cluster(*found) as url:
+        yield url.replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
 # -- Prefect server --------------------------------------------------------------------------

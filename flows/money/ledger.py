@@ -18,6 +18,14 @@ count money across sessions.
 Amounts are Decimal inside, rounded to 1e-6 USD, so sums have no float noise.
 One ledger serves one run on one asyncio event loop; a threading lock also
 guards the state so that settle/release from a worker thread stay consistent.
+
+With a spend window (flows/money/window.py: daily/monthly caps shared by every run), each
+reservation is also made there, after the run's own caps allow it. The window's calls may wait
+on a database shared with other processes or hosts, so none runs on the event loop or under
+the threading lock: reserve and commit await them on the window's worker thread (holding only
+the asyncio lock, which orders this run's reserves); settle and release queue them on that same
+FIFO thread and return at once (they are sync and called from the loop). A queued call lost
+in a crash is safe: the window's lease sweep counts committed money as spent.
 """
 
 from __future__ import annotations
@@ -27,9 +35,13 @@ import itertools
 import threading
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from flows.money.usd import ZERO, to_money, usd
 from providers.errors import BudgetError
+
+if TYPE_CHECKING:
+    from flows.money.window import SpendWindow
 
 _ZERO = ZERO
 
@@ -43,6 +55,7 @@ class Reservation:
     amount: Decimal
     state: str = "open"
     actual: Decimal | None = None
+    window_id: str | None = None  # its twin in the spend window, if the run has one
 
     @property
     def amount_usd(self) -> float:
@@ -62,7 +75,9 @@ class Ledger:
         self,
         cap_usd: float | None,
         per_shot_cap_usd: float | None = None,
+        window: SpendWindow | None = None,
     ) -> None:
+        self.window = window
         self.cap = _cap(cap_usd)
         self.per_shot_cap = _cap(per_shot_cap_usd)
         for name, value in (("cap_usd", self.cap), ("per_shot_cap_usd", self.per_shot_cap)):
@@ -134,20 +149,36 @@ class Ledger:
                 why = self._refusal(shot_id, money)
                 if why is not None:
                     raise BudgetError(why)
-                r = Reservation(id=next(self._ids), shot_id=shot_id, amount=money)
+            wid = None
+            if self.window is not None and money:  # settle/release only lower what was checked
+                wid = await asyncio.wrap_future(self.window.later(self.window.reserve, shot_id,
+                                                                  money))
+            with self._tlock:
+                r = Reservation(id=next(self._ids), shot_id=shot_id, amount=money, window_id=wid)
                 self._reserved += money
                 self._shots.setdefault(shot_id, _Shot()).reserved += money
                 self._open[r.id] = r
                 return r
 
-    def hold(self, shot_id: str, amount: float, row: int | None = None) -> Reservation:
+    async def commit(self, r: Reservation, attempt: int) -> None:
+        """The submit for `r` (journal attempt `attempt`) is about to leave: tell the spend
+        window, so that a dead run's reservation is counted, not given back (BudgetError when
+        its lease lapsed: do not submit)."""
+        if self.window is not None and r.window_id is not None:
+            await asyncio.wrap_future(self.window.later(self.window.commit, r.window_id, attempt))
+
+    def hold(self, shot_id: str, amount: float, row: int | None = None,
+             attempt: int | None = None) -> Reservation:
         """Reserve money already committed at a vendor (a resumed in-flight job), with no cap
         check: refusing it would not un-spend it, only hide it from the cap. With `row` (its
         journal row) the hold is kept for `held(row)`: holds are made when the ledger is, so
         that no other shot can reserve that money first."""
         money = _amount(amount)
+        # sync window call: holds are made while the run starts, before any shot runs
+        wid = self.window.hold(shot_id, attempt, money) if self.window is not None and money \
+            else None
         with self._tlock:
-            r = Reservation(id=next(self._ids), shot_id=shot_id, amount=money)
+            r = Reservation(id=next(self._ids), shot_id=shot_id, amount=money, window_id=wid)
             self._reserved += money
             self._shots.setdefault(shot_id, _Shot()).reserved += money
             self._open[r.id] = r
@@ -176,11 +207,15 @@ class Ledger:
             r.actual = actual
             self._settled += actual
             self._shots.setdefault(r.shot_id, _Shot()).settled += actual
+        if self.window is not None and r.window_id is not None:
+            self.window.later_logged(self.window.settle, r.window_id, actual)
 
     def release(self, r: Reservation) -> None:
         """The attempt was not charged: drop the reservation."""
         with self._tlock:
             self._close(r, "released")
+        if self.window is not None and r.window_id is not None:
+            self.window.later_logged(self.window.release, r.window_id)
 
     def _close(self, r: Reservation, state: str) -> None:
         if self._open.pop(r.id, None) is not r:

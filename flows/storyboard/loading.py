@@ -235,6 +235,33 @@ def parse_storyboard(text: str, source: str = "<storyboard>",
             check_overrides(overrides)
         except SpecError as exc:
             raise SpecError(exc.issues, source) from None
+    data, lines = read_yaml(text, source)
+    if not isinstance(data, dict):
+        raise SpecError([("", "a storyboard must be a YAML mapping with title: and shots:")], source)
+    shots = data.get("shots")
+    if isinstance(shots, list) and len(shots) > max_shots():
+        raise SpecError([("shots", f"{len(shots)} shots; at most {max_shots()} (set "
+                                   "STORYREEL_MAX_SHOTS to allow more)")], source)
+
+    raw_vars = data.get("vars") or {}
+    if not isinstance(raw_vars, dict):
+        raw_vars = {}
+    variables = {**raw_vars, **(overrides or {})}
+    issues: list[tuple[tuple[Any, ...], str]] = []
+    data = substitute(data, variables, (), issues)
+    if overrides:
+        data["vars"] = {**raw_vars, **overrides}
+    if issues:
+        raise SpecError(_bounded([(_where(loc, lines), msg) for loc, msg in issues]), source)
+    try:
+        return Storyboard.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_bounded(_render(exc, lines)), source) from None
+
+
+def read_yaml(text: str, source: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """Parse once, bounded (size, nesting, alias expansion: `_scan`), into the data and the
+    line of every place in it; malformed YAML is a SpecError naming its line."""
     loader = _LOADER(text)
     try:
         _scan(text)  # bounds everything below
@@ -251,28 +278,7 @@ def parse_storyboard(text: str, source: str = "<storyboard>",
         raise SpecError([("", f"nested more than {MAX_DEPTH} levels deep")], source) from None
     finally:
         loader.dispose()
-    if not isinstance(data, dict):
-        raise SpecError([("", "a storyboard must be a YAML mapping with title: and shots:")], source)
-    shots = data.get("shots")
-    if isinstance(shots, list) and len(shots) > max_shots():
-        raise SpecError([("shots", f"{len(shots)} shots; at most {max_shots()} (set "
-                                   "STORYREEL_MAX_SHOTS to allow more)")], source)
-    lines = _line_index(root)
-
-    raw_vars = data.get("vars") or {}
-    if not isinstance(raw_vars, dict):
-        raw_vars = {}
-    variables = {**raw_vars, **(overrides or {})}
-    issues: list[tuple[tuple[Any, ...], str]] = []
-    data = substitute(data, variables, (), issues)
-    if overrides:
-        data["vars"] = {**raw_vars, **overrides}
-    if issues:
-        raise SpecError(_bounded([(_where(loc, lines), msg) for loc, msg in issues]), source)
-    try:
-        return Storyboard.model_validate(data)
-    except ValidationError as exc:
-        raise SpecError(_bounded(_render(exc, lines)), source) from None
+    return data, _line_index(root)
 
 
 def _bounded(issues: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zoneinfo
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -78,11 +79,54 @@ class Output(_Strict):
         return v
 
 
+SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+def check_timezone(v: str) -> str:
+    """An IANA time zone name that this machine's tz database knows (Europe/Paris, UTC)."""
+    try:
+        zoneinfo.ZoneInfo(v)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"'{v}' is not an IANA time zone (e.g. UTC, Europe/Paris, "
+                         "America/New_York)") from None
+    return v
+
+
+class WindowLimits(_Strict):
+    """Daily and monthly caps in one calendar time zone; the operators' budgets file has one
+    per scope (flows/storyboard/budgets.py)."""
+
+    daily_usd: float | None = Field(None, ge=0, description="cap per calendar day, all runs")
+    monthly_usd: float | None = Field(None, ge=0, description="cap per calendar month, all runs")
+    timezone: str = Field("UTC", description="IANA time zone in which days and months turn")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        return check_timezone(v)
+
+
+class Window(WindowLimits):
+    """A spend window shared by every run, on every worker, that names the same scope
+    (flows/money/window.py). An operators' budgets file (STORYREEL_BUDGETS) overrides it."""
+
+    scope: str = Field(description="name shared by the runs that spend from one window")
+
+    @field_validator("scope")
+    @classmethod
+    def _scope(cls, v: str) -> str:
+        if not SCOPE.match(v):
+            raise ValueError(f"'{v}' is not a scope name: use 1-64 letters, digits, '.', '_', "
+                             "':' or '-'")
+        return v
+
+
 class Budget(_Strict):
     max_usd: float | None = Field(None, ge=0, description="hard cap for the whole run")
     max_usd_per_shot: float | None = Field(None, ge=0, description="hard cap for one shot, all attempts")
     on_exhausted: Literal["stop", "skip"] = Field(
         "stop", description="when a shot cannot reserve its cost: stop new submissions, or skip it")
+    window: Window | None = Field(None, description="daily/monthly caps shared across runs")
 
 
 class Transition(_Strict):

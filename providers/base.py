@@ -35,7 +35,9 @@ from providers.types import Clip, Job, Poll, ShotRequest
 def segment(value: object) -> str:
     """A vendor's id as one URL path segment: escaped, so that an id like `../../x` or
     `a/b?c` cannot move the request elsewhere on the vendor's host."""
-    return quote(str(value), safe="")
+    text = quote(str(value), safe="")
+    # "." and ".." alone are dot segments that URL normalisation would remove
+    return text.replace(".", "%2E") if text in (".", "..") else text
 
 
 @dataclass(frozen=True)

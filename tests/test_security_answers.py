@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from providers import http
+from providers.base import segment
 from providers.errors import ProviderError, UnconfirmedSubmitError, UnsafeURLError
 from providers.hosts import Hosts
 from providers.types import Job
@@ -155,6 +156,13 @@ async def test_the_key_goes_only_to_the_vendors_hosts(emu: Emulator, tmp_path: P
         await p.download(media, tmp_path / "v.mp4", headers=p.auth_headers())
     assert_mp4(tmp_path / "v.mp4")
     assert emu.offhost_credentials == []
+
+
+def test_job_id_segments() -> None:
+    assert segment("../../x") == "..%2F..%2Fx"
+    assert segment("..") == "%2E%2E" and segment(".") == "%2E"
+    assert segment("a?b#c d") == "a%3Fb%23c%20d"
+    assert segment("pred_123-abc") == "pred_123-abc"  # ordinary ids are unchanged
 
 
 def test_hosts_policy_units() -> None:

@@ -163,7 +163,20 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
     if sheet is not None:
         await sheet
     write_run_json(plan, run_dir, journal.run_id, results, ledger)
+    await write_review(plan, run_dir, journal, ledger, final)
     return summary
+
+
+async def write_review(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
+                       final: Path | None, running: bool = False) -> Path:
+    """review.html for the run folder (flows/review/page.py)."""
+    from flows.review.page import write_review_page
+    from flows.review.picks import load_review
+
+    return await write_review_page(run_dir, plan.to_json(), journal.attempts(),
+                                   load_review(run_dir), spent_usd=ledger.spent_usd,
+                                   cap_usd=plan.cap_usd, final=final,
+                                   reserved_usd=ledger.reserved_usd, running=running)
 
 
 async def _contact_sheet(final: Path, run_dir: Path) -> None:

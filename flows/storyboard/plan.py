@@ -182,6 +182,14 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
     return Plan(board, source, width, height, board.output.fps, aspect, resolution, shots)
 
 
+def take_seed(seed: int, take: int) -> int:
+    """Take 1 keeps the shot's seed (its cache key is unchanged); take k > 1 gets its own,
+    derived from the shot's seed and k, so a rerun asks for the same takes again."""
+    if take <= 1:
+        return seed
+    return int(hashlib.sha256(f"{seed}:take{take}".encode()).hexdigest()[:8], 16) % 2**31
+
+
 def _lines(label: str) -> int:
     digits = "".join(ch for ch in label if ch.isdigit())
     return 2160 if label.lower() == "4k" else int(digits or 0)

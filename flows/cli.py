@@ -51,8 +51,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for s in plan.shots:
             o = s.primary
             chain = ", ".join(x.label for x in s.options[1:]) or "-"
+            if s.takes > 1:  # the estimate is the takes' price
+                chain = f"{s.takes} takes x ${o.estimate_usd:.4f}; fallback {chain}"
             print(f"{s.shot_id:<20} {o.provider:<12} {o.model:<28} {s.duration:>7g} "
-                  f"${o.estimate_usd:>9.4f}  {chain}")
+                  f"${s.estimate_usd:>9.4f}  {chain}")
         cap = plan.cap_usd
         print(f"{'total':<70} ${plan.total_estimate:>9.4f}  cap: "
               + (f"${cap:.2f}" if cap is not None else "none"))
@@ -73,6 +75,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     variables = _vars(args.var)
     plan = make_plan(args.spec, variables, args.budget)
     preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor
+    if args.out is not None:  # the picks a person wrote must parse before anything runs
+        from flows.review.picks import load_review
+
+        load_review(args.out)
     out = args.out
     if not args.no_early_submit:  # vendors start while Prefect starts (flows/early.py)
         from flows.early import submit_early
@@ -152,6 +158,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pick(args: argparse.Namespace) -> int:
+    from flows.review.cut import open_run
+    from flows.review.picks import pick
+
+    _, journal = open_run(args.dir)
+    with journal:
+        pick(args.dir, args.shot, args.take, journal.attempts())
+    print(f"{args.dir / 'review.yaml'}: the cut uses take {args.take} of {args.shot}; "
+          f"`storyreel cut {args.dir}` re-assembles it (no spend)")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    from flows.review.cut import open_run
+    from flows.review.picks import reject
+
+    _, journal = open_run(args.dir)
+    with journal:
+        entry = reject(args.dir, args.shot, journal.attempts(), args.note)
+    print(f"{args.dir / 'review.yaml'}: rejected take(s) "
+          f"{', '.join(map(str, sorted(entry.rejected)))} of {args.shot}; running the storyboard "
+          f"again with --out {args.dir} makes new takes of it (and only of it)")
+    return 0
+
+
+def cmd_cut(args: argparse.Namespace) -> int:
+    from flows.review.cut import recut
+
+    cut = asyncio.run(recut(args.dir))
+    for c in cut:
+        print(f"{c.shot_id:<20} " + (f"take {c.take}" if c.take else "MISSING (slate)"))
+    print(f"cut:    {args.dir / 'final.mp4'}\nreview: {args.dir / 'review.html'}")
+    return 0 if all(c.take for c in cut) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="storyreel", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -188,6 +229,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", help="run folders (each with a cost.csv)")
     p.add_argument("--out", type=Path, help="write the tables as CSV files here")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("pick", help="choose the take a shot's cut uses (writes review.yaml)")
+    p.add_argument("dir", type=Path, help="the run folder")
+    p.add_argument("shot")
+    p.add_argument("take", type=int)
+    p.set_defaults(fn=cmd_pick)
+    p = sub.add_parser("reject", help="reject a shot's takes: the next run makes new ones")
+    p.add_argument("dir", type=Path, help="the run folder")
+    p.add_argument("shot")
+    p.add_argument("--note", help="why (shown on the review page)")
+    p.set_defaults(fn=cmd_reject)
+    p = sub.add_parser("cut", help="re-assemble the cut from the picks (no vendor call, no spend)")
+    p.add_argument("dir", type=Path, help="the run folder")
+    p.set_defaults(fn=cmd_cut)
     return ap
 
 

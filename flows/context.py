@@ -52,6 +52,7 @@ class RunContext:
     # shots whose first attempt `storyreel run` made before the flow (flows/early.py): the
     # reasons it failed, empty when its job is at the vendor
     early: dict[str, list[str]] = field(default_factory=dict)
+    _review: dict[str, Any] | None = None  # review.yaml, read once (people write it, never we)
     _providers: dict[str, Provider] = field(default_factory=dict)
     _sems: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 
@@ -65,6 +66,14 @@ class RunContext:
                 extra["renderer"] = render_animatic
             self._providers[name] = cls(client=self.client, key=self.keys.get(name), **extra)
         return self._providers[name]
+
+    def review(self) -> dict[str, Any]:
+        """The run folder's picks and rejections (flows/review/picks.py), by shot id."""
+        if self._review is None:
+            from flows.review.picks import load_review
+
+            self._review = load_review(self.run_dir)
+        return self._review
 
     @contextlib.asynccontextmanager
     async def slot(self, name: str) -> Any:

@@ -18,6 +18,7 @@ from flows.media.conform import conform
 from flows.media.probe import VideoInfo, verify_clip
 from flows.money.journal import Attempt, Journal
 from flows.money.ledger import Ledger
+from flows.review.picks import by_take, good_clip, select_take, takes_to_make
 from flows.storyboard.plan import Option, ShotPlan
 from providers.base import Provider
 from providers.errors import (
@@ -35,11 +36,37 @@ _FINAL = ("content_policy", "invalid_request", "auth", "insufficient_credit", "b
 
 
 async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
-    """Produce the shot's conformed clip, or say precisely why not."""
-    conformed = ctx.run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}.mov"
+    """Produce the shot's takes and return the one the cut uses (review.yaml's pick, else the
+    first good take not rejected), or say precisely why there is none. Takes already made in
+    this run folder resume from the journal at no cost; rejected ones are not made again."""
+    review = ctx.review().get(shot.shot_id)
+    existing = {a.take for a in ctx.journal.attempts(shot.shot_id)}
+    takes = takes_to_make(existing, review, shot.takes)
+    if takes == [1] and shot.takes == 1:
+        return await render_take(ctx, shot)
+    results = dict(zip(takes, await asyncio.gather(
+        *(render_take(ctx, shot.for_take(t)) for t in takes)), strict=True))
+    chosen = select_take(by_take(ctx.journal.attempts(shot.shot_id)), review)
+    if chosen is not None:
+        if chosen in results and results[chosen].conformed is not None:
+            return results[chosen]
+        rows = by_take(ctx.journal.attempts(shot.shot_id))[chosen]
+        return ShotResult(shot.shot_id, rows[-1].status, conformed=good_clip(rows),
+                          option=f"{rows[-1].provider}:{rows[-1].model}")
+    statuses = {r.status for r in results.values()}
+    status = statuses.pop() if len(statuses) == 1 else "failed"
+    return ShotResult(shot.shot_id, status, reason="; ".join(
+        f"take {t}: {r.reason}" for t, r in results.items()))
+
+
+async def render_take(ctx: RunContext, shot: ShotPlan) -> ShotResult:
+    """Produce one take's conformed clip, or say precisely why not."""
+    suffix = f"-take{shot.take}" if shot.take > 1 else ""
+    conformed = ctx.run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}{suffix}.mov"
     # an early submit (flows/early.py) was this run's first attempt of the first option
-    reasons: list[str] = list(ctx.early.get(shot.shot_id, []))
-    used = 1 if shot.shot_id in ctx.early else 0
+    early = shot.take == 1 and shot.shot_id in ctx.early
+    reasons: list[str] = list(ctx.early.get(shot.shot_id, [])) if early else []
+    used = 1 if early else 0
     resumed = await _resume(ctx, shot, conformed, reasons)
     if resumed is not None:
         return resumed
@@ -48,7 +75,8 @@ async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
             hit = ctx.cache.get(clip_key(ctx, shot, opt))
             if hit is not None:
                 row = ctx.journal.record(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(
-                    shot.shot_id), provider=opt.provider, model=opt.model, status="cached",
+                    shot.shot_id, shot.take), take=shot.take, provider=opt.provider,
+                    model=opt.model, status="cached",
                     job_id=hit.job_id, estimated_usd=opt.estimate_usd, actual_usd=0.0,
                     cost_source="none", clip_path=str(hit.path))
                 ctx.log(f"{shot.shot_id}: reused cached clip from {opt.label} (job {hit.job_id})")
@@ -127,8 +155,8 @@ async def submit_first(ctx: RunContext, shot: ShotPlan) -> list[str] | None:
 
 def _base(ctx: RunContext, shot: ShotPlan, opt: Option) -> dict[str, Any]:
     """The journal fields every row of a new attempt starts with."""
-    return dict(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id),
-                provider=opt.provider, model=opt.model)
+    return dict(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id, shot.take),
+                provider=opt.provider, model=opt.model, take=shot.take)
 
 
 async def _reserve(ctx: RunContext, shot: ShotPlan, opt: Option) -> Any:
@@ -295,7 +323,7 @@ async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: P
 async def _resume(ctx: RunContext, shot: ShotPlan, conformed: Path,
                   reasons: list[str]) -> ShotResult | None:
     """Pick up what an interrupted run of this folder already did for the shot."""
-    attempts = ctx.journal.attempts(shot.shot_id)
+    attempts = [a for a in ctx.journal.attempts(shot.shot_id) if a.take == shot.take]
     if not attempts:
         return None
     last: Attempt = attempts[-1]

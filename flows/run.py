@@ -110,16 +110,23 @@ def output_format(plan: Plan) -> OutputFormat:
 
 async def placeholder(plan: Plan, index: int, reason: str, run_dir: Path) -> Path:
     """A slate for a shot that could not be made, so the cut keeps its timing."""
+    shot = plan.shots[index]
+    return await slate(output_format(plan), run_dir, shot.index, shot.shot_id, shot.duration,
+                       reason)
+
+
+async def slate(fmt: OutputFormat, run_dir: Path, index: int, shot_id: str, duration: float,
+                reason: str) -> Path:
+    """The missing-shot slate, from the output format alone (`storyreel cut` has no Plan)."""
     from flows.media.animatic import render_animatic
 
-    shot = plan.shots[index]
-    raw = run_dir / "raw" / f"{shot.shot_id}-missing.mp4"
-    await render_animatic(raw, prompt=f"MISSING SHOT {shot.shot_id}: {reason[:160]}",
-                          duration=shot.duration, width=plan.width, height=plan.height,
-                          fps=plan.fps, seed=0, title=f"missing: {shot.shot_id}")
-    dest = run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}-missing.mov"
+    raw = run_dir / "raw" / f"{shot_id}-missing.mp4"
+    await render_animatic(raw, prompt=f"MISSING SHOT {shot_id}: {reason[:160]}",
+                          duration=duration, width=fmt.width, height=fmt.height,
+                          fps=fmt.fps, seed=0, title=f"missing: {shot_id}")
+    dest = run_dir / "clips" / f"{index:03d}-{shot_id}-missing.mov"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    await conform(raw, dest, output_format(plan), shot.duration)
+    await conform(raw, dest, fmt, duration)
     return dest
 
 

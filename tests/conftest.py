@@ -8,7 +8,7 @@ import pytest
 
 from tests.emulator.core import Emulator
 
-pytest_plugins = ["tests.prefect_fixtures"]
+pytest_plugins = ["tests.prefect_fixtures", "tests.review_kit"]
 
 
 @pytest.fixture(scope="session")

@@ -40,21 +40,9 @@ def test_page_escapes_every_user_and_vendor_text() -> None:
     assert "missing from the cut" in page
 
 
-@pytest.fixture
-def run(emu_env, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from flows.pipeline import render_storyboard
-
-    monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
-    emu_env.configure(latency=0.2)
-
-    async def go(spec: Path, out: Path, **kw: Any) -> dict[str, Any]:
-        return await render_storyboard(storyboard=str(spec), out=str(out), **kw)
-
-    return go
-
-
 @pytest.mark.e2e
-async def test_review_page_in_a_real_browser(run, emu_env, tmp_path: Path) -> None:
+async def test_review_page_in_a_real_browser(review_run, emu_env, tmp_path: Path
+                                             ) -> None:
     emu = emu_env
     emu.inject("fal", "job", "policy", message="the vendor refused it")
     shots = [
@@ -67,7 +55,7 @@ async def test_review_page_in_a_real_browser(run, emu_env, tmp_path: Path) -> No
                        defaults={"provider": "fal", "model": "kling-2.5-turbo-pro"},
                        budget={"max_usd": 4})
     out = tmp_path / "out"
-    result = await run(spec, out)
+    result = await review_run(spec, out)
     assert result["failed"] == ["refused"]
     page = out / "review.html"
     assert page.is_file()

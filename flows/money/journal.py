@@ -119,7 +119,7 @@ class Attempt:
     started_at: str
     finished_at: str | None
     updated_at: str
-    take: int = 1  # which take of the shot (`takes: N`); attempts number across all takes
+    take: int = 1  # which take of the shot (`takes: N`); attempts are numbered per take
 
     @property
     def terminal(self) -> bool:
@@ -280,12 +280,14 @@ class Journal:
         """Attempts not yet terminal: what a resumed run must poll, fetch or flag."""
         return [a for a in self.attempts() if a.status in OPEN]
 
-    def next_attempt(self, shot_id: str) -> int:
-        """1 + the highest attempt number recorded for the shot (1 for a new shot)."""
+    def next_attempt(self, shot_id: str, take: int | None = None) -> int:
+        """1 + the highest attempt number recorded for the shot (1 for a new shot); with
+        `take`, within that take (takes run side by side, each numbering its own attempts)."""
+        sql, args = "SELECT MAX(attempt) FROM attempts WHERE shot_id = ?", (shot_id,)
+        if take is not None:
+            sql, args = sql + " AND take = ?", (shot_id, take)
         with self._lock:
-            (top,) = self._db.execute(
-                "SELECT MAX(attempt) FROM attempts WHERE shot_id = ?", (shot_id,)
-            ).fetchone()
+            (top,) = self._db.execute(sql, args).fetchone()
         return 1 if top is None else int(top) + 1
 
     def meta_get(self, key: str, default: Any = None) -> Any:

@@ -26,6 +26,7 @@ COLUMNS = [
     "run_id",
     "shot_id",
     "attempt",
+    "take",
     "provider",
     "model",
     "job_id",
@@ -82,6 +83,7 @@ def rows_from_journal(journal: Journal, durations: dict[str, float]) -> list[dic
                 "run_id": a.run_id,
                 "shot_id": a.shot_id,
                 "attempt": a.attempt,
+                "take": a.take,
                 "provider": a.provider,
                 "model": a.model,
                 "job_id": a.job_id,
@@ -176,6 +178,8 @@ def summarize(rows: list[dict[str, Any]], cap_usd: float | None) -> pd.DataFrame
 
 def read_cost_csv(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype={"job_id": str, "run_id": str, "shot_id": str})
+    if "take" not in df.columns:  # written before takes existed: every row was take 1
+        df["take"] = 1
     missing = set(COLUMNS) - set(df.columns)
     if missing:
         raise ValueError(f"{path}: not a storyreel cost.csv (missing {', '.join(sorted(missing))})")

@@ -13,6 +13,7 @@ ASPECT = re.compile(r"^(\d{1,3}):(\d{1,3})$")
 PRESETS = {"360p": 360, "480p": 480, "540p": 540, "720p": 720, "1080p": 1080, "1440p": 1440,
            "2160p": 2160, "4k": 2160}
 MAX_SHOT_SECONDS = 600.0
+MAX_TAKES = 8
 
 
 class _Strict(BaseModel):
@@ -74,6 +75,8 @@ class Defaults(_Strict):
     seed: int | None = None
     fallback: list[str] = Field(default_factory=list, description="'provider:model' options to try next")
     retries: int = Field(1, ge=0, le=5, description="extra attempts on the same option after a failure")
+    takes: int = Field(1, ge=1, le=MAX_TAKES, description="independent jobs per shot, each with "
+                       "its own seed; the cut uses the picked (else the first good) one")
     transition: TransitionSpec = "cut"
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -89,6 +92,7 @@ class Shot(_Strict):
     negative_prompt: str | None = None
     fallback: list[str] | None = None
     retries: int | None = Field(None, ge=0, le=5)
+    takes: int | None = Field(None, ge=1, le=MAX_TAKES, description="independent jobs (seeds) for this shot")
     transition: TransitionSpec | None = Field(None, description="junction into the next shot")
     params: dict[str, Any] = Field(default_factory=dict, description="vendor-specific extras")
 

@@ -80,6 +80,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         load_review(args.out)
     out = args.out
+    from flows import progress
+
+    live = progress.Progress()  # one line per shot, redrawn in place on a terminal
+    progress.use(live)
+    live.start(plan)
+    if not args.verbose:  # Prefect's own lines still reach its server; -v shows them here
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    try:
+        result = _run(args, plan, variables, out)
+    finally:
+        live.stop()
+        progress.use(None)
+    cap = f"${args.budget if args.budget is not None else plan.cap_usd:.2f}" \
+        if (args.budget is not None or plan.cap_usd is not None) else "no cap"
+    print(f"\n{result.get('summary', '')}\n\ncut:    {result['final']}\n"
+          f"report: {result['cost_csv']}\nreview: {Path(result['run_dir']) / 'review.html'}\n"
+          f"spent:  ${result['spent_usd']:.4f} of {cap}")
+    if not result["ok"]:
+        print(f"missing shots (placeholders in the cut): {', '.join(result['failed'])}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(args: argparse.Namespace, plan: Any, variables: dict[str, str], out: Any
+         ) -> dict[str, Any]:
     if not args.no_early_submit:  # vendors start while Prefect starts (flows/early.py)
         from flows.early import submit_early
         from flows.run import RunOptions, run_dir_for
@@ -98,15 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         storyboard=str(args.spec), vars=variables, budget=args.budget,
         out=str(out) if out else None, no_cache=args.no_cache,
         regenerate=args.regenerate, resubmit_unconfirmed=args.resubmit_unconfirmed))
-    cap = f"${args.budget if args.budget is not None else plan.cap_usd:.2f}" \
-        if (args.budget is not None or plan.cap_usd is not None) else "no cap"
-    print(f"\n{result.get('summary', '')}\n\ncut:    {result['final']}\n"
-          f"report: {result['cost_csv']}\nspent:  ${result['spent_usd']:.4f} of {cap}")
-    if not result["ok"]:
-        print(f"missing shots (placeholders in the cut): {', '.join(result['failed'])}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return result
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -220,6 +238,8 @@ def parser() -> argparse.ArgumentParser:
                    "while Prefect starts)")
     p.add_argument("--resubmit-unconfirmed", action="store_true",
                    help="resubmit shots whose earlier submit may or may not have been accepted")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Prefect's log lines in the terminal (they always reach its server)")
     p.set_defaults(fn=cmd_run)
     sub.add_parser("schema", help="print the storyboard JSON Schema").set_defaults(fn=cmd_schema)
     p = sub.add_parser("providers", help="list providers, models, limits and prices")

@@ -27,6 +27,7 @@ from prefect.utilities.annotations import quote
 
 from flows import redaction
 from flows.early import take_early
+from flows.progress import sink as progress_sink
 from flows.render import RunContext, ShotResult, render_shot
 from flows.run import (
     RunOptions,
@@ -215,7 +216,8 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
         ctx = RunContext(plan=plan, run_dir=run_dir, journal=journal, ledger=ledger, client=client,
                          keys=keys, fmt=output_format(plan), cache=cache,
                          regenerate=opts.regenerate, resubmit_unconfirmed=opts.resubmit_unconfirmed,
-                         limits=limits, limiter=limiter, log=log)
+                         limits=limits, limiter=limiter, log=log,
+                         events=progress_sink(plan, ledger))
         take_early(ctx)
         # pandas & co. for the reports, imported while the shots wait on vendors
         warm = asyncio.get_running_loop().run_in_executor(None, warm_imports)

@@ -42,8 +42,16 @@ async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
     review = ctx.review().get(shot.shot_id)
     existing = {a.take for a in ctx.journal.attempts(shot.shot_id)}
     takes = takes_to_make(existing, review, shot.takes)
-    if takes == [1] and shot.takes == 1:
-        return await render_take(ctx, shot)
+    if takes == [1] and shot.takes == 1:  # the common case: exactly as before takes existed
+        result = await render_take(ctx, shot)
+    else:
+        result = await _render_takes(ctx, shot, review, takes)
+    ctx.event(shot, result.status, result.reason or result.option or "", take=0)
+    return result
+
+
+async def _render_takes(ctx: RunContext, shot: ShotPlan, review: Any, takes: list[int]
+                        ) -> ShotResult:
     results = dict(zip(takes, await asyncio.gather(
         *(render_take(ctx, shot.for_take(t)) for t in takes)), strict=True))
     chosen = select_take(by_take(ctx.journal.attempts(shot.shot_id)), review)
@@ -80,6 +88,7 @@ async def render_take(ctx: RunContext, shot: ShotPlan) -> ShotResult:
                     job_id=hit.job_id, estimated_usd=opt.estimate_usd, actual_usd=0.0,
                     cost_source="none", clip_path=str(hit.path))
                 ctx.log(f"{shot.shot_id}: reused cached clip from {opt.label} (job {hit.job_id})")
+                ctx.event(shot, "cached", opt.label)
                 return await _finish(ctx, shot, opt, row, hit.path, conformed, "cached")
     for i, opt in enumerate(shot.options):
         tries = 1 + shot.retries
@@ -124,6 +133,7 @@ async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, conformed: Path
         journal.record(**base, status="skipped", estimated_usd=opt.estimate_usd,
                        failure_reason=reasons[-1])
         ctx.log(f"{shot.shot_id}: skipped {opt.label}: {exc}")
+        ctx.event(shot, "skipped", f"{opt.label}: budget")
         return None
     async with ctx.slot(opt.provider):
         sent = await _send(ctx, shot, opt, base, reservation, reasons)
@@ -202,6 +212,7 @@ async def _send(ctx: RunContext, shot: ShotPlan, opt: Option, base: dict[str, An
         return _failed(ctx, row, shot, exc, reasons)
     journal.submitted(row, job.job_id, job.data)
     ctx.log(f"{shot.shot_id}: submitted to {opt.label}, job {job.job_id}")
+    ctx.event(shot, "submitted", opt.label)
     return _Sent(provider, job, row, reservation, started)
 
 
@@ -215,6 +226,9 @@ async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Prov
     def seen(p: Poll) -> None:
         if p.state == "running" and "queued_s" not in timings:
             timings["queued_s"] = round(time.monotonic() - started, 3)
+        if p.state in ("queued", "running"):
+            ctx.event(shot, "running" if p.state == "running" else "submitted", opt.label,
+                      p.progress)
 
     try:
         done = await provider.wait(job, on_status=seen)
@@ -258,6 +272,7 @@ async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Prov
 async def _download(ctx: RunContext, shot: ShotPlan, opt: Option, provider: Provider, job: Job,
                     done: Poll, row: int, conformed: Path, reasons: list[str]) -> ShotResult | None:
     raw = ctx.run_dir / "raw" / f"{shot.shot_id}-{job.job_id}.mp4"
+    ctx.event(shot, "downloading", opt.label)
     t0 = time.monotonic()
     try:
         info = await _fetch_verified(provider, job, done, raw, shot.duration)
@@ -307,6 +322,7 @@ def _failed(ctx: RunContext, row: int, shot: ShotPlan, exc: ProviderError, reaso
     reasons.append(f"{exc.kind}: {exc}")
     ctx.journal.status(row, status, failure_reason=f"{exc.kind}: {exc.message}")
     ctx.log(f"{shot.shot_id}: {exc}")
+    ctx.event(shot, "failed", f"{exc.kind}: {exc.message}")
     return None
 
 
@@ -317,6 +333,7 @@ async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: P
     cache_dir = ctx.cache.root / "conformed" if ctx.cache is not None else None
     await conform(raw, conformed, ctx.fmt, shot.duration, cache_dir=cache_dir, source=source)
     ctx.journal.status(row, "done" if status == "done" else "cached", conformed_path=str(conformed))
+    ctx.event(shot, "conformed" if status == "done" else "cached", opt.label)
     return ShotResult(shot.shot_id, status, conformed=conformed, option=opt.label)
 
 
@@ -350,6 +367,7 @@ async def _resume(ctx: RunContext, shot: ShotPlan, conformed: Path,
                           reason=f"unconfirmed submit to {opt.label} (attempt {last.attempt})")
     if last.status in ("submitted", "running", "succeeded") and last.job_id:
         ctx.log(f"{shot.shot_id}: resuming job {last.job_id} on {opt.label} (not resubmitted)")
+        ctx.event(shot, "submitted", f"{opt.label} (resumed)")
         provider = ctx.provider(opt.provider)
         job = Job(provider=opt.provider, job_id=last.job_id, data=last.job_data or {})
         async with ctx.slot(opt.provider):

@@ -29,6 +29,7 @@ from flows import redaction
 from flows.early import take_early
 from flows.progress import sink as progress_sink
 from flows.render import RunContext, ShotResult, render_shot
+from flows.review.page import PageRefresher
 from flows.run import (
     RunOptions,
     RunSummary,
@@ -42,6 +43,7 @@ from flows.run import (
     run_dir_for,
     slug,
     warm_imports,
+    write_review,
 )
 from flows.storyboard.keys import env_key
 from flows.storyboard.plan import Plan, ShotPlan
@@ -224,6 +226,9 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
 
         # every shot's work starts now; its task run (created one at a time) awaits it
         started = {s.shot_id: asyncio.ensure_future(render_shot(ctx, s)) for s in plan.shots}
+        # review.html follows the run as shots finish (flows/review/page.py)
+        page = PageRefresher(lambda: write_review(plan, run_dir, journal, ledger, None,
+                                                  running=True))
 
         async def one(shot: ShotPlan) -> ShotResult:
             nonlocal done, reported
@@ -241,6 +246,7 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
                     result = ShotResult(shot.shot_id, "failed",
                                         reason=f"{type(exc).__name__}: {exc}")
             done += 1
+            page.poke()
             # at most one update a second: each is a server write (~15 ms of its CPU, one at
             # a time), so one per shot slowed 100-shot runs by seconds (bench/README.md P1)
             if time.monotonic() - reported >= 1.0 and done < len(plan.shots):
@@ -252,8 +258,10 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
             results = list(await asyncio.gather(*(one(s) for s in plan.shots)))
             await aupdate_progress_artifact(await progress, 100.0)  # after every throttled update
             await warm
+            await page.close()
             return await finish(plan, run_dir, journal, ledger, results)
         finally:
+            await page.close()
             journal.close()
 
 

@@ -72,6 +72,9 @@ class ModelInfo(BaseModel):
     price: Price
     price_source: str = ""
     charges_failures: bool = False
+    # what a take's seed does: exact (same seed, same clip), best_effort (sent; vendors promise
+    # "similar" at most), none (not sent: the vendor or its API takes none)
+    seed: Literal["exact", "best_effort", "none"] = "best_effort"
     retired: dt.date | None = None
     replacement: str | None = None
     params: dict[str, Any] = {}  # fixed extras sent with every request

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,13 @@ def test_page_escapes_every_user_and_vendor_text() -> None:
 
     plan = {"title": f"Title {HOSTILE}", "estimated_usd": 0.5, "shots": [
         {"id": "a", "prompt": f"A kite {HOSTILE}", "duration": 5, "seed": 7,
-         "options": [{"provider": "fal", "model": "m", "estimate_usd": 0.5}]}]}
+         "options": [{"provider": "fal", "model": "m", "estimate_usd": 0.5, "seed": "none"}]}]}
     views = shot_views(plan, [_attempt(failure_reason=f"content_policy: {HOSTILE}")], {})
     page = render_page(plan, views, spent_usd=0.0, cap_usd=1.0, final=None, final_poster=None)
     assert "<script" not in page and "<img" not in page
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 4  # title x2, prompt, reason
     assert "missing from the cut" in page
+    assert "seed 7 (not sent: fal:m takes none)" in page  # the catalog says it takes no seed
 
 
 @pytest.mark.e2e
@@ -82,5 +82,3 @@ async def test_review_page_in_a_real_browser(review_run, emu_env, tmp_path: Path
     assert f"${spent:.2f} spent of $4.00" in text
     assert report.html.count("<svg") >= 2  # the spend meter and the cost chart
     (tmp_path / "review.png").write_bytes(report.screenshot)
-    if os.environ.get("STORYREEL_REVIEW_SCREENSHOT"):  # how docs/review.png is made
-        Path(os.environ["STORYREEL_REVIEW_SCREENSHOT"]).write_bytes(report.screenshot)

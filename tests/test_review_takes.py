@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +28,17 @@ def _board(tmp_path: Path, **top: object) -> Path:
     return write_board(tmp_path, shots, title="takes",
                        defaults={"provider": "runway", "model": "gen4.5", "duration": SECONDS},
                        budget={"max_usd": 5, "max_usd_per_shot": 1}, **top)
+
+
+def _save_small(png: bytes, dest: Path) -> None:
+    """The README's screenshot: scaled and palette-reduced to stay well under 200 KB."""
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    img = img.resize((img.width * 3 // 4, img.height * 3 // 4), Image.LANCZOS)
+    img.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(dest, optimize=True)
 
 
 def _shot_frame(cut: Path, index: int) -> object:
@@ -162,6 +174,13 @@ async def test_reject_and_rerun_regenerates_only_that_shot(
     page = (out / "review.html").read_text()
     assert 'id="lamp-take1"' in page and 'id="lamp-take2"' in page
     assert "too dark &lt;b&gt;" in page and "take 2 in the cut" in page
+
+    report = await browser.aload(out / "review.html", 1280, 1500)
+    assert report.errors == []
+    assert [v["label"] for v in report.videos][:4] == [
+        "the cut", "open take 1", "open take 2", "lamp take 1"]
+    if os.environ.get("STORYREEL_REVIEW_SCREENSHOT"):  # how docs/review.png is made
+        _save_small(report.screenshot, Path(os.environ["STORYREEL_REVIEW_SCREENSHOT"]))
 
     await review_run(spec, out)  # nothing is left to redo
     assert emu_env.stats("runway")["submits"] == 6

@@ -10,8 +10,12 @@ escaped.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import html
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +122,33 @@ async def write_review_page(run_dir: Path, plan: dict[str, Any], attempts: list[
                        final=_rel(cut_video, run_dir), final_poster=_rel(cut_poster, run_dir),
                        reserved_usd=reserved_usd, running=running)
     return write_text_atomic(run_dir / PAGE, text)
+
+
+class PageRefresher:
+    """Rewrites review.html while a run goes on: at most once every `every` seconds, never two
+    writes at once, and never a failed run because of the page."""
+
+    def __init__(self, write: Callable[[], Awaitable[Any]], every: float = 5.0) -> None:
+        self.write, self.every = write, every
+        self._task: asyncio.Task[None] | None = None
+        self._last = 0.0
+
+    def poke(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        await asyncio.sleep(max(0.0, self._last + self.every - time.monotonic()))
+        self._last = time.monotonic()
+        with contextlib.suppress(Exception):
+            await self.write()
+
+    async def close(self) -> None:
+        """Drop a pending refresh (the final page follows) and wait out one in progress."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
 
 def _rel(path: Path | None, run_dir: Path) -> str | None:
@@ -288,6 +319,12 @@ def _take(v: ShotView, t: TakeView) -> str:
     last = t.rows[-1] if t.rows else None
     model = f"{last.provider}:{last.model}" if last else ""
     seed = f"seed {t.seed}" if t.seed is not None else "no seed"
+    support = next((o.get("seed") for o in v.options if last is not None
+                    and (o["provider"], o["model"]) == (last.provider, last.model)), None)
+    if support == "none":  # the catalog says this model takes no seed
+        seed += f" (not sent: {model} takes none)"
+    elif support == "best_effort":
+        seed += " (best effort)"
     out = [f'<figure class="{cls}" id="{e(v.shot_id)}-take{t.take}">', media,
            f'<figcaption><b>Take {t.take}</b> {"".join(flags)}<br>'
            f'<span class="meta">{e(seed)} &middot; {e(model)} &middot; '

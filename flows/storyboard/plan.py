@@ -131,7 +131,8 @@ class Plan:
                 "id": s.shot_id, "prompt": s.prompt, "duration": s.duration, "seed": s.seed,
                 "image": str(s.image.path or s.image.url) if s.image else None,
                 "options": [{"provider": o.provider, "model": o.model,
-                             "estimate_usd": o.estimate_usd} for o in s.options],
+                             "estimate_usd": o.estimate_usd, "seed": o.info.seed}
+                            for o in s.options],
                 "retries": s.retries, "transition": s.transition.model_dump(),
                 "takes": s.takes, "estimate_usd": s.estimate_usd,
             } for s in self.shots],

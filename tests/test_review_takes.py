@@ -114,6 +114,8 @@ def test_plan_prices_the_takes_and_the_per_shot_cap_counts_them(
 
 
 def test_takes_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_board(tmp_path, [{"id": "a", "prompt": "p", "takes": 2}], defaults={"takes": 3})
+    assert main(["validate", str(spec)]) == 0
     spec = write_board(tmp_path, [{"id": "a", "prompt": "p", "takes": 0}])
     assert main(["validate", str(spec)]) == 2
     assert "shots[0].takes" in capsys.readouterr().err

@@ -82,3 +82,30 @@ async def test_review_page_in_a_real_browser(review_run, emu_env, tmp_path: Path
     assert f"${spent:.2f} spent of $4.00" in text
     assert report.html.count("<svg") >= 2  # the spend meter and the cost chart
     (tmp_path / "review.png").write_bytes(report.screenshot)
+
+
+async def test_the_page_follows_a_run_without_piling_up_writes() -> None:
+    import asyncio
+
+    from flows.review.page import PageRefresher, render_page
+
+    writes: list[float] = []
+
+    async def write() -> None:
+        writes.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.05)
+
+    page = PageRefresher(write, every=0.3)
+    for _ in range(5):  # five shots finish at once: one write
+        page.poke()
+    await asyncio.sleep(0.1)
+    assert len(writes) == 1
+    page.poke()  # a later shot: written again, but not before `every` has passed
+    await asyncio.sleep(0.5)
+    assert len(writes) == 2 and writes[1] - writes[0] >= 0.29
+    page.poke()
+    await page.close()  # the final page follows: a pending refresh is dropped
+    assert len(writes) == 2
+    running = render_page({"title": "t", "shots": []}, [], spent_usd=0, cap_usd=None,
+                          final=None, final_poster=None, running=True)
+    assert '<meta http-equiv="refresh"' in running and "no cut yet" in running

@@ -153,7 +153,7 @@ def cmd_providers(args: argparse.Namespace) -> int:
             state = f"RETIRED {m.retired}" if m.retired else ""
             price = m.price.model_dump(exclude_none=True, exclude={"currency"})
             print(f"  {key:<30} {'+'.join(m.inputs):<10} {m.duration_choices():<18} "
-                  f"{','.join(m.aspect_ratios):<16} {price} {state}")
+                  f"{','.join(m.aspect_ratios):<16} {price} seed:{m.seed} {state}")
     return 0
 
 

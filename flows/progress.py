@@ -190,6 +190,7 @@ class Progress:
             hidden = 0
             if len(shots) > max(8, height - 6):  # a big board: busy and failed shots only
                 rows = [s for s in shots if s.state() not in ("queued", "done", "cached")]
+                rows.sort(key=lambda s: s.state() not in ("failed", "unconfirmed", "skipped"))
                 hidden = len(shots) - len(rows)
                 rows = rows[: max(4, height - 8)]
             for s in rows:

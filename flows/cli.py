@@ -64,8 +64,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for s in plan.shots:
             o = s.primary
             chain = ", ".join(x.label for x in s.options[1:]) or "-"
+            if s.takes > 1:  # the estimate is the takes' price
+                chain = f"{s.takes} takes x ${o.estimate_usd:.4f}; fallback {chain}"
             print(f"{s.shot_id:<20} {o.provider:<12} {o.model:<28} {s.duration:>7g} "
-                  f"${o.estimate_usd:>9.4f}  {chain}")
+                  f"${s.estimate_usd:>9.4f}  {chain}")
         cap = plan.cap_usd
         print(f"{'total':<70} ${plan.total_estimate:>9.4f}  cap: "
               + (f"${cap:.2f}" if cap is not None else "none"))
@@ -98,12 +100,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.storyboard.files import check_out_dir
 
     check_out_dir(args.out)  # the same check a deployment's `out` parameter gets
+    if args.out is not None:  # the picks a person wrote must parse before anything runs
+        from flows.review.picks import load_review
+
+        load_review(args.out)
     out = run_dir_for(plan, args.out)
     with runlock.own(out, wait=args.wait):  # the whole run, early submits included
         return _run_locked(args, plan, variables, out)
 
 
 def _run_locked(args: argparse.Namespace, plan: Any, variables: dict[str, str], out: Path) -> int:
+    from flows import progress
+
+    live = progress.Progress()  # one line per shot, redrawn in place on a terminal
+    progress.use(live)
+    live.start(plan)
+    if not args.verbose:  # Prefect's own lines still reach its server; -v shows them here
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    try:
+        result = _run(args, plan, variables, out)
+    finally:
+        live.stop()
+        progress.use(None)
+    cap = f"${args.budget if args.budget is not None else plan.cap_usd:.2f}" \
+        if (args.budget is not None or plan.cap_usd is not None) else "no cap"
+    print(f"\n{result.get('summary', '')}\n\ncut:    {result['final']}\n"
+          f"report: {result['cost_csv']}\nreview: {Path(result['run_dir']) / 'review.html'}\n"
+          + spent_line(result, cap))
+    for w in result.get("windows", []):
+        print(_window_used(w))
+    if not result["ok"]:
+        print(f"missing shots (placeholders in the cut): {', '.join(result['failed'])}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(args: argparse.Namespace, plan: Any, variables: dict[str, str], out: Path
+         ) -> dict[str, Any]:
     if not args.no_early_submit:  # vendors start while Prefect starts (flows/early.py)
         from flows.early import submit_early
         from flows.run import RunOptions
@@ -121,17 +155,7 @@ def _run_locked(args: argparse.Namespace, plan: Any, variables: dict[str, str], 
         storyboard=str(args.spec), vars=variables, budget=args.budget,
         out=str(out) if out else None, no_cache=args.no_cache,
         regenerate=args.regenerate, resubmit_unconfirmed=args.resubmit_unconfirmed))
-    cap = f"${args.budget if args.budget is not None else plan.cap_usd:.2f}" \
-        if (args.budget is not None or plan.cap_usd is not None) else "no cap"
-    print(f"\n{result.get('summary', '')}\n\ncut:    {result['final']}\n"
-          f"report: {result['cost_csv']}\n" + spent_line(result, cap))
-    for w in result.get("windows", []):
-        print(_window_used(w))
-    if not result["ok"]:
-        print(f"missing shots (placeholders in the cut): {', '.join(result['failed'])}",
-              file=sys.stderr)
-        return 1
-    return 0
+    return result
 
 
 def spent_line(totals: dict[str, Any], cap: str) -> str:
@@ -256,7 +280,7 @@ def cmd_providers(args: argparse.Namespace) -> int:
             state = f"RETIRED {m.retired}" if m.retired else ""
             price = m.price.model_dump(exclude_none=True, exclude={"currency"})
             print(f"  {key:<30} {'+'.join(m.inputs):<10} {m.duration_choices():<18} "
-                  f"{','.join(m.aspect_ratios):<16} {price} {state}")
+                  f"{','.join(m.aspect_ratios):<16} {price} seed:{m.seed} {state}")
     return 0
 
 
@@ -277,6 +301,41 @@ def cmd_report(args: argparse.Namespace) -> int:
             df.to_csv(args.out / f"{name}.csv", index=df.index.name is not None
                       or isinstance(df.index, pd.MultiIndex))
     return 0
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    from flows.review.cut import open_run
+    from flows.review.picks import pick
+
+    _, journal = open_run(args.dir)
+    with journal:
+        pick(args.dir, args.shot, args.take, journal.attempts())
+    print(f"{args.dir / 'review.yaml'}: the cut uses take {args.take} of {args.shot}; "
+          f"`storyreel cut {args.dir}` re-assembles it (no spend)")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    from flows.review.cut import open_run
+    from flows.review.picks import reject
+
+    _, journal = open_run(args.dir)
+    with journal:
+        entry = reject(args.dir, args.shot, journal.attempts(), args.note)
+    print(f"{args.dir / 'review.yaml'}: rejected take(s) "
+          f"{', '.join(map(str, sorted(entry.rejected)))} of {args.shot}; running the storyboard "
+          f"again with --out {args.dir} makes new takes of it (and only of it)")
+    return 0
+
+
+def cmd_cut(args: argparse.Namespace) -> int:
+    from flows.review.cut import recut
+
+    cut = asyncio.run(recut(args.dir))
+    for c in cut:
+        print(f"{c.shot_id:<20} " + (f"take {c.take}" if c.take else "MISSING (slate)"))
+    print(f"cut:    {args.dir / 'final.mp4'}\nreview: {args.dir / 'review.html'}")
+    return 0 if all(c.take for c in cut) else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -308,6 +367,8 @@ def parser() -> argparse.ArgumentParser:
                    "while Prefect starts)")
     p.add_argument("--resubmit-unconfirmed", action="store_true",
                    help="resubmit shots whose earlier submit may or may not have been accepted")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Prefect's log lines in the terminal (they always reach its server)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("budget", help="spend windows: limit, spent, reserved, remaining, and "
                        "the runs holding reservations")
@@ -327,6 +388,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", help="run folders (each with a cost.csv)")
     p.add_argument("--out", type=Path, help="write the tables as CSV files here")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("pick", help="choose the take a shot's cut uses (writes review.yaml)")
+    p.add_argument("dir", type=Path, help="the run folder")
+    p.add_argument("shot")
+    p.add_argument("take", type=int)
+    p.set_defaults(fn=cmd_pick)
+    p = sub.add_parser("reject", help="reject a shot's takes: the next run makes new ones")
+    p.add_argument("dir", type=Path, help="the run folder")
+    p.add_argument("shot")
+    p.add_argument("--note", help="why (shown on the review page)")
+    p.set_defaults(fn=cmd_reject)
+    p = sub.add_parser("cut", help="re-assemble the cut from the picks (no vendor call, no spend)")
+    p.add_argument("dir", type=Path, help="the run folder")
+    p.set_defaults(fn=cmd_cut)
     return ap
 
 

@@ -32,6 +32,18 @@ class ShotResult:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class ShotEvent:
+    """What just happened to one take of a shot, for a live display (flows/progress.py).
+    take 0 is the shot's own ending: state is then its ShotResult status."""
+
+    shot_id: str
+    take: int
+    state: str  # queued submitted running downloading conformed cached failed skipped ...
+    detail: str = ""
+    progress: float | None = None  # 0..1 where the vendor reports it
+
+
 @dataclass
 class RunContext:
     """What every shot of one run shares."""
@@ -49,6 +61,8 @@ class RunContext:
     limits: dict[str, int] = field(default_factory=dict)
     limiter: Limiter | None = None  # cross-run limit (Prefect GCL), entered around each job
     log: Callable[[str], None] = print
+    events: Callable[[ShotEvent], None] | None = None  # a live display, when one is shown
+    _review: dict[str, Any] | None = None  # review.yaml, read once (people write it, never we)
     _providers: dict[str, Provider] = field(default_factory=dict)
     _sems: dict[str, asyncio.Semaphore] = field(default_factory=dict)
 
@@ -62,6 +76,22 @@ class RunContext:
                 extra["renderer"] = render_animatic
             self._providers[name] = cls(client=self.client, key=self.keys.get(name), **extra)
         return self._providers[name]
+
+    def event(self, shot: ShotPlan, state: str, detail: str = "", progress: float | None = None,
+              take: int | None = None) -> None:
+        """Tell the live display, if any; a display's trouble never reaches the shot."""
+        if self.events is not None:
+            with contextlib.suppress(Exception):
+                self.events(ShotEvent(shot.shot_id, shot.take if take is None else take, state,
+                                      detail, progress))
+
+    def review(self) -> dict[str, Any]:
+        """The run folder's picks and rejections (flows/review/picks.py), by shot id."""
+        if self._review is None:
+            from flows.review.picks import load_review
+
+            self._review = load_review(self.run_dir)
+        return self._review
 
     @contextlib.asynccontextmanager
     async def slot(self, name: str) -> Any:

@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from flows import redaction
+from flows import progress, redaction
 from flows.context import RunContext, clip_key
 from flows.render import submit_first
 from flows.run import RunOptions, close_window, new_context, open_journal
@@ -60,6 +60,7 @@ async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str,
         async with new_client() as client:
             ctx = new_context(plan, opts, run_dir, journal, client,
                               {p: env_key(p) for p in plan.providers_used()}, log=_log)
+            ctx.events = progress.sink(plan, ctx.ledger)
             attempted = {a.shot_id for a in journal.attempts()}
             shots = [s for s in plan.shots if eligible(ctx, s, attempted)]
             # one shot's surprise must not cancel the others' submits mid-flight; the flow

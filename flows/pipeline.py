@@ -26,7 +26,9 @@ from prefect.runtime import deployment, flow_run
 from prefect.utilities.annotations import quote
 
 from flows import redaction, runlock
+from flows.progress import sink as progress_sink
 from flows.render import RunContext, ShotResult, render_shot
+from flows.review.page import PageRefresher
 from flows.run import (
     RunOptions,
     RunSummary,
@@ -39,6 +41,7 @@ from flows.run import (
     run_dir_for,
     slug,
     warm_imports,
+    write_review,
 )
 from flows.storyboard.files import check_run_params
 from flows.storyboard.keys import env_key
@@ -218,11 +221,15 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
 
     async with new_client() as client:
         ctx = new_context(plan, opts, run_dir, journal, client, keys, log=log, limiter=limiter)
+        ctx.events = progress_sink(plan, ctx.ledger)
         # pandas & co. for the reports, imported while the shots wait on vendors
         warm = asyncio.get_running_loop().run_in_executor(None, warm_imports)
 
         # every shot's work starts now; its task run (created one at a time) awaits it
         started = {s.shot_id: asyncio.ensure_future(render_shot(ctx, s)) for s in plan.shots}
+        # review.html follows the run as shots finish (flows/review/page.py)
+        page = PageRefresher(lambda: write_review(plan, run_dir, journal, ctx.ledger, None,
+                                                  running=True))
 
         async def one(shot: ShotPlan) -> ShotResult:
             nonlocal done, reported
@@ -240,6 +247,7 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
                     result = ShotResult(shot.shot_id, "failed",
                                         reason=f"{type(exc).__name__}: {exc}")
             done += 1
+            page.poke()
             # at most one update a second: each is a server write (~15 ms of its CPU, one at
             # a time), so one per shot slowed 100-shot runs by seconds (bench/README.md P1)
             if time.monotonic() - reported >= 1.0 and done < len(plan.shots):
@@ -251,8 +259,10 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
             results = list(await asyncio.gather(*(one(s) for s in plan.shots)))
             await aupdate_progress_artifact(await progress, 100.0)  # after every throttled update
             await warm
+            await page.close()
             return await finish(plan, run_dir, journal, ctx.ledger, results)
         finally:
+            await page.close()
             await asyncio.to_thread(close_window, ctx.ledger)  # no-op after finish's
             journal.close()
 

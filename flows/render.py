@@ -29,6 +29,7 @@ from flows.money.cache import ClipCache
 from flows.money.journal import Attempt, Journal
 from flows.money.ledger import Ledger, Reservation
 from flows.money.status import AT_VENDOR, FINAL, NOT_ATTEMPTS, ShotStatus, Status
+from flows.review.picks import by_take, good_clip, select_take, takes_to_make
 from flows.storyboard.plan import Option, ShotPlan
 from providers.base import Provider
 from providers.catalog import find_model
@@ -57,10 +58,44 @@ def _final(reason: str | None) -> bool:
 
 
 async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
-    """Produce the shot's conformed clip, or say precisely why not."""
-    conformed = ctx.run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}.mov"
+    """Produce the shot's takes and return the one the cut uses (review.yaml's pick, else the
+    first good take not rejected), or say precisely why there is none. Takes already made in
+    this run folder resume from the journal at no cost; rejected ones are not made again."""
+    review = ctx.review().get(shot.shot_id)
+    existing = {a.take for a in ctx.journal.attempts(shot.shot_id)}
+    takes = takes_to_make(existing, review, shot.takes)
+    if takes == [1] and shot.takes == 1:  # the common case: exactly as before takes existed
+        result = await render_take(ctx, shot)
+    else:
+        result = await _render_takes(ctx, shot, review, takes)
+    ctx.event(shot, result.status, result.reason or result.option or "", take=0)
+    return result
+
+
+async def _render_takes(ctx: RunContext, shot: ShotPlan, review: Any, takes: list[int]
+                        ) -> ShotResult:
+    results = dict(zip(takes, await asyncio.gather(
+        *(render_take(ctx, shot.for_take(t)) for t in takes)), strict=True))
+    chosen = select_take(by_take(ctx.journal.attempts(shot.shot_id)), review)
+    if chosen is not None:
+        if chosen in results and results[chosen].conformed is not None:
+            return results[chosen]
+        rows = by_take(ctx.journal.attempts(shot.shot_id))[chosen]
+        return ShotResult(shot.shot_id, rows[-1].status, conformed=good_clip(rows),
+                          option=f"{rows[-1].provider}:{rows[-1].model}")
+    statuses = {r.status for r in results.values()}
+    status = statuses.pop() if len(statuses) == 1 else ShotStatus.FAILED
+    return ShotResult(shot.shot_id, status, reason="; ".join(
+        f"take {t}: {r.reason}" for t, r in results.items()))
+
+
+async def render_take(ctx: RunContext, shot: ShotPlan) -> ShotResult:
+    """Produce one take's conformed clip, or say precisely why not. Every journal read here is
+    of this take's rows: takes of a shot run side by side, each with its own tries."""
+    suffix = f"-take{shot.take}" if shot.take > 1 else ""
+    conformed = ctx.run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}{suffix}.mov"
     keys = [clip_key(ctx, shot, opt) for opt in shot.options]  # once per option, not per step
-    history = ctx.journal.attempts(shot.shot_id)
+    history = _take_rows(ctx, shot)
     for a in history:  # an earlier plan's submit that never got an answer: it stays counted
         if a.status == Status.INTENT and a.cache_key not in keys:
             _unanswered(ctx, a)
@@ -74,6 +109,10 @@ async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
                                          *(_settle_other(ctx, a) for a in others))
         return fresh
     return await _render(ctx, shot, keys, conformed, last)
+
+
+def _take_rows(ctx: RunContext, shot: ShotPlan) -> list[Attempt]:
+    return [a for a in ctx.journal.attempts(shot.shot_id) if a.take == shot.take]
 
 
 def _to_resume(attempts: list[Attempt]) -> Attempt | None:
@@ -101,7 +140,7 @@ async def _render(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: P
             return await hit
     for opt, key in zip(shot.options, keys, strict=True):
         # tries already made on this option in this folder (earlier sessions, early submit)
-        earlier = [a for a in ctx.journal.attempts(shot.shot_id)
+        earlier = [a for a in _take_rows(ctx, shot)
                    if a.cache_key == key and a.status not in NOT_ATTEMPTS]
         if any(_final(a.failure_reason) for a in earlier):
             reasons.extend(a.failure_reason or "" for a in earlier if _final(a.failure_reason))
@@ -115,7 +154,7 @@ async def _render(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: P
         if ctx.ledger.stopped():
             break
     if not reasons:
-        tried = ctx.journal.attempts(shot.shot_id)
+        tried = _take_rows(ctx, shot)
         reasons = [a.failure_reason for a in tried if a.failure_reason] or ["no option could run"]
         reasons.append("every option was tried in this run folder; --regenerate "
                        f"{shot.shot_id} or a new --out tries again")
@@ -138,11 +177,13 @@ def _cached(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: Path) -
                     f"reused the cached clip of fallback {opt.label} (paid in an earlier run); "
                     f"{first.label} has none")
                 row = ctx.journal.record(
-                    shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id),
-                    provider=opt.provider, model=opt.model, status=Status.CACHED, cache_key=key,
+                    shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id, shot.take),
+                    take=shot.take, provider=opt.provider, model=opt.model, status=Status.CACHED,
+                    cache_key=key,
                     job_id=hit.job_id, estimated_usd=opt.estimate_usd, actual_usd=0.0,
                     cost_source="none", clip_path=str(hit.path), failure_reason=note)
                 ctx.log(f"{shot.shot_id}: reused cached clip from {opt.label} (job {hit.job_id})")
+                ctx.event(shot, "cached", opt.label)
                 return _finish(ctx, shot, opt, row, hit.path, conformed, ShotStatus.CACHED)
         vendor_before = vendor_before or not placeholder
     return None
@@ -175,6 +216,7 @@ async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, confo
         journal.record(**base, status=Status.SKIPPED, estimated_usd=opt.estimate_usd,
                        cache_key=key, failure_reason=reasons[-1])
         ctx.log(f"{shot.shot_id}: skipped {opt.label}: {exc}")
+        ctx.event(shot, "skipped", f"{opt.label}: budget")
         return TRY_ON
     async with ctx.slot(opt.provider):
         sent = await _send(ctx, shot, opt, key, base, reservation, reasons)
@@ -208,8 +250,8 @@ async def submit_first(ctx: RunContext, shot: ShotPlan) -> list[str] | None:
 
 def _base(ctx: RunContext, shot: ShotPlan, opt: Option) -> dict[str, Any]:
     """The journal fields every row of a new attempt starts with."""
-    return dict(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id),
-                provider=opt.provider, model=opt.model)
+    return dict(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(shot.shot_id, shot.take),
+                provider=opt.provider, model=opt.model, take=shot.take)
 
 
 async def _reserve(ctx: RunContext, shot: ShotPlan, opt: Option) -> Reservation:
@@ -256,6 +298,7 @@ async def _send(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, base: di
         return ShotResult(shot.shot_id, ShotStatus.UNCONFIRMED, reason=str(exc))
     journal.submitted(row, job.job_id, job.data)
     ctx.log(f"{shot.shot_id}: submitted to {opt.label}, job {job.job_id}")
+    ctx.event(shot, "submitted", opt.label)
     return _Sent(provider, job, row, reservation, started)
 
 
@@ -269,6 +312,9 @@ async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, prov
     def seen(p: Poll) -> None:
         if p.state == "running" and "queued_s" not in timings:
             timings["queued_s"] = round(time.monotonic() - started, 3)
+        if p.state in ("queued", "running"):
+            ctx.event(shot, "running" if p.state == "running" else "submitted", opt.label,
+                      p.progress)
 
     try:
         done = await provider.wait(job, on_status=seen)
@@ -350,6 +396,7 @@ def raw_path(run_dir: Path, shot_id: str, row: int) -> Path:
 async def _download(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, provider: Provider,
                     job: Job, done: Poll, row: int, conformed: Path, reasons: list[str]) -> Outcome:
     raw = _raw_path(ctx, shot.shot_id, row)
+    ctx.event(shot, "downloading", opt.label)
     t0 = time.monotonic()
     try:
         info = await _fetch_verified(provider, job, done, raw, shot.duration)
@@ -400,6 +447,7 @@ def _failed(ctx: RunContext, row: int, shot: ShotPlan, exc: ProviderError, reaso
     reasons.append(f"{exc.kind}: {exc}")
     ctx.journal.status(row, status, failure_reason=f"{exc.kind}: {exc.message}")
     ctx.log(f"{shot.shot_id}: {exc}")
+    ctx.event(shot, "failed", f"{exc.kind}: {exc.message}")
     return TRY_ON
 
 
@@ -411,6 +459,7 @@ async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: P
     await conform(raw, conformed, ctx.fmt, shot.duration, cache_dir=cache_dir, source=source)
     ctx.journal.status(row, Status.DONE if status == ShotStatus.DONE else Status.CACHED,
                        conformed_path=str(conformed))
+    ctx.event(shot, "conformed" if status == ShotStatus.DONE else "cached", opt.label)
     return ShotResult(shot.shot_id, status, conformed=conformed, option=opt.label)
 
 
@@ -442,6 +491,7 @@ async def _resume(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: P
                           reason=f"unconfirmed submit to {opt.label} (attempt {last.attempt})")
     if last.status in (*AT_VENDOR, Status.SUCCEEDED) and last.job_id:
         ctx.log(f"{shot.shot_id}: resuming job {last.job_id} on {opt.label} (not resubmitted)")
+        ctx.event(shot, "submitted", f"{opt.label} (resumed)")
         provider = ctx.provider(opt.provider)
         job = Job(provider=opt.provider, job_id=last.job_id, data=last.job_data or {})
         async with ctx.slot(opt.provider):

@@ -171,16 +171,23 @@ def output_format(plan: Plan) -> OutputFormat:
 
 async def placeholder(plan: Plan, index: int, reason: str, run_dir: Path) -> Path:
     """A slate for a shot that could not be made, so the cut keeps its timing."""
+    shot = plan.shots[index]
+    return await slate(output_format(plan), run_dir, shot.index, shot.shot_id, shot.duration,
+                       reason)
+
+
+async def slate(fmt: OutputFormat, run_dir: Path, index: int, shot_id: str, duration: float,
+                reason: str) -> Path:
+    """The missing-shot slate, from the output format alone (`storyreel cut` has no Plan)."""
     from flows.media.animatic import render_animatic
 
-    shot = plan.shots[index]
-    raw = run_dir / "raw" / f"{shot.shot_id}-missing.mp4"
-    await render_animatic(raw, prompt=redact(f"MISSING SHOT {shot.shot_id}: {reason[:160]}"),
-                          duration=shot.duration, width=plan.width, height=plan.height,
-                          fps=plan.fps, seed=0, title=f"missing: {shot.shot_id}")
-    dest = run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}-missing.mov"
+    raw = run_dir / "raw" / f"{shot_id}-missing.mp4"
+    await render_animatic(raw, prompt=redact(f"MISSING SHOT {shot_id}: {reason[:160]}"),
+                          duration=duration, width=fmt.width, height=fmt.height,
+                          fps=fmt.fps, seed=0, title=f"missing: {shot_id}")
+    dest = run_dir / "clips" / f"{index:03d}-{shot_id}-missing.mov"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    await conform(raw, dest, output_format(plan), shot.duration)
+    await conform(raw, dest, fmt, duration)
     return dest
 
 
@@ -235,7 +242,20 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
     summary.windows = await asyncio.to_thread(close_window, ledger)
     write_run_json(plan, run_dir, journal.run_id, results, totals, cut=cut_report.to_json(),
                    windows=summary.windows)
+    await write_review(plan, run_dir, journal, ledger, final)
     return summary
+
+
+async def write_review(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
+                       final: Path | None, running: bool = False) -> Path:
+    """review.html for the run folder (flows/review/page.py)."""
+    from flows.review.page import write_review_page
+    from flows.review.picks import load_review
+
+    return await write_review_page(run_dir, plan.to_json(), journal.attempts(),
+                                   load_review(run_dir), spent_usd=ledger.spent_usd,
+                                   cap_usd=plan.cap_usd, final=final,
+                                   reserved_usd=ledger.reserved_usd, running=running)
 
 
 async def _contact_sheet(final: Path, run_dir: Path) -> None:

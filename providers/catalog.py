@@ -88,6 +88,9 @@ class ModelInfo(BaseModel):
     # the model costs nothing (the local animatic, a vendor's free tier): a price of 0 is then
     # not a mistake; any other model priced at 0 is refused by planning
     free: bool = False
+    # what a take's seed does: exact (same seed, same clip), best_effort (sent; vendors promise
+    # "similar" at most), none (not sent: the vendor or its API takes none)
+    seed: Literal["exact", "best_effort", "none"] = "best_effort"
     retired: dt.date | None = None
     replacement: str | None = None
     params: dict[str, Any] = {}  # fixed extras sent with every request

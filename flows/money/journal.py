@@ -41,7 +41,8 @@ STATUS_FIELDS = frozenset(
     }
 )
 # `record` may also fill these (a cache hit knows its key, a refusal its estimate).
-RECORD_FIELDS = STATUS_FIELDS | {"cache_key", "job_id", "job_data", "estimated_usd", "reserved_usd"}
+RECORD_FIELDS = STATUS_FIELDS | {"cache_key", "job_id", "job_data", "estimated_usd", "reserved_usd",
+                                 "take"}
 _MONEY = {"estimated_usd", "reserved_usd", "actual_usd"}
 _SECONDS = {"queued_s", "generation_s", "download_s"}
 
@@ -69,7 +70,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     download_s REAL,
     started_at TEXT NOT NULL,
     finished_at TEXT,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    take INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS attempts_shot ON attempts (shot_id, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,6 +103,7 @@ class Attempt:
     started_at: str
     finished_at: str | None
     updated_at: str
+    take: int = 1  # which take of the shot (`takes: N`); attempts are numbered per take
 
     @property
     def terminal(self) -> bool:
@@ -134,6 +137,7 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            _migrate(self._db)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('run_id', ?)",
                 (json.dumps(run_id or new_run_id()),),
@@ -155,11 +159,13 @@ class Journal:
         cache_key: str,
         estimated_usd: float,
         reserved_usd: float,
+        take: int = 1,
     ) -> int:
         """Commit the intent to submit, BEFORE the submit; returns the attempt's row id."""
         return self._insert(
             shot_id=shot_id,
             attempt=attempt,
+            take=take,
             provider=provider,
             model=model,
             status=Status.INTENT,
@@ -248,12 +254,14 @@ class Journal:
             raise KeyError(f"journal {self.path}: no attempt row {row}")
         return _decode(found)
 
-    def next_attempt(self, shot_id: str) -> int:
-        """1 + the highest attempt number recorded for the shot (1 for a new shot)."""
+    def next_attempt(self, shot_id: str, take: int | None = None) -> int:
+        """1 + the highest attempt number recorded for the shot (1 for a new shot); with
+        `take`, within that take (takes run side by side, each numbering its own attempts)."""
+        sql, args = "SELECT MAX(attempt) FROM attempts WHERE shot_id = ?", (shot_id,)
+        if take is not None:
+            sql, args = sql + " AND take = ?", (shot_id, take)
         with self._lock:
-            (top,) = self._db.execute(
-                "SELECT MAX(attempt) FROM attempts WHERE shot_id = ?", (shot_id,)
-            ).fetchone()
+            (top,) = self._db.execute(sql, args).fetchone()
         return 1 if top is None else int(top) + 1
 
     def meta_get(self, key: str, default: Any = None) -> Any:
@@ -271,6 +279,14 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Columns added after a journal may have been written (a run folder from an older
+    version resumes with its rows intact)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(attempts)")}
+    if "take" not in have:
+        db.execute("ALTER TABLE attempts ADD COLUMN take INTEGER NOT NULL DEFAULT 1")
 
 
 def _check_status(status: str) -> None:

@@ -108,6 +108,11 @@ class Ledger:
         left = self._left()
         return None if left is None else float(max(left, _ZERO))
 
+    def shot_spent_usd(self, shot_id: str) -> float:
+        """Settled spend of one shot (earlier sessions of the folder included)."""
+        shot = self._shots.get(shot_id)
+        return float(shot.settled) if shot else 0.0
+
     def _left(self) -> Decimal | None:
         if self.cap is None:
             return None

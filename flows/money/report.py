@@ -32,6 +32,7 @@ COLUMNS = [
     "run_id",
     "shot_id",
     "attempt",
+    "take",
     "provider",
     "model",
     "job_id",
@@ -84,6 +85,7 @@ def rows_from_journal(journal: Journal, durations: dict[str, float]) -> list[dic
                 "run_id": a.run_id,
                 "shot_id": a.shot_id,
                 "attempt": a.attempt,
+                "take": a.take,
                 "provider": a.provider,
                 "model": a.model,
                 "job_id": a.job_id,
@@ -193,6 +195,8 @@ def read_cost_csv(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype={"job_id": str, "run_id": str, "shot_id": str})
     if "at_risk" not in df.columns and "status" in df.columns:  # older cost.csv
         df["at_risk"] = df["status"].isin([str(s) for s in AT_RISK])
+    if "take" not in df.columns:  # written before takes existed: every row was take 1
+        df["take"] = 1
     missing = set(COLUMNS) - set(df.columns)
     if missing:
         raise ValueError(f"{path}: not a storyreel cost.csv (missing {', '.join(sorted(missing))})")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,21 @@ class ShotPlan:
     image: ImageInput | None = None
     image_sha256: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    takes: int = 1  # independent jobs, each with its own seed (take_seed)
+    take: int = 1  # which take this plan makes (for_take)
 
     @property
     def primary(self) -> Option:
         return self.options[0]
+
+    @property
+    def estimate_usd(self) -> float:
+        """What the shot's takes cost on the primary option."""
+        return round(self.primary.estimate_usd * self.takes, 6)
+
+    def for_take(self, take: int) -> ShotPlan:
+        """This shot's plan for one take: its own seed, so its own cache key and clip."""
+        return replace(self, take=take, seed=take_seed(self.seed, take))
 
     def request(self, option: Option, plan: Plan) -> ShotRequest:
         info = option.info
@@ -87,7 +98,7 @@ class Plan:
 
     @property
     def total_estimate(self) -> float:
-        return round(sum(s.primary.estimate_usd for s in self.shots), 6)
+        return round(sum(s.estimate_usd for s in self.shots), 6)
 
     @property
     def total_duration(self) -> float:
@@ -105,9 +116,10 @@ class Plan:
                            f"${budget.max_usd:.2f}")
         if budget.max_usd_per_shot is not None:
             for s in self.shots:
-                if s.primary.estimate_usd > budget.max_usd_per_shot + 1e-9:
-                    reasons.append(f"shots[{s.index}] ({s.shot_id}): ${s.primary.estimate_usd:.2f} "
-                                   f"on {s.primary.label} exceeds budget.max_usd_per_shot "
+                if s.estimate_usd > budget.max_usd_per_shot + 1e-9:
+                    takes = f" x {s.takes} takes" if s.takes > 1 else ""
+                    reasons.append(f"shots[{s.index}] ({s.shot_id}): ${s.estimate_usd:.2f} "
+                                   f"on {s.primary.label}{takes} exceeds budget.max_usd_per_shot "
                                    f"${budget.max_usd_per_shot:.2f}")
         return reasons
 
@@ -122,8 +134,10 @@ class Plan:
                 "id": s.shot_id, "prompt": s.prompt, "duration": s.duration, "seed": s.seed,
                 "image": str(s.image.path or s.image.url) if s.image else None,
                 "options": [{"provider": o.provider, "model": o.model,
-                             "estimate_usd": o.estimate_usd} for o in s.options],
+                             "estimate_usd": o.estimate_usd, "seed": o.info.seed}
+                            for o in s.options],
                 "retries": s.retries, "transition": s.transition.model_dump(),
+                "takes": s.takes, "estimate_usd": s.estimate_usd,
             } for s in self.shots],
             "deliverable": self.finishing.to_json() if self.finishing else None,
         }
@@ -180,12 +194,21 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
             options=options, retries=shot.retries if shot.retries is not None else d.retries,
             transition=tr, negative_prompt=shot.negative_prompt or d.negative_prompt,
             image=image, image_sha256=image_hash, params={**d.params, **shot.params},
+            takes=shot.takes if shot.takes is not None else d.takes,
         ))
     finishing = plan_finishing(board, source, issues)
     if issues:
         raise SpecError(issues, str(source))
     return Plan(board, source, width, height, board.output.fps, aspect, resolution, shots,
                 finishing)
+
+
+def take_seed(seed: int, take: int) -> int:
+    """Take 1 keeps the shot's seed (its cache key is unchanged); take k > 1 gets its own,
+    derived from the shot's seed and k, so a rerun asks for the same takes again."""
+    if take <= 1:
+        return seed
+    return int(hashlib.sha256(f"{seed}:take{take}".encode()).hexdigest()[:8], 16) % 2**31
 
 
 def _lines(label: str) -> int:

@@ -19,6 +19,7 @@ NAMED_COLORS = {"white": "ffffff", "black": "000000", "yellow": "ffde00", "red":
                 "green": "20c040", "blue": "2060e0", "gray": "808080", "grey": "808080"}
 # integrated loudness targets (LUFS): platforms' ~-14, EBU R128 broadcast -23
 LOUDNESS_PRESETS = {"youtube": -14.0, "social": -14.0, "broadcast": -23.0}
+MAX_TAKES = 8
 
 
 class _Strict(BaseModel):
@@ -213,6 +214,8 @@ class Defaults(_Strict):
     seed: int | None = None
     fallback: list[str] = Field(default_factory=list, description="'provider:model' options to try next")
     retries: int = Field(1, ge=0, le=5, description="extra attempts on the same option after a failure")
+    takes: int = Field(1, ge=1, le=MAX_TAKES, description="independent jobs per shot, each with "
+                       "its own seed; the cut uses the picked (else the first good) one")
     transition: TransitionSpec = "cut"
     params: dict[str, Any] = Field(default_factory=dict)
     caption_style: CaptionStyle = Field(default_factory=CaptionStyle)
@@ -229,6 +232,7 @@ class Shot(_Strict):
     negative_prompt: str | None = None
     fallback: list[str] | None = None
     retries: int | None = Field(None, ge=0, le=5)
+    takes: int | None = Field(None, ge=1, le=MAX_TAKES, description="independent jobs (seeds) for this shot")
     transition: TransitionSpec | None = Field(None, description="junction into the next shot")
     params: dict[str, Any] = Field(default_factory=dict, description="vendor-specific extras")
     caption: str | None = Field(None, max_length=500, description="text shown while the shot plays "

@@ -87,6 +87,7 @@ class EmuJob:
     token: str = ""  # names the job's video under /_media/
     error: str = ""  # the failure message for "fail" / "policy" outcomes
     bills: str = "success"  # when the vendor charges it: "success" | "terminal" | "submit"
+    serial: int = 0  # 1, 2, ... in submit order since the last reset (distinct_clips' look)
 
 
 class UnknownModelError(LookupError):
@@ -192,6 +193,9 @@ class Emulator:
         with self._lock:
             self.latency, self.jitter, self.media_size = latency, jitter, media_size
             self.price_multiplier: dict[str, float] = {}
+            # off: every job of a size serves the same clip (one ffmpeg per size); on: each
+            # job its own look, as two generations of a real vendor never match
+            self.distinct_clips = False
             self._rng = random.Random(seed)
             self._jobs: dict[tuple[str, str], EmuJob] = {}
             self._by_token: dict[str, EmuJob] = {}
@@ -205,8 +209,11 @@ class Emulator:
             self.offhost_credentials: list[tuple[str, str, str]] = []
 
     def configure(self, *, latency: float | None = None, jitter: float | None = None,
-                  price_multiplier: dict[str, float] | None = None) -> None:
+                  price_multiplier: dict[str, float] | None = None,
+                  distinct_clips: bool | None = None) -> None:
         with self._lock:
+            if distinct_clips is not None:
+                self.distinct_clips = bool(distinct_clips)
             if latency is not None:
                 self.latency = float(latency)
             if jitter is not None:
@@ -324,7 +331,7 @@ class Emulator:
                 price_usd=float(price_usd), outcome=outcome, ready_after=ready,
                 token=secrets.token_urlsafe(12),
                 error=(fault.params.get("message") if fault else None)
-                or _DEFAULT_ERRORS.get(outcome, ""),
+                or _DEFAULT_ERRORS.get(outcome, ""), serial=len(self._jobs) + 1,
                 bills=found.bills if found is not None else "success",
             )
             if bad is not None:

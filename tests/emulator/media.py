@@ -51,11 +51,20 @@ def fit_size(media_size: tuple[int, int], width: int, height: int) -> tuple[int,
     return even(math.sqrt(area * aspect)), even(math.sqrt(area / aspect))
 
 
-def clip_bytes(duration: float, width: int, height: int, fps: int = 24) -> bytes:
-    """A real MP4 of `duration` seconds at width x height (made even); cached on disk and in memory."""
+LOOKS = 6  # distinct clips per size when the emulator serves distinct_clips
+
+
+def look_of(serial: int) -> int:
+    """1..LOOKS by the job's submit order: jobs submitted one after another never share one."""
+    return 1 + (serial - 1) % LOOKS
+
+
+def clip_bytes(duration: float, width: int, height: int, fps: int = 24, look: int = 0) -> bytes:
+    """A real MP4 of `duration` seconds at width x height (made even); cached on disk and in memory.
+    `look` > 0 turns the test pattern's hue by look x 60 degrees: same size, another picture."""
     duration = max(round(float(duration), 3), 1.0 / fps)
     width, height = even(width), even(height)
-    key = (duration, width, height, int(fps))
+    key = (duration, width, height, int(fps), int(look))
     cached = _memory.get(key)
     if cached is not None:
         return cached
@@ -65,9 +74,10 @@ def clip_bytes(duration: float, width: int, height: int, fps: int = 24) -> bytes
         cached = _memory.get(key)
         if cached is not None:
             return cached
-        path = cache_dir() / f"clip-{duration:g}s-{width}x{height}-{fps}fps.mp4"
+        name = f"clip-{duration:g}s-{width}x{height}-{fps}fps" + (f"-look{look}" if look else "")
+        path = cache_dir() / f"{name}.mp4"
         if not path.exists():
-            _render(path, duration, width, height, fps)
+            _render(path, duration, width, height, fps, look)
         data = path.read_bytes()
         with _guard:
             if len(_memory) >= _MEMORY_LIMIT:
@@ -76,13 +86,14 @@ def clip_bytes(duration: float, width: int, height: int, fps: int = 24) -> bytes
         return data
 
 
-def _render(path: Path, duration: float, width: int, height: int, fps: int) -> None:
+def _render(path: Path, duration: float, width: int, height: int, fps: int, look: int = 0) -> None:
     # unique temp name + atomic rename: safe across processes (pytest-xdist, a standalone server)
     fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent)
     os.close(fd)
     cmd = [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={duration}",
+        "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={duration}"
+        + (f",hue=h={60 * look}:s=2" if look else ""),
         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={duration}",
         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
         "-c:a", "aac", "-b:a", "64k", "-shortest", "-movflags", "+faststart", tmp,

@@ -91,7 +91,8 @@ def _media_endpoint(emu: Emulator) -> Any:
             return Response("Not Found", status_code=404, media_type="text/plain")
         width, height = emu.media_dims(job)
         # ffmpeg runs in a worker thread so other requests keep being answered meanwhile
-        data = await asyncio.to_thread(media.clip_bytes, job.duration, width, height)
+        look = media.look_of(job.serial) if emu.distinct_clips else 0
+        data = await asyncio.to_thread(media.clip_bytes, job.duration, width, height, 24, look)
         if kind == "truncate":
             return faultlib.TruncatedBody(data)
         if kind == "gzip":
@@ -150,7 +151,8 @@ def _config_endpoint(emu: Emulator) -> Any:
             try:
                 body = await request.json()
                 emu.configure(latency=body.get("latency"), jitter=body.get("jitter"),
-                              price_multiplier=body.get("price_multiplier"))
+                              price_multiplier=body.get("price_multiplier"),
+                              distinct_clips=body.get("distinct_clips"))
             except (ValueError, TypeError, AttributeError) as exc:
                 return JSONResponse({"error": f"bad config: {exc}"}, status_code=400)
         return JSONResponse({"latency": emu.latency, "jitter": emu.jitter,

@@ -1,0 +1,1 @@
+"""The producer's review loop: review.html, picks and rejections (review.yaml), re-cuts."""

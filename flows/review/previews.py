@@ -1,0 +1,99 @@
+"""What the review page plays: a browser-friendly copy of each take and a poster frame.
+
+Conformed clips (.mov, PCM audio) join by stream copy but browsers do not play PCM; the
+preview copies the H.264 video as is and encodes the audio to AAC, one ffmpeg per take, made
+once (an up-to-date preview is kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from flows.media.conform import temp_name
+from flows.media.ffmpeg_exec import run_ffmpeg
+from providers.errors import StoryreelError
+
+FOLDER = "review"  # inside the run folder, beside review.html
+POSTER_WIDTH = 480
+
+
+def _fresh(out: Path, src: Path) -> bool:
+    return out.exists() and out.stat().st_mtime_ns >= src.stat().st_mtime_ns
+
+
+async def preview(src: Path, run_dir: Path, name: str, video_copy: bool = True
+                  ) -> tuple[Path | None, Path | None]:
+    """(preview.mp4, poster.jpg) for `src` under run_dir/review/, either None when ffmpeg
+    could not make it: a page with a missing poster beats a failed run. Without
+    `video_copy` (a clip browsers already play, like final.mp4) the clip itself is used."""
+    folder = run_dir / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    video, poster = folder / f"{name}.mp4", folder / f"{name}.jpg"
+    need_video = video_copy and not _fresh(video, src)
+    need_poster = not _fresh(poster, src)
+    made_video: Path | None = video if video_copy else src
+    made_poster: Path | None = poster
+    # a frame 0.4 s in: the first frame of a fade or slate says little
+    poster_args = ["-frames:v", "1", "-vf", f"scale='min({POSTER_WIDTH},iw)':-2", "-q:v", "4",
+                   "-update", "1", "-f", "image2"]
+    video_args = ["-map", "0:v:0", "-map", "0:a?", "-c:v", "copy", "-c:a", "aac", "-b:a", "96k",
+                  "-movflags", "+faststart", "-f", "mp4"]
+    if need_video and need_poster:  # one ffmpeg for both (each start costs ~0.2 s)
+        made = await _make_many(["-i", str(src)], [(video_args, video),
+                                                   (["-map", "0:v:0", "-ss", "0.4", *poster_args],
+                                                    poster)])
+        if made:
+            return video, poster
+    if need_video:
+        made_video = await _make(["-i", str(src), *video_args], video)
+    if need_poster:
+        made_poster = await _make(["-ss", "0.4", "-i", str(src), *poster_args], poster)
+        if made_poster is None:  # a clip shorter than the seek: its first frame
+            made_poster = await _make(["-i", str(src), *poster_args], poster)
+    return made_video, made_poster
+
+
+async def _make_many(inputs: list[str], outputs: list[tuple[list[str], Path]]) -> bool:
+    """One ffmpeg writing several files; all or nothing."""
+    tmps = [temp_name(dest) for _, dest in outputs]
+    args = list(inputs)
+    for (opts, _), tmp in zip(outputs, tmps, strict=True):
+        args += [*opts, str(tmp)]
+    try:
+        await run_ffmpeg(args, timeout=120)
+        if not all(t.is_file() and t.stat().st_size for t in tmps):
+            return False
+        for (_, dest), tmp in zip(outputs, tmps, strict=True):
+            os.replace(tmp, dest)
+        return True
+    except StoryreelError:
+        return False
+    finally:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+
+
+async def _make(args: list[str], dest: Path) -> Path | None:
+    tmp = temp_name(dest)
+    try:
+        await run_ffmpeg([*args, str(tmp)], timeout=120)
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            return None
+        os.replace(tmp, dest)
+        return dest
+    except StoryreelError:
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+async def previews(items: dict[str, Path], run_dir: Path, playable: frozenset[str] = frozenset()
+                   ) -> dict[str, tuple[Path | None, Path | None]]:
+    """Previews for many clips at once (ffmpeg_exec bounds how many run together); the
+    names in `playable` get a poster only."""
+    names = list(items)
+    made = await asyncio.gather(*(preview(items[n], run_dir, n, n not in playable)
+                                  for n in names))
+    return dict(zip(names, made, strict=True))

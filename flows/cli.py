@@ -68,12 +68,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.run import make_plan, preflight
+    from flows.storyboard.plan import plan_file
 
     variables = _vars(args.var)
-    plan = make_plan(args.spec, variables, args.budget)
-    preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor
+    plan = plan_file(args.spec, variables, args.budget)
     out = args.out
+    if out is not None and not args.regenerate:  # nothing to do: say so, start nothing (no
+        from flows.uptodate import check  # vendor, key, ffmpeg or Prefect: flows/uptodate.py)
+
+        verdict = check(plan, out)
+        if verdict.final is not None:
+            print(f"up to date: {verdict.final}")
+            return 0
+        if os.environ.get("STORYREEL_DEBUG"):
+            print(f"storyreel: not up to date: {verdict.why}", file=sys.stderr)
+    from flows.run import preflight
+
+    preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor
+    server = _start_server(args)  # a local Prefect server boots while the vendors start
     if not args.no_early_submit:  # vendors start while Prefect starts (flows/early.py)
         from flows.early import submit_early
         from flows.run import RunOptions, run_dir_for
@@ -84,6 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if early:
             print(f"storyreel: {len(early)} shot(s) submitted before the flow started; run "
                   f"folder {out}", file=sys.stderr)
+    if server is not None:
+        _use_server(server)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from flows.pipeline import render_storyboard
@@ -100,6 +114,60 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"missing shots (placeholders in the cut): {', '.join(result['failed'])}",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def _start_server(args: argparse.Namespace) -> Any:
+    """With no PREFECT_API_URL: find or start storyreel's background Prefect server
+    (flows/server.py), unless --ephemeral-server / STORYREEL_SERVER=ephemeral."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    from flows import server
+
+    if server.mode(args.ephemeral_server) != "local":
+        return None
+    try:
+        pending = server.begin()
+    except (OSError, server.ServerError) as exc:
+        print(f"storyreel: no local Prefect server ({exc}); using a temporary one",
+              file=sys.stderr)
+        return None
+    if pending.url is None:
+        print(f"storyreel: starting a local Prefect server in the background (once; "
+              f"`storyreel server stop` stops it; home {server.home()})", file=sys.stderr)
+    return pending
+
+
+def _use_server(pending: Any) -> None:
+    from flows import server
+
+    try:
+        os.environ["PREFECT_API_URL"] = pending.wait()
+    except (OSError, server.ServerError) as exc:
+        print(f"storyreel: the local Prefect server did not start ({exc}); using a temporary "
+              "one", file=sys.stderr)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from flows import server
+
+    if args.action == "start":
+        url = server.ensure()
+        print(f"running: {url} (database {server.status()['database']})")
+        return 0
+    if args.action == "stop":
+        state = server.stop()
+        print(f"stopped: {state['url']} (pid {state['pid']})" if state else "not running")
+        return 0
+    st = server.status()
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        print(f"{'running' if st['running'] else 'not running'}"
+              f"{'' if not st['running'] else ' (healthy)' if st['healthy'] else ' (not answering)'}")
+        for k in ("url", "pid", "home", "database", "log", "mode"):
+            if st.get(k) is not None:
+                print(f"  {k + ':':<9} {st[k]}")
     return 0
 
 
@@ -179,7 +247,14 @@ def parser() -> argparse.ArgumentParser:
                    "while Prefect starts)")
     p.add_argument("--resubmit-unconfirmed", action="store_true",
                    help="resubmit shots whose earlier submit may or may not have been accepted")
+    p.add_argument("--ephemeral-server", action="store_true",
+                   help="without PREFECT_API_URL, use a temporary Prefect server for this run "
+                   "instead of storyreel's background one (or STORYREEL_SERVER=ephemeral)")
     p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("server", help="storyreel's local Prefect server: status, start, stop")
+    p.add_argument("action", choices=["status", "start", "stop"], nargs="?", default="status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_server)
     sub.add_parser("schema", help="print the storyboard JSON Schema").set_defaults(fn=cmd_schema)
     p = sub.add_parser("providers", help="list providers, models, limits and prices")
     p.add_argument("--json", action="store_true")

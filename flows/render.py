@@ -19,6 +19,7 @@ from flows.media.probe import VideoInfo, verify_clip
 from flows.money.journal import Attempt, Journal
 from flows.money.ledger import Ledger
 from flows.storyboard.plan import Option, ShotPlan
+from flows.uptodate import conformed_name, option_of, row_is_current
 from providers.base import Provider
 from providers.errors import (
     BadMediaError,
@@ -36,7 +37,7 @@ _FINAL = ("content_policy", "invalid_request", "auth", "insufficient_credit", "b
 
 async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
     """Produce the shot's conformed clip, or say precisely why not."""
-    conformed = ctx.run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}.mov"
+    conformed = ctx.run_dir / "clips" / conformed_name(ctx.plan, shot)
     # an early submit (flows/early.py) was this run's first attempt of the first option
     reasons: list[str] = list(ctx.early.get(shot.shot_id, []))
     used = 1 if shot.shot_id in ctx.early else 0
@@ -49,7 +50,8 @@ async def render_shot(ctx: RunContext, shot: ShotPlan) -> ShotResult:
             if hit is not None:
                 row = ctx.journal.record(shot_id=shot.shot_id, attempt=ctx.journal.next_attempt(
                     shot.shot_id), provider=opt.provider, model=opt.model, status="cached",
-                    job_id=hit.job_id, estimated_usd=opt.estimate_usd, actual_usd=0.0,
+                    job_id=hit.job_id, cache_key=clip_key(ctx, shot, opt),
+                    estimated_usd=opt.estimate_usd, actual_usd=0.0,
                     cost_source="none", clip_path=str(hit.path))
                 ctx.log(f"{shot.shot_id}: reused cached clip from {opt.label} (job {hit.job_id})")
                 return await _finish(ctx, shot, opt, row, hit.path, conformed, "cached")
@@ -299,13 +301,20 @@ async def _resume(ctx: RunContext, shot: ShotPlan, conformed: Path,
     if not attempts:
         return None
     last: Attempt = attempts[-1]
-    opt = next((o for o in shot.options if o.provider == last.provider and o.model == last.model),
-               None)
-    if last.status in ("done", "cached") and last.conformed_path and Path(last.conformed_path).exists():
+    opt = option_of(shot, last)
+    # a clip made for what the shot asked before an edit is not this shot's clip any more
+    # (the key of what it asks now differs); the same clip conformed for another format is
+    # conformed again from its download
+    current = opt is not None and row_is_current(ctx.plan, shot, last)
+    if (last.status in ("done", "cached") and current and last.conformed_path
+            and Path(last.conformed_path).name == conformed.name
+            and Path(last.conformed_path).exists()):
         return ShotResult(shot.shot_id, last.status, conformed=Path(last.conformed_path),
                           option=f"{last.provider}:{last.model}")
     if opt is None:
         return None
+    if last.status in ("done", "cached") and not current:
+        return None  # a new attempt (from the cache when the edit was undone)
     if last.status in ("downloaded", "done", "cached") and last.clip_path and Path(last.clip_path).exists():
         ctx.log(f"{shot.shot_id}: resuming from the downloaded clip of job {last.job_id}")
         return await _finish(ctx, shot, opt, last.id, Path(last.clip_path), conformed,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows import uptodate
 from flows.media.assemble import Transition, assemble
 from flows.media.conform import OutputFormat, conform
 from flows.media.ffmpeg_exec import ffmpeg_exe
@@ -21,8 +22,7 @@ from flows.money.journal import Journal
 from flows.money.ledger import Ledger
 from flows.render import ShotResult
 from flows.storyboard.keys import require_keys
-from flows.storyboard.loading import load_storyboard
-from flows.storyboard.plan import Plan, build_plan
+from flows.storyboard.plan import Plan, plan_file
 from providers.errors import BudgetError, MediaError, StoryreelError
 
 _HELD = ("unconfirmed", "intent")  # may have been charged: counts against the cap on resume
@@ -46,11 +46,7 @@ def slug(text: str) -> str:
 def make_plan(spec: str | Path, variables: Mapping[str, Any] | None = None,
               budget: float | None = None) -> Plan:
     """Load, apply overrides, and plan (raises SpecError with every problem's place)."""
-    board = load_storyboard(spec, variables)
-    if budget is not None:
-        board = board.model_copy(update={"budget": board.budget.model_copy(
-            update={"max_usd": budget})})
-    return build_plan(board, spec)
+    return plan_file(spec, dict(variables or {}), budget)
 
 
 def preflight(plan: Plan) -> None:
@@ -154,8 +150,18 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
             clips.append(await placeholder(plan, shot.index, f"{res.status}: {res.reason}", run_dir))
     transitions = [Transition(s.transition.kind, s.transition.duration) for s in plan.shots[:-1]]
     final = run_dir / "final.mp4"
-    await assemble(clips, final, output_format(plan), transitions)
-    sheet = asyncio.create_task(_contact_sheet(final, run_dir)) if contact_sheet else None
+    # content-addressed cut (flows/uptodate.py): the same clips and settings are not joined again
+    material = _cut_material(plan, run_dir, journal, results)
+    key = uptodate.material_key(material) if material is not None else None
+    if key is None or uptodate.assembled(run_dir, key) is None:
+        uptodate.forget_record(run_dir)
+        await assemble(clips, final, output_format(plan), transitions)
+        if material is not None and key is not None:
+            uptodate.write_record(run_dir, key, material, final)
+        sheet = asyncio.create_task(_contact_sheet(final, run_dir)) if contact_sheet else None
+    else:
+        sheet = None if (run_dir / "contact_sheet.png").exists() or not contact_sheet \
+            else asyncio.create_task(_contact_sheet(final, run_dir))
     # the reports (pandas) in a thread, while ffmpeg draws the contact sheet
     rows, cost_csv, table = await asyncio.to_thread(_reports, plan, run_dir, journal)
     summary = RunSummary(journal.run_id, run_dir, final, cost_csv, ledger.spent_usd, plan.cap_usd,
@@ -164,6 +170,23 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
         await sheet
     write_run_json(plan, run_dir, journal.run_id, results, ledger)
     return summary
+
+
+def _cut_material(plan: Plan, run_dir: Path, journal: Journal,
+                  results: list[ShotResult]) -> dict[str, Any] | None:
+    """The cut key's material, or None when the cut holds a slate (a missing shot is tried
+    again next time, and its slate says why, which may change)."""
+    clips = []
+    for shot, res in zip(plan.shots, results, strict=True):
+        row = journal.latest(shot.shot_id)
+        if res.conformed is None or row is None or row.status not in uptodate.DONE \
+                or Path(row.conformed_path or "").name != res.conformed.name:
+            return None
+        ident = uptodate.clip_identity(shot, row, res.conformed)
+        if ident is None:
+            return None
+        clips.append(ident)
+    return uptodate.cut_material(plan, clips, run_dir)
 
 
 async def _contact_sheet(final: Path, run_dir: Path) -> None:

@@ -192,3 +192,7 @@ class MediaError(StoryreelError):
         self.stderr_tail = "\n".join(stderr.strip().splitlines()[-20:])
         text = message if not self.stderr_tail else f"{message}\n{self.stderr_tail}"
         super().__init__(text)
+
+
+class OrchestratorError(StoryreelError):
+    """The local Prefect server (flows/server.py) could not be started or reached."""

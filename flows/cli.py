@@ -8,7 +8,6 @@ User mistakes print one line per problem and no traceback; STORYREEL_DEBUG=1 re-
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -82,6 +81,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         if os.environ.get("STORYREEL_DEBUG"):
             print(f"storyreel: not up to date: {verdict.why}", file=sys.stderr)
+    import asyncio  # here, not at the top: "up to date" needs no event loop (nor ssl)
+
     from flows.run import preflight
 
     preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor

@@ -1,7 +1,7 @@
-"""P7: the issue-13 table: the demo's first run, a new folder with every clip cached, and
+"""NOOP: the issue-13 table: the demo's first run, a new folder with every clip cached, and
 nothing to do (`storyreel run` again on a finished folder, storyboard unchanged).
 
-    python bench/p7_noop.py [--spec specs/demo.yaml] [--repeat 5] [--before PATH] [--before-repeat 2]
+    python bench/noop_rerun.py [--spec specs/demo.yaml] [--repeat 5] [--before PATH] [--before-repeat 2]
 
 Every run is a fresh process of the real CLI with no PREFECT_API_URL, as a user types it:
   first (cold)    a fresh STORYREEL_HOME: storyreel starts its background Prefect server and
@@ -105,7 +105,7 @@ def main() -> int:
     ap.add_argument("--before-repeat", type=int, default=2)
     args = ap.parse_args()
     spec = args.spec.resolve()
-    work = h.workdir("p7")
+    work = h.workdir("noop")
     base: dict[str, list[float]] = {}
     res: dict[str, Any] = {"machine": h.machine(),
                            "args": {k: str(v) for k, v in vars(args).items()}}
@@ -123,7 +123,7 @@ def main() -> int:
     res["baselines"] = base
     res["load_at_end"] = h.busy_note()
     print(report(res))
-    h.save("p7", res)
+    h.save("noop", res)
     return 0
 
 
@@ -138,7 +138,7 @@ def report(res: dict[str, Any]) -> str:
                          m / base["import plan"]])
     imp = res["imports"]
     return "\n".join([
-        f"P7 {Path(res['args']['spec']).name}: first run, cached folder, no-op rerun "
+        f"NOOP {Path(res['args']['spec']).name}: first run, cached folder, no-op rerun "
         "(seconds, fresh processes, medians)",
         h.table(rows, ["what", "runs", "wall", "vs python -c pass", "vs import plan"]),
         f"the no-op run imported {imp['modules']} top-level modules, {imp['import_s']:.2f} s of "

@@ -119,13 +119,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _is_prefect_server(pid: int) -> bool:
-    """Is `pid` (still) a `prefect server start`? Guards against a recycled pid."""
+def _is_ours(state: dict[str, Any]) -> bool:
+    """Is the recorded pid (still) our `prefect server start` on the recorded port? Guards
+    against a recycled pid before anything is signalled."""
+    pid = int(state["pid"])
+    if not _alive(pid):
+        return False
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _alive(pid)  # no /proc (macOS): trust the recorded pid
-    return b"prefect" in b" ".join(cmd) and b"server" in cmd and b"start" in cmd
+        return True  # no /proc (macOS): trust the recorded pid
+    return (b"prefect" in b" ".join(cmd) and b"server" in cmd and b"start" in cmd
+            and str(state.get("port")).encode() in cmd)
 
 
 def _free_port() -> int:
@@ -170,8 +175,7 @@ class _Lock:
 def running() -> dict[str, Any] | None:
     """The recorded server when it is alive and answers its health check."""
     state = read_state()
-    if state and _alive(int(state["pid"])) and _is_prefect_server(int(state["pid"])) \
-            and healthy(state["url"]):
+    if state and _is_ours(state) and healthy(state["url"]):
         return state
     return None
 
@@ -255,7 +259,7 @@ def _start_locked() -> dict[str, Any]:
     """With the lock held: give a recorded server that is alive but not answering a moment
     (its starter may have died), stop it if it stays silent, and start a new one."""
     state = read_state()
-    if state and _alive(int(state["pid"])) and _is_prefect_server(int(state["pid"])):
+    if state and _is_ours(state):
         try:
             _wait_healthy(state, min(_timeout(), 60.0))
             return state
@@ -280,7 +284,7 @@ def begin() -> Pending:
             lock.release()
             return Pending(url=state["url"])
         old = read_state()
-        if old and _alive(int(old["pid"])) and _is_prefect_server(int(old["pid"])):
+        if old and _is_ours(old):
             return Pending(lock=lock)  # alive, not answering yet: wait() sorts it out
         return Pending(lock=lock, spawned=_spawn())
     except BaseException:
@@ -311,9 +315,8 @@ def stop() -> dict[str, Any] | None:
         state = read_state()
         if state is None:
             return None
-        pid = int(state["pid"])
-        if _alive(pid) and _is_prefect_server(pid):
-            _terminate(pid)
+        if _is_ours(state):
+            _terminate(int(state["pid"]))
         _clear_state()
         return state
 
@@ -322,7 +325,7 @@ def status() -> dict[str, Any]:
     """What `storyreel server status` prints."""
     state = read_state() or {}
     pid = state.get("pid")
-    alive = bool(pid) and _alive(int(pid)) and _is_prefect_server(int(pid))
+    alive = bool(state) and _is_ours(state)
     return {"running": alive, "healthy": alive and healthy(state["url"]),
             "url": state.get("url"), "pid": pid if alive else None, "home": str(home()),
             "database": state.get("database") or str(home() / "prefect" / "prefect.db"),

@@ -308,7 +308,9 @@ def base_env(emu: Any, work: Path, *, prefect_home: Path, api_url: str | None) -
     env.update(emu.env())
     env.update({"PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "PREFECT_SERVER_UI_ENABLED": "false", "STORYREEL_CACHE_DIR": str(work / "cache"),
-                "PYTHONPATH": str(ROOT), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"})
+                "PYTHONPATH": str(ROOT), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+                # no benchmark leaves storyreel's background server behind (P0 `reused` asks)
+                "STORYREEL_SERVER": "ephemeral"})
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env

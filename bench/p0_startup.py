@@ -8,6 +8,11 @@ Modes (each a fresh `storyreel run` process, the real CLI):
   warm       the same, with the database of the cold run already there
   server     PREFECT_API_URL pointing at a running `prefect server start` (started beforehand,
              not counted)
+  server-noearly   the same with `--no-early-submit` (issue 12: does early submit still pay
+             once the server is running?)
+  reused     no PREFECT_API_URL: storyreel's own background server (flows/server.py), started
+             by a first run that is not counted, then reused, as a user's second run has it
+  reused-noearly   the same with `--no-early-submit`
 Baseline: bench/floor.py --shots 1, a bare Python script doing the same submit, poll and
 download (no conform, no cut).
 """
@@ -15,13 +20,17 @@ download (no conform, no cut).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import harness as h
+
+NO_EARLY = ("--no-early-submit",)
 
 
 def floor_once(emu: Any, work: Path) -> dict[str, Any]:
@@ -40,14 +49,16 @@ def floor_once(emu: Any, work: Path) -> dict[str, Any]:
             "gen_done": gt.last_download - proc.started}
 
 
-def storyreel_once(emu: Any, work: Path, home: Path, api: str | None) -> dict[str, Any]:
+def storyreel_once(emu: Any, work: Path, home: Path, api: str | None, extra: tuple[str, ...] = (),
+                   env_extra: dict[str, str] | None = None) -> dict[str, Any]:
     emu.reset()
     tag = uuid.uuid4().hex[:8]
     spec = h.storyboard(work / f"spec-{tag}.yaml", 1, tag=tag)
     out = work / f"run-{tag}"
     report = work / f"report-{tag}.json"
     env = h.base_env(emu, work, prefect_home=home, api_url=api)
-    proc = h.run_child(h.cli_argv(report, "run", str(spec), "--out", str(out)), env=env,
+    env.update(env_extra or {})
+    proc = h.run_child(h.cli_argv(report, "run", str(spec), "--out", str(out), *extra), env=env,
                        report=report, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"storyreel failed: {proc.stderr_tail}")
@@ -66,7 +77,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--latency", type=float, default=3.0)
-    ap.add_argument("--modes", nargs="+", default=["floor", "cold", "warm", "server"])
+    ap.add_argument("--modes", nargs="+", default=["floor", "cold", "warm", "server"],
+                    help="floor cold warm server server-noearly reused reused-noearly")
     args = ap.parse_args()
     work = h.workdir("p0")
     emu = h.start_emulator(args.latency, 0.0)
@@ -84,12 +96,28 @@ def main() -> int:
             if "warm" in res:
                 h.wait_quiet()
                 res["warm"].append(storyreel_once(emu, work, home, None))
-        if "server" in res:
+        if "server" in res or "server-noearly" in res:
             with h.prefect_server(h.workdir("p0-server")) as (api, _pid):
                 storyreel_once(emu, work, work / "ph", api)  # the server's own first use
                 for _ in range(args.repeat):
-                    h.wait_quiet()
-                    res["server"].append(storyreel_once(emu, work, work / "ph", api))
+                    for mode, extra in (("server", ()), ("server-noearly", NO_EARLY)):
+                        if mode in res:
+                            h.wait_quiet()
+                            res[mode].append(storyreel_once(emu, work, work / "ph", api, extra))
+        if "reused" in res or "reused-noearly" in res:
+            local = {"STORYREEL_SERVER": "local", "STORYREEL_HOME": str(work / "sr-home")}
+            try:  # the first run starts storyreel's server (not counted); the others reuse it
+                res["first-local"] = [storyreel_once(emu, work, work / "ph", None, (), local)]
+                for _ in range(args.repeat):
+                    for mode, extra in (("reused", ()), ("reused-noearly", NO_EARLY)):
+                        if mode in res:
+                            h.wait_quiet()
+                            res[mode].append(storyreel_once(emu, work, work / "ph", None,
+                                                            extra, local))
+            finally:
+                subprocess.run([sys.executable, "-m", "flows.cli", "server", "stop"],
+                               env={**os.environ, **local, "PYTHONPATH": str(h.ROOT)},
+                               cwd=h.ROOT, capture_output=True, timeout=120)
     finally:
         emu.stop()
     out = {"machine": h.machine(), "args": vars(args), "runs": res, "load_at_end": h.busy_note()}

@@ -1,9 +1,12 @@
 """P4: incremental re-run: a 20-shot storyboard, one shot's prompt edited, run again.
 
     python bench/p4_incremental.py [--shots 20] [--latency 3] [--jitter 1] [--size 1280x720]
+                                   [--same-folder] [--no-early-submit]
 
 Both runs are `storyreel run` (the real CLI, running Prefect server) into new run folders
-sharing one clip cache, as a user would run them. The emulator serves clips at the output
+sharing one clip cache, as a user would run them; with --same-folder all three go into one
+run folder (the producer's loop: `--out` stays, so the unchanged third run is a no-op).
+--no-early-submit is passed to every run (issue 12's question). The emulator serves clips at the output
 size. Reported: paid jobs of the second run (emulator submits), its wall time against the
 first run's, and against the target "1 generation + 1 conform + 1 s", where generation is
 the edited shot's submit -> clip downloaded and conform is that clip's conform measured here
@@ -23,12 +26,13 @@ from typing import Any
 import harness as h
 
 
-def run(emu: Any, work: Path, api: str, spec: Path, name: str) -> dict[str, Any]:
+def run(emu: Any, work: Path, api: str, spec: Path, name: str, folder: str | None = None,
+        extra: tuple[str, ...] = ()) -> dict[str, Any]:
     emu.reset()
-    out = work / name
+    out = work / (folder or name)
     report = work / f"{name}.json"
     env = h.base_env(emu, work, prefect_home=work / "ph", api_url=api)
-    proc = h.run_child(h.cli_argv(report, "run", str(spec), "--out", str(out)), env=env,
+    proc = h.run_child(h.cli_argv(report, "run", str(spec), "--out", str(out), *extra), env=env,
                        report=report, timeout=1800)
     if proc.returncode != 0:
         raise RuntimeError(f"storyreel failed: {proc.stderr_tail}")
@@ -43,7 +47,8 @@ def run(emu: Any, work: Path, api: str, spec: Path, name: str) -> dict[str, Any]
         res["generation"] = gt.last_download - gt.first_submit
         res["final_after_download"] = res["final"] - (gt.last_download - proc.started)
     else:
-        res["startup"] = proc.report["stamps"].get("pipeline_ready", proc.started) - proc.started
+        # a no-op run never imports the flow: its whole wall is start-up
+        res["startup"] = proc.report["stamps"].get("pipeline_ready", proc.ended) - proc.started
     return res
 
 
@@ -63,6 +68,8 @@ def main() -> int:
     ap.add_argument("--jitter", type=float, default=1.0)
     ap.add_argument("--size", default="1280x720", help="output size, also served by the emulator")
     ap.add_argument("--edit", type=int, default=7, help="index of the shot whose prompt changes")
+    ap.add_argument("--same-folder", action="store_true", help="all runs into one --out")
+    ap.add_argument("--no-early-submit", action="store_true")
     args = ap.parse_args()
     work = h.workdir("p4")
     w, hgt = (int(x) for x in args.size.split("x"))
@@ -75,20 +82,24 @@ def main() -> int:
     try:
         with h.prefect_server(work) as (api, _pid):
             h.wait_quiet()
-            r1 = run(emu, work, api, first, "run1")
+            folder = "run1" if args.same_folder else None
+            extra = ("--no-early-submit",) if args.no_early_submit else ()
+            r1 = run(emu, work, api, first, "run1", folder, extra)
             h.wait_quiet()
-            r2 = run(emu, work, api, edited, "run2")
+            r2 = run(emu, work, api, edited, "run2", folder, extra)
             h.wait_quiet()
-            r3 = run(emu, work, api, edited, "run3")  # nothing changed: all from the cache
+            # nothing changed: all from the cache (a new folder) or nothing to do (the same)
+            r3 = run(emu, work, api, edited, "run3", folder, extra)
     finally:
         emu.stop()
-    raw = next((Path(r2["out"]) / "raw").glob("*.mp4"))
+    raw = max((Path(r2["out"]) / "raw").glob("*.mp4"), key=lambda p: p.stat().st_mtime)
     h.wait_quiet()
     conform_s = conform_time(raw, work, args.size)
     out = {"machine": h.machine(), "args": vars(args), "first": r1, "edited": r2,
            "unchanged": r3, "one_conform": conform_s, "load_at_end": h.busy_note()}
     print(report(out))
-    h.save("p4", out)
+    h.save("p4" + ("-same" if args.same_folder else "")
+           + ("-noearly" if args.no_early_submit else ""), out)
     return 0
 
 
@@ -103,7 +114,9 @@ def report(out: dict[str, Any]) -> str:
             "final->exit", "wall", "vs first", "wall - start-up"]
     return "\n".join([
         f"P4 incremental: {out['args']['shots']} x 5 s shots at {out['args']['size']}, latency "
-        f"{out['args']['latency']} s + U(0,{out['args']['jitter']}) s (seconds from the command)",
+        f"{out['args']['latency']} s + U(0,{out['args']['jitter']}) s (seconds from the command)"
+        f"{'; one run folder' if out['args'].get('same_folder') else ''}"
+        f"{'; --no-early-submit' if out['args'].get('no_early_submit') else ''}",
         h.table(rows, head),
         f"target for the edited run: wall <= 1 generation ({r2['generation']:.2f}) + 1 conform "
         f"({out['one_conform']:.2f}) + 1 s = {target:.2f} s; measured {r2['wall']:.2f} s "

@@ -8,7 +8,6 @@ User mistakes print one line per problem and no traceback; STORYREEL_DEBUG=1 re-
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import os
@@ -90,15 +89,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.run import make_plan, preflight
+    from flows.storyboard.plan import plan_file
 
     variables = _vars(args.var)
-    plan = make_plan(args.spec, variables, args.budget)
-    preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor
+    plan = plan_file(args.spec, variables, args.budget)
+    if args.out is not None and not args.regenerate:  # nothing to do: say so, start nothing
+        from flows.uptodate import check  # (no vendor, key, ffmpeg or Prefect: flows/uptodate.py)
+
+        verdict = check(plan, args.out)
+        if verdict.final is not None:
+            print(f"up to date: {verdict.final}")
+            return 0
+        if os.environ.get("STORYREEL_DEBUG"):
+            print(f"storyreel: not up to date: {verdict.why}", file=sys.stderr)
     from flows import runlock
-    from flows.run import run_dir_for
+    from flows.run import preflight, run_dir_for
     from flows.storyboard.files import check_out_dir
 
+    preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor
     check_out_dir(args.out)  # the same check a deployment's `out` parameter gets
     if args.out is not None:  # the picks a person wrote must parse before anything runs
         from flows.review.picks import load_review
@@ -118,7 +126,7 @@ def _run_locked(args: argparse.Namespace, plan: Any, variables: dict[str, str], 
     if not args.verbose:  # Prefect's own lines still reach its server; -v shows them here
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     try:
-        result = _run(args, plan, variables, out)
+        result = _run(args, variables, plan, out)
     finally:
         live.stop()
         progress.use(None)
@@ -136,8 +144,11 @@ def _run_locked(args: argparse.Namespace, plan: Any, variables: dict[str, str], 
     return 0
 
 
-def _run(args: argparse.Namespace, plan: Any, variables: dict[str, str], out: Path
+def _run(args: argparse.Namespace, variables: dict[str, str], plan: Any, out: Path
          ) -> dict[str, Any]:
+    import asyncio  # here, not at the top: "up to date" needs no event loop (nor ssl)
+
+    server = _start_server(args)  # a local Prefect server boots while the vendors start
     if not args.no_early_submit:  # vendors start while Prefect starts (flows/early.py)
         from flows.early import submit_early
         from flows.run import RunOptions
@@ -147,13 +158,15 @@ def _run(args: argparse.Namespace, plan: Any, variables: dict[str, str], out: Pa
         if early:
             print(f"storyreel: {len(early)} shot(s) submitted before the flow started; run "
                   f"folder {out}", file=sys.stderr)
+    if server is not None:
+        _use_server(server)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from flows.pipeline import render_storyboard
 
     result: dict[str, Any] = asyncio.run(render_storyboard(
         storyboard=str(args.spec), vars=variables, budget=args.budget,
-        out=str(out) if out else None, no_cache=args.no_cache,
+        out=str(out), no_cache=args.no_cache,
         regenerate=args.regenerate, resubmit_unconfirmed=args.resubmit_unconfirmed))
     return result
 
@@ -170,6 +183,8 @@ def spent_line(totals: dict[str, Any], cap: str) -> str:
 def cmd_reconcile(args: argparse.Namespace) -> int:
     """Ask the vendors about every job a run folder holds money for, settle what ended,
     and rewrite cost.csv and run.json."""
+    import asyncio
+
     from flows.reconcile import reconcile
 
     totals, unsettled = asyncio.run(reconcile(args.dir))
@@ -254,6 +269,60 @@ def _window_used(w: dict[str, Any]) -> str:
                f"of {_money(w['limit_usd'])}, {_money(w['remaining_usd'])} left"))
 
 
+def _start_server(args: argparse.Namespace) -> Any:
+    """With no PREFECT_API_URL: find or start storyreel's background Prefect server
+    (flows/server.py), unless --ephemeral-server / STORYREEL_SERVER=ephemeral."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    from flows import server
+
+    if server.mode(args.ephemeral_server) != "local":
+        return None
+    try:
+        pending = server.begin()
+    except (OSError, server.ServerError) as exc:
+        print(f"storyreel: no local Prefect server ({exc}); using a temporary one",
+              file=sys.stderr)
+        return None
+    if pending.url is None:
+        print(f"storyreel: starting a local Prefect server in the background (once; "
+              f"`storyreel server stop` stops it; home {server.home()})", file=sys.stderr)
+    return pending
+
+
+def _use_server(pending: Any) -> None:
+    from flows import server
+
+    try:
+        os.environ["PREFECT_API_URL"] = pending.wait()
+    except (OSError, server.ServerError) as exc:
+        print(f"storyreel: the local Prefect server did not start ({exc}); using a temporary "
+              "one", file=sys.stderr)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from flows import server
+
+    if args.action == "start":
+        url = server.ensure()
+        print(f"running: {url} (database {server.status()['database']})")
+        return 0
+    if args.action == "stop":
+        state = server.stop()
+        print(f"stopped: {state['url']} (pid {state['pid']})" if state else "not running")
+        return 0
+    st = server.status()
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        print(f"{'running' if st['running'] else 'not running'}"
+              f"{'' if not st['running'] else ' (healthy)' if st['healthy'] else ' (not answering)'}")
+        for k in ("url", "pid", "home", "database", "log", "mode"):
+            if st.get(k) is not None:
+                print(f"  {k + ':':<9} {st[k]}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from flows.storyboard.spec import Storyboard
 
@@ -329,6 +398,8 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 
 def cmd_cut(args: argparse.Namespace) -> int:
+    import asyncio
+
     from flows.review.cut import recut
 
     cut = asyncio.run(recut(args.dir))
@@ -369,6 +440,9 @@ def parser() -> argparse.ArgumentParser:
                    help="resubmit shots whose earlier submit may or may not have been accepted")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show Prefect's log lines in the terminal (they always reach its server)")
+    p.add_argument("--ephemeral-server", action="store_true",
+                   help="without PREFECT_API_URL, use a temporary Prefect server for this run "
+                   "instead of storyreel's background one (or STORYREEL_SERVER=ephemeral)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("budget", help="spend windows: limit, spent, reserved, remaining, and "
                        "the runs holding reservations")
@@ -376,6 +450,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="past windows too, not only today's "
                    "and this month's")
     p.set_defaults(fn=cmd_budget)
+    p = sub.add_parser("server", help="storyreel's local Prefect server: status, start, stop")
+    p.add_argument("action", choices=["status", "start", "stop"], nargs="?", default="status")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_server)
     sub.add_parser("schema", help="print the storyboard JSON Schema").set_defaults(fn=cmd_schema)
     p = sub.add_parser("providers", help="list providers, models, limits and prices")
     p.add_argument("--json", action="store_true")

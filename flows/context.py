@@ -13,10 +13,11 @@ from typing import Any
 import httpx
 
 from flows.media.conform import OutputFormat
-from flows.money.cache import ClipCache, cache_key
+from flows.money.cache import ClipCache
 from flows.money.journal import Journal
 from flows.money.ledger import Ledger
 from flows.storyboard.plan import Option, Plan, ShotPlan
+from flows.uptodate import plan_clip_key
 from providers.base import Provider
 from providers.registry import get_provider_class
 
@@ -107,9 +108,5 @@ class RunContext:
 
 def clip_key(ctx: RunContext, shot: ShotPlan, opt: Option) -> str:
     """The content address of the clip this option would make for this shot."""
-    req = shot.request(opt, ctx.plan)
-    return cache_key(provider=req.provider, model=req.model, vendor_model=req.vendor_model,
-                     prompt=req.prompt, negative_prompt=req.negative_prompt,
-                     duration_s=req.duration_s, aspect_ratio=req.aspect_ratio,
-                     resolution=req.resolution, width=req.width, height=req.height, fps=req.fps,
-                     seed=req.seed, params=req.params, image_sha256=shot.image_sha256)
+
+    return plan_clip_key(ctx.plan, shot, opt)

@@ -10,7 +10,7 @@ from typing import Any
 from flows.media.assemble import Transition
 from flows.media.cards import render_card
 from flows.media.conform import OutputFormat
-from flows.media.finishing import Cut, CutReport
+from flows.media.finishing import Cut
 from flows.money.cache import default_cache_dir
 from flows.storyboard.plan import Plan
 
@@ -41,13 +41,13 @@ async def cut_for(plan: Plan, clips: list[Path], run_dir: Path, fmt: OutputForma
                fin.music, fin.loudness)
 
 
-def summary_lines(report: CutReport) -> list[str]:
-    """What the run summary says about the cut beyond its cost."""
+def summary_lines(cut: dict[str, Any]) -> list[str]:
+    """What the run summary says about the cut beyond its cost (`CutReport.to_json()`)."""
     out = []
-    if report.cues:
-        out.append(f"captions: {len(report.cues)} cues in {report.srt} and {report.vtt}")
-    if report.loudness:
-        ld: dict[str, Any] = report.loudness
+    if cut.get("captions"):
+        out.append(f"captions: {cut['captions']} cues in {cut['srt']} and {cut['vtt']}")
+    ld: dict[str, Any] | None = cut.get("loudness")
+    if ld:
         if ld["mode"] == "silent" or None in (ld["integrated_lufs"], ld["true_peak_dbtp"]):
             out.append("loudness: the cut is silent, nothing to normalise")
         else:

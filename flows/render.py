@@ -31,6 +31,7 @@ from flows.money.ledger import Ledger, Reservation
 from flows.money.status import AT_VENDOR, FINAL, NOT_ATTEMPTS, ShotStatus, Status
 from flows.review.picks import by_take, good_clip, select_take, takes_to_make
 from flows.storyboard.plan import Option, ShotPlan
+from flows.uptodate import conformed_name
 from providers.base import Provider
 from providers.catalog import find_model
 from providers.errors import (
@@ -92,8 +93,7 @@ async def _render_takes(ctx: RunContext, shot: ShotPlan, review: Any, takes: lis
 async def render_take(ctx: RunContext, shot: ShotPlan) -> ShotResult:
     """Produce one take's conformed clip, or say precisely why not. Every journal read here is
     of this take's rows: takes of a shot run side by side, each with its own tries."""
-    suffix = f"-take{shot.take}" if shot.take > 1 else ""
-    conformed = ctx.run_dir / "clips" / f"{shot.index:03d}-{shot.shot_id}{suffix}.mov"
+    conformed = ctx.run_dir / "clips" / conformed_name(ctx.plan, shot)
     keys = [clip_key(ctx, shot, opt) for opt in shot.options]  # once per option, not per step
     history = _take_rows(ctx, shot)
     for a in history:  # an earlier plan's submit that never got an answer: it stays counted
@@ -470,7 +470,10 @@ async def _resume(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: P
     an edited shot gets fresh attempts."""
     opt = shot.options[keys.index(last.cache_key)]  # type: ignore[arg-type]
     again = shot.shot_id in ctx.regenerate
+    # a clip conformed for another format (same clip key, e.g. fit: pad -> crop) is conformed
+    # again from its download: the conformed file's name carries its format
     if last.status in (Status.DONE, Status.CACHED) and not again and last.conformed_path \
+            and Path(last.conformed_path).name == conformed.name \
             and Path(last.conformed_path).exists():
         return ShotResult(shot.shot_id, ShotStatus(last.status), conformed=Path(last.conformed_path),
                           option=opt.label)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows import uptodate
 from flows.deliverable import cut_for, summary_lines
 from flows.media.conform import OutputFormat, conform
 from flows.media.ffmpeg_exec import ffmpeg_exe
@@ -26,8 +27,7 @@ from flows.money.window import SpendWindow
 from flows.redaction import redact, redact_data
 from flows.render import RunContext, ShotResult
 from flows.storyboard.keys import require_keys
-from flows.storyboard.loading import load_storyboard
-from flows.storyboard.plan import Plan, build_plan
+from flows.storyboard.plan import Plan, plan_file
 from providers.errors import BudgetError, MediaError, StoryreelError
 
 
@@ -49,11 +49,7 @@ def slug(text: str) -> str:
 def make_plan(spec: str | Path, variables: Mapping[str, Any] | None = None,
               budget: float | None = None) -> Plan:
     """Load, apply overrides, and plan (raises SpecError with every problem's place)."""
-    board = load_storyboard(spec, variables)
-    if budget is not None:
-        board = board.model_copy(update={"budget": board.budget.model_copy(
-            update={"max_usd": budget})})
-    return build_plan(board, spec)
+    return plan_file(spec, dict(variables or {}), budget)
 
 
 def preflight(plan: Plan) -> None:
@@ -228,19 +224,32 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
         else:
             clips.append(await placeholder(plan, shot.index, f"{res.status}: {res.reason}", run_dir))
     final = run_dir / "final.mp4"
-    # title/end cards, captions, music, loudness, logo: flows/deliverable.py
-    cut = await cut_for(plan, clips, run_dir, output_format(plan))
-    cut_report = await make_cut(cut, final)
-    sheet = asyncio.create_task(_contact_sheet(final, run_dir)) if contact_sheet else None
+    # content-addressed cut (flows/uptodate.py): the same clips and settings are not cut again
+    material = _cut_material(plan, run_dir, journal, results)
+    key = uptodate.material_key(material) if material is not None else None
+    record = uptodate.read_record(run_dir) \
+        if key is not None and uptodate.assembled(run_dir, key) is not None else None
+    if record is None:
+        uptodate.forget_record(run_dir)
+        # title/end cards, captions, music, loudness, logo: flows/deliverable.py
+        cut = await cut_for(plan, clips, run_dir, output_format(plan))
+        cut_json = (await make_cut(cut, final)).to_json()
+        if material is not None and key is not None:
+            uptodate.write_record(run_dir, key, material, final, report=cut_json)
+        sheet = asyncio.create_task(_contact_sheet(final, run_dir)) if contact_sheet else None
+    else:
+        cut_json = dict(record.get("report") or {})
+        sheet = None if (run_dir / "contact_sheet.png").exists() or not contact_sheet \
+            else asyncio.create_task(_contact_sheet(final, run_dir))
     # the reports (pandas) in a thread, while ffmpeg draws the contact sheet
     rows, cost_csv, table, totals = await asyncio.to_thread(_reports, plan, run_dir, journal)
-    table = "\n".join([table, *summary_lines(cut_report)])
+    table = "\n".join([table, *summary_lines(cut_json)])
     summary = RunSummary(journal.run_id, run_dir, final, cost_csv, totals, plan.cap_usd,
-                         results, table, rows, cut=cut_report.to_json())
+                         results, table, rows, cut=cut_json)
     if sheet is not None:
         await sheet
     summary.windows = await asyncio.to_thread(close_window, ledger)
-    write_run_json(plan, run_dir, journal.run_id, results, totals, cut=cut_report.to_json(),
+    write_run_json(plan, run_dir, journal.run_id, results, totals, cut=cut_json,
                    windows=summary.windows)
     await write_review(plan, run_dir, journal, ledger, final)
     return summary
@@ -256,6 +265,16 @@ async def write_review(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledg
                                    load_review(run_dir), spent_usd=ledger.spent_usd,
                                    cap_usd=plan.cap_usd, final=final,
                                    reserved_usd=ledger.reserved_usd, running=running)
+
+
+def _cut_material(plan: Plan, run_dir: Path, journal: Journal,
+                  results: list[ShotResult]) -> dict[str, Any] | None:
+    """The cut key's material, or None when the cut holds a slate (a missing shot is tried
+    again next time, and its slate says why, which may change)."""
+    if any(r.conformed is None for r in results):
+        return None
+    clips, _ = uptodate.done_clips(plan, run_dir, journal)
+    return None if clips is None else uptodate.cut_material(plan, clips, run_dir)
 
 
 async def _contact_sheet(final: Path, run_dir: Path) -> None:

@@ -241,3 +241,7 @@ class MediaError(StoryreelError):
 
 class BusyError(StoryreelError):
     """Another run owns the run folder (its journal and ledger would be worked twice)."""
+
+
+class OrchestratorError(StoryreelError):
+    """The local Prefect server (flows/server.py) could not be started or reached."""

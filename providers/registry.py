@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from providers.base import Provider
+if TYPE_CHECKING:  # httpx & co. only once an adapter is used: planning needs none of them
+    from providers.base import Provider
 
 # provider id -> "module:Class"
 BUILTIN: dict[str, str] = {

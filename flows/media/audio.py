@@ -18,8 +18,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
-
 from flows.media.conform import SAMPLE_RATE
 from flows.media.ffmpeg_exec import run_ffmpeg
 from providers.errors import MediaError
@@ -51,6 +49,8 @@ class Loudness:
 
 def audio_duration(path: Path) -> float:
     """Seconds of the first audio stream; MediaError when the file has none or is not media."""
+    import av  # here: planning a storyboard without music must not load PyAV (the no-op path)
+
     try:
         with av.open(str(path)) as container:
             streams = container.streams.audio

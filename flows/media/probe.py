@@ -10,10 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-
-import av
+from typing import TYPE_CHECKING, Any
 
 from providers.errors import BadMediaError
+
+if TYPE_CHECKING:
+    import av
+
+
+def _av() -> Any:
+    """PyAV, imported on first use (~0.1 s): `storyreel run` on an up-to-date folder and the
+    path to the first vendor submit never open a video."""
+    import av
+
+    return av
+
 
 # A complete file's last frame ends within this share of the header duration (ffmpeg.md §4.2).
 END_SLACK = 0.02
@@ -37,10 +48,10 @@ class VideoInfo:
 
 def _open(path: Path) -> av.container.InputContainer:
     try:
-        return av.open(str(path), mode="r")
+        return _av().open(str(path), mode="r")
     except FileNotFoundError as exc:
         raise BadMediaError(f"{path.name}: file not found") from exc
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+    except (_av().FFmpegError, OSError, UnicodeDecodeError) as exc:
         reason = _not_media_reason(path)
         if reason == GENERIC:  # add ffmpeg's own words only when we have none better
             reason += f" ({getattr(exc, 'strerror', None) or exc})"
@@ -64,7 +75,7 @@ def _not_media_reason(path: Path) -> str:
 
 def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
     for s in container.streams.video:
-        if not s.disposition & av.stream.Disposition.attached_pic:  # skip cover art
+        if not s.disposition & _av().stream.Disposition.attached_pic:  # skip cover art
             return s
     return None
 
@@ -82,7 +93,7 @@ def _info(container: av.container.InputContainer, path: Path) -> tuple[VideoInfo
     a = container.streams.audio[0] if container.streams.audio else None
     cc = v.codec_context
     rate = v.average_rate or v.guessed_rate or v.base_rate
-    fmt_duration = container.duration / av.time_base if container.duration else None
+    fmt_duration = container.duration / _av().time_base if container.duration else None
     duration = _seconds(v.duration, v.time_base) or fmt_duration or 0.0
     sar = v.sample_aspect_ratio or cc.sample_aspect_ratio
     info = VideoInfo(
@@ -123,7 +134,7 @@ def _demux(container, v, path: Path) -> tuple[int, float, bool]:
             count += 1
             if pkt.pts is not None and tb is not None:
                 end = max(end, float((pkt.pts + (pkt.duration or 0)) * tb))
-    except av.FFmpegError:
+    except _av().FFmpegError:
         broken = True
     start = _seconds(v.start_time, tb) or 0.0
     return count, max(0.0, end - start), broken
@@ -187,6 +198,6 @@ def _decode_one(path: Path) -> None:
         try:
             for _frame in container.decode(v):
                 return
-        except av.FFmpegError as exc:
+        except _av().FFmpegError as exc:
             raise BadMediaError(f"{path.name}: the video cannot be decoded ({exc})") from exc
     raise BadMediaError(f"{path.name}: no video frame could be decoded")

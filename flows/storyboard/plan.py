@@ -309,3 +309,16 @@ def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, 
                               f"${estimate:g} for {duration:g} s at {resolution}; give a "
                               "positive price"))
     return estimate
+
+
+def plan_file(spec: str | Path, variables: dict[str, Any] | None = None,
+              budget: float | None = None) -> Plan:
+    """Load a storyboard file, apply the --budget override, and plan it (raises SpecError with
+    every problem's place). Light: no media, money or Prefect imports (flows.run.make_plan)."""
+    from flows.storyboard.loading import load_storyboard
+
+    board = load_storyboard(spec, variables)
+    if budget is not None:
+        board = board.model_copy(update={"budget": board.budget.model_copy(
+            update={"max_usd": budget})})
+    return build_plan(board, spec)

@@ -225,6 +225,28 @@ def test_resume_recovers_by_the_journal(ledger_url: str) -> None:
     store.close()
 
 
+def test_reconcile_settles_what_a_window_counted_at_its_estimate(ledger_url: str) -> None:
+    """`storyreel reconcile DIR` learns from the vendors what at-risk jobs cost: the windows
+    that counted them at their estimate settle them at that (reconcile_run)."""
+    from flows.money.window import reconcile_run
+
+    clock = Clock(dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC))
+    spec = WindowSpec("team", daily_usd=D(10), timezone="UTC")
+    store = open_store(ledger_url)
+    run = SpendWindow(store, spec, "run-r", clock=clock, lease_s=600)
+    for shot in ("paid", "refused", "unknown"):
+        run.commit(run.reserve(shot, D(1)), attempt=1)
+    run.close()  # the run ends with all three at risk: counted at their estimate
+    assert D(window_of(ledger_url, "team", now=clock())["spent_usd"]) == D(3)
+    changed = reconcile_run(store, "run-r", [_Att("paid", 1, "succeeded", 0.4),
+                                             _Att("refused", 1, "failed", 0.0),
+                                             _Att("unknown", 1, "unconfirmed", None)], clock())
+    assert changed == 2
+    w = window_of(ledger_url, "team", now=clock())
+    assert (D(w["spent_usd"]), D(w["reserved_usd"])) == (D("1.4"), D(0))
+    store.close()
+
+
 class _Att:
     def __init__(self, shot_id: str, attempt: int, status: str, actual: float | None) -> None:
         self.shot_id, self.attempt, self.status, self.actual_usd = shot_id, attempt, status, actual

@@ -505,3 +505,40 @@ def test_killed_run_gives_back_what_it_held_but_counts_what_may_be_charged(
     assert emu.stats("fal")["submits"] == 3  # never twice
     w = window_of(url, "k")
     assert (D(w["spent_usd"]), D(w["reserved_usd"]), w["runs"]) == (charged(emu, "fal"), 0, [])
+
+
+@pytest.mark.e2e
+def test_reconcile_settles_the_window_at_the_vendors_price(emu_env: Any, prefect_api: str,
+                                                           tmp_path: Path) -> None:
+    """A job abandoned at its deadline is counted in the window at its estimate; once
+    `storyreel reconcile` has asked the vendor, the window holds the vendor's price."""
+    emu = emu_env
+    emu.configure(latency=3.0)
+    url = f"sqlite:///{tmp_path / 'budgets.sqlite'}"
+    env = run_env(emu, prefect_api, tmp_path, url, STORYREEL_JOB_DEADLINE_S="1.0")
+    spec = write_board(tmp_path, [{"id": "a", "prompt": "harbour at dawn", "provider": "runware",
+                                   "model": "hailuo-2.3", "duration": 6, "retries": 0}],
+                       budget={"window": {"scope": "r", "daily_usd": 5}})
+    out = tmp_path / "out"
+    # no early submit: the deadline must run out while the flow itself waits
+    for args, log in ((["run", str(spec), "--out", str(out), "--no-early-submit"], "run.log"),
+                      (None, None), (["reconcile", str(out)], "reconcile.log")):
+        if args is None:  # the vendor finishes the job we stopped waiting for
+            deadline = time.monotonic() + 30
+            while emu.stats("runware")["in_flight"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            [row] = cost_rows(out)
+            assert row["status"] == "abandoned", row
+            w = window_of(url, "r")
+            assert D(w["spent_usd"]) == D(row["actual_usd"]) == D(row["estimated_usd"])
+            assert charged(emu, "runware") != D(w["spent_usd"])  # the estimate was off
+            continue
+        proc = cli(args, env, tmp_path / log)
+        try:
+            proc.wait(timeout=300)
+        finally:
+            stop(proc)
+    w = window_of(url, "r")
+    assert (D(w["spent_usd"]), D(w["reserved_usd"])) == (charged(emu, "runware"), 0), \
+        (tmp_path / "reconcile.log").read_text()[-2000:]

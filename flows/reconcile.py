@@ -47,6 +47,7 @@ async def reconcile(run_dir: Path, *, deadline_s: float = 1.0) -> tuple[dict[str
                                      provider=provider, journal=journal, ledger=ledger,
                                      cache=cache, run_dir=run_dir, log=print,
                                      deadline=deadline_s)
+            _reconcile_windows(journal.run_id, journal.attempts())
             unsettled = [f"shot {a.shot_id} attempt {a.attempt} on {a.provider}:{a.model} "
                          f"({a.status}{', job ' + a.job_id if a.job_id else ''})"
                          for a in journal.attempts()
@@ -65,3 +66,20 @@ async def reconcile(run_dir: Path, *, deadline_s: float = 1.0) -> tuple[dict[str
             return money, unsettled
         finally:
             journal.close()
+
+
+def _reconcile_windows(run_id: str, attempts: list[Any]) -> None:
+    """Spend windows (flows/money/window.py) counted this run's at-risk money at its estimate;
+    what the vendors said now settles it there too."""
+    import os
+
+    from flows.money.window import reconcile_run
+    from flows.money.window_sql import default_path, open_store
+
+    if not os.environ.get("STORYREEL_LEDGER_URL") and not default_path().exists():
+        return  # this machine never kept a window
+    store = open_store()
+    try:
+        reconcile_run(store, run_id, attempts)
+    finally:
+        store.close()

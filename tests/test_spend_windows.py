@@ -225,6 +225,28 @@ def test_resume_recovers_by_the_journal(ledger_url: str) -> None:
     store.close()
 
 
+def test_reconcile_settles_what_a_window_counted_at_its_estimate(ledger_url: str) -> None:
+    """`storyreel reconcile DIR` learns from the vendors what at-risk jobs cost: the windows
+    that counted them at their estimate settle them at that (reconcile_run)."""
+    from flows.money.window import reconcile_run
+
+    clock = Clock(dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC))
+    spec = WindowSpec("team", daily_usd=D(10), timezone="UTC")
+    store = open_store(ledger_url)
+    run = SpendWindow(store, spec, "run-r", clock=clock, lease_s=600)
+    for shot in ("paid", "refused", "unknown"):
+        run.commit(run.reserve(shot, D(1)), attempt=1)
+    run.close()  # the run ends with all three at risk: counted at their estimate
+    assert D(window_of(ledger_url, "team", now=clock())["spent_usd"]) == D(3)
+    changed = reconcile_run(store, "run-r", [_Att("paid", 1, "succeeded", 0.4),
+                                             _Att("refused", 1, "failed", 0.0),
+                                             _Att("unknown", 1, "unconfirmed", None)], clock())
+    assert changed == 2
+    w = window_of(ledger_url, "team", now=clock())
+    assert (D(w["spent_usd"]), D(w["reserved_usd"])) == (D("1.4"), D(0))
+    store.close()
+
+
 class _Att:
     def __init__(self, shot_id: str, attempt: int, status: str, actual: float | None) -> None:
         self.shot_id, self.attempt, self.status, self.actual_usd = shot_id, attempt, status, actual
@@ -483,3 +505,40 @@ def test_killed_run_gives_back_what_it_held_but_counts_what_may_be_charged(
     assert emu.stats("fal")["submits"] == 3  # never twice
     w = window_of(url, "k")
     assert (D(w["spent_usd"]), D(w["reserved_usd"]), w["runs"]) == (charged(emu, "fal"), 0, [])
+
+
+@pytest.mark.e2e
+def test_reconcile_settles_the_window_at_the_vendors_price(emu_env: Any, prefect_api: str,
+                                                           tmp_path: Path) -> None:
+    """A job abandoned at its deadline is counted in the window at its estimate; once
+    `storyreel reconcile` has asked the vendor, the window holds the vendor's price."""
+    emu = emu_env
+    emu.configure(latency=3.0)
+    url = f"sqlite:///{tmp_path / 'budgets.sqlite'}"
+    env = run_env(emu, prefect_api, tmp_path, url, STORYREEL_JOB_DEADLINE_S="1.0")
+    spec = write_board(tmp_path, [{"id": "a", "prompt": "harbour at dawn", "provider": "runware",
+                                   "model": "hailuo-2.3", "duration": 6, "retries": 0}],
+                       budget={"window": {"scope": "r", "daily_usd": 5}})
+    out = tmp_path / "out"
+    # no early submit: the deadline must run out while the flow itself waits
+    for args, log in ((["run", str(spec), "--out", str(out), "--no-early-submit"], "run.log"),
+                      (None, None), (["reconcile", str(out)], "reconcile.log")):
+        if args is None:  # the vendor finishes the job we stopped waiting for
+            deadline = time.monotonic() + 30
+            while emu.stats("runware")["in_flight"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            [row] = cost_rows(out)
+            assert row["status"] == "abandoned", row
+            w = window_of(url, "r")
+            assert D(w["spent_usd"]) == D(row["actual_usd"]) == D(row["estimated_usd"])
+            assert charged(emu, "runware") != D(w["spent_usd"])  # the estimate was off
+            continue
+        proc = cli(args, env, tmp_path / log)
+        try:
+            proc.wait(timeout=300)
+        finally:
+            stop(proc)
+    w = window_of(url, "r")
+    assert (D(w["spent_usd"]), D(w["reserved_usd"])) == (charged(emu, "runware"), 0), \
+        (tmp_path / "reconcile.log").read_text()[-2000:]

@@ -158,6 +158,43 @@ def _ensure(tx: Tx, spec: WindowSpec, periods: list[tuple[str, str, int | None]]
                    (spec.scope, period, start, spec.timezone, limit))
 
 
+def _truth(a: _Attempt | None) -> tuple[str, int | None]:
+    """The state a dead run's reservation belongs in, by its journal row (None: no row)."""
+    if a is None:  # no intent row: the submit never left (the intent precedes it)
+        return "released", None
+    if a.status in ("intent", "unconfirmed"):
+        return "abandoned", None
+    if a.actual_usd is not None:
+        return "settled", micros(a.actual_usd)
+    if a.status in ("failed", "canceled", "skipped"):
+        return "released", None  # the vendor refused the submit
+    return "abandoned", None  # at a vendor, lost: counted at the estimate
+
+
+def reconcile_run(store: Store, run_id: str, attempts: Iterable[_Attempt],
+                  now: datetime | None = None) -> int:
+    """After `storyreel reconcile` settled a run folder's at-risk jobs in its journal: settle
+    or release, in whatever window they are, the reservations of that run that were counted
+    at their estimate (abandoned). Returns how many changed."""
+    journal = {(a.shot_id, a.attempt): a for a in attempts}
+    ts = (now or utc_now()).timestamp()
+
+    def step(tx: Tx) -> int:
+        rows = tx.execute("SELECT id, shot_id, attempt FROM spend_reservations WHERE run_id = ? "
+                          "AND state = 'abandoned' AND committed = 1 ORDER BY id" + tx.for_update,
+                          (run_id,))
+        changed = 0
+        for rid, shot_id, attempt in rows:
+            a = journal.get((shot_id, attempt))
+            new, actual = _truth(a)
+            if a is not None and new != "abandoned":
+                _move(tx, rid, new, actual, ts)
+                changed += 1
+        return changed
+
+    return store.atomic(step)
+
+
 # -- one run's side of a window --------------------------------------------------------------
 
 class SpendWindow:
@@ -317,17 +354,7 @@ class SpendWindow:
             for rid, state, committed, shot_id, attempt in rows:
                 if rid in self._adopted:
                     continue
-                a = journal.get((shot_id, attempt)) if committed else None
-                if a is None:  # no intent row: the submit never left (intent precedes it)
-                    new, actual = "released", None
-                elif a.status in ("intent", "unconfirmed"):
-                    new, actual = "abandoned", None
-                elif a.actual_usd is not None:
-                    new, actual = "settled", micros(a.actual_usd)
-                elif a.status in ("failed", "canceled", "skipped"):
-                    new, actual = "released", None  # the vendor refused the submit
-                else:
-                    new, actual = "abandoned", None
+                new, actual = _truth(journal.get((shot_id, attempt)) if committed else None)
                 if (new, state) != ("abandoned", "abandoned"):
                     _move(tx, rid, new, actual, ts)
 

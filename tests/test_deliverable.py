@@ -264,7 +264,7 @@ async def test_silent_cut_with_a_loudness_target(tmp_path: Path) -> None:
     assert report.loudness is not None and report.loudness["mode"] == "silent"
     assert report.loudness["true_peak_dbtp"] is None
     json.dumps(report.to_json(), allow_nan=False)
-    assert summary_lines(report) == ["loudness: the cut is silent, nothing to normalise"]
+    assert summary_lines(report.to_json()) == ["loudness: the cut is silent, nothing to normalise"]
     assert not (tmp_path / "final.srt").exists()  # an earlier run's captions are not left behind
 
 

@@ -18,12 +18,11 @@ rows written here count as the option's first try there (render.py counts tries 
 journal), so nothing is handed over besides the journal itself.
 
 Does it still pay now that `storyreel run` reuses a running Prefect server (issue 12,
-bench/README.md session 3)? Under load 7-20 on 2 cores: the vendor gets the first request
-2-10 s sooner (P0: 3.2 s after the command instead of 13.4 s with a running server; the
-edited run of P4 in one folder: 3.2 s instead of 5.0 s, wall 17.3 s instead of 23.0 s). What it
-can save is bounded by the flow's start-up (Prefect's import plus one flow run: 2.5-3.5 s
-idle), which is more than the edit loop's whole 2 s allowance: without it, the "vendor time +
-conform + 2 s" target is out of reach by construction.
+bench/README.md session 3)? The edited run of P4 in one folder, reused server, load 2-3: the
+submit leaves 0.67 s after the command instead of 3.40 s, the wall is 15.9 s instead of 17.8 s
+(2-10 s sooner under heavy load, P0). What it can save is bounded by the flow's start-up
+(Prefect's import plus one flow run, ~2.7 s), which is more than the edit loop's whole 2 s
+allowance: without it the "vendor time + conform + 2 s" target is out of reach by construction.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ start-up (1.5-4 s with a running server, 7-25 s with a temporary one) instead of
 It does only what the flow would do first anyway, with the same money rules (reserve ->
 journal intent -> submit -> journal job id, flows/render.py), and only where nothing on the
 Prefect side could change that first step:
-- a fresh shot (no attempt in this run folder) whose options have no cached clip;
+- a fresh shot whose options have no cached clip: no attempt in this run folder, or its last
+  attempt made the clip of what the shot asked before an edit (the producer's loop: edit a
+  prompt, run the same --out again; flows/render.py's resume starts a new attempt for it too);
 - its first option's key is in the environment (a Secret block needs Prefect to read);
 - that provider has no `limits:` entry (limits are shared across runs through Prefect's
   global concurrency limits, which only the flow holds);
@@ -16,12 +18,11 @@ rows written here count as the option's first try there (render.py counts tries 
 journal), so nothing is handed over besides the journal itself.
 
 Does it still pay now that `storyreel run` reuses a running Prefect server (issue 12,
-bench/README.md session 3)? Under load 7-20 on 2 cores: the vendor gets the first request
-2-10 s sooner (P0: 3.2 s after the command instead of 13.4 s with a running server; the
-edited run of P4 in one folder: 3.2 s instead of 5.0 s, wall 17.3 s instead of 23.0 s). What it
-can save is bounded by the flow's start-up (Prefect's import plus one flow run: 2.5-3.5 s
-idle), which is more than the edit loop's whole 2 s allowance: without it, the "vendor time +
-conform + 2 s" target is out of reach by construction.
+bench/README.md session 3)? The edited run of P4 in one folder, reused server, load 2-3: the
+submit leaves 0.67 s after the command instead of 3.40 s, the wall is 15.9 s instead of 17.8 s
+(2-10 s sooner under heavy load, P0). What it can save is bounded by the flow's start-up
+(Prefect's import plus one flow run, ~2.7 s), which is more than the edit loop's whole 2 s
+allowance: without it the "vendor time + conform + 2 s" target is out of reach by construction.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from pathlib import Path
 
 from flows import progress, redaction
 from flows.context import RunContext, clip_key
+from flows.money.journal import Attempt
 from flows.render import submit_first
 from flows.run import RunOptions, close_window, new_context, open_journal
 from flows.storyboard.keys import env_key, key_env
 from flows.storyboard.plan import Plan, ShotPlan
+from flows.uptodate import DONE, row_is_current
 from providers.errors import redact
 from providers.http import new_client
 
@@ -48,9 +51,20 @@ def _log(line: str) -> None:
         print(f"storyreel: {line}", file=sys.stderr)
 
 
-def eligible(ctx: RunContext, shot: ShotPlan, attempted: set[str]) -> bool:
+def fresh(ctx: RunContext, shot: ShotPlan, rows: list[Attempt]) -> bool:
+    """No attempt yet, or the last one is a finished clip for the shot as it was before an
+    edit (anything else: in flight, failed, unconfirmed, is the flow's to resume)."""
+    rows = [a for a in rows if a.take == shot.take]  # takes of a shot go their own ways
+    if not rows:
+        return True
+    last = rows[-1]
+    return last.status in DONE and not row_is_current(ctx.plan, shot, last)
+
+
+def eligible(ctx: RunContext, shot: ShotPlan, attempted: dict[str, list[Attempt]]) -> bool:
     opt = shot.options[0]
-    if opt.provider == "local" or opt.provider in ctx.limits or shot.shot_id in attempted:
+    if opt.provider == "local" or opt.provider in ctx.limits \
+            or not fresh(ctx, shot, attempted.get(shot.shot_id, [])):
         return False
     if key_env(opt.provider) and not ctx.keys.get(opt.provider):  # a Secret block's key
         return False
@@ -69,7 +83,9 @@ async def submit_early(plan: Plan, run_dir: Path, opts: RunOptions) -> dict[str,
             ctx = new_context(plan, opts, run_dir, journal, client,
                               {p: env_key(p) for p in plan.providers_used()}, log=_log)
             ctx.events = progress.sink(plan, ctx.ledger)
-            attempted = {a.shot_id for a in journal.attempts()}
+            attempted: dict[str, list[Attempt]] = {}
+            for a in journal.attempts():
+                attempted.setdefault(a.shot_id, []).append(a)
             shots = [s for s in plan.shots if eligible(ctx, s, attempted)]
             # one shot's surprise must not cancel the others' submits mid-flight; the flow
             # sees whatever its journal rows say (an intent with no answer is unconfirmed)

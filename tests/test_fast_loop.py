@@ -210,6 +210,8 @@ def test_edited_shot_alone_is_generated_again(loop: Loop) -> None:
     proc = loop.run(spec)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert loop.emu.stats("fal")["submits"] == 1
+    # sent before Prefect started (flows/early.py), although the shot has attempts here
+    assert "1 shot(s) submitted before the flow started" in proc.stderr
     # at most s1's conform (the emulator serves equal bytes, which conform's cache may know)
     conforms = [a for a in calls(loop.log) if any("/raw/" in x for x in a)]
     assert all(any("/raw/s1-" in x for x in a) for a in conforms) and len(conforms) <= 1

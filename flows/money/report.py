@@ -114,7 +114,7 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     df["actual_usd"] = df["actual_usd"].fillna(0.0)
     for col in ("cache_hit", "at_risk"):
-        df[col] = df[col].fillna(False).astype(bool)
+        df[col] = [bool(v) if pd.notna(v) else False for v in df[col]]  # no silent downcast
     return df
 
 

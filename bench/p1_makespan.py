@@ -12,6 +12,12 @@ jitter is seeded and reset before each run):
 Makespans are counted from the first submit the emulator saw: "generation" ends with the
 last clip downloaded, "whole" with final.mp4 written (conform + assemble included, which the
 floor does not do). Process start-up is P0's subject.
+
+--conform-baseline (issue 13's large-board goal): after each storyreel run, the clips it
+downloaded are conformed again by ffmpeg alone, one process per core (P5's pool), twice: the
+hand-written recipe (p5_conform.plain_argv) and storyreel's own arguments. The target is
+    storyreel's wall <= floor generation + recipe conform x 1.1 + storyreel's assembly
+(assembly = last conformed clip to final.mp4), all from the same process run.
 """
 
 from __future__ import annotations
@@ -72,8 +78,37 @@ def run_storyreel(emu: Any, work: Path, n: int, api_url: str | None, size: str,
             "startup": gt.first_submit - proc.started, "exit_after_final": proc.ended - final,
             "cpu_s": proc.self_cpu_s, "children_cpu_s": proc.children_cpu_s,
             "peak_rss_mb": proc.report.get("peak_rss_mb"), "per_job": gt.per_job,
-            "cpu_window": cpu.as_dict(),
+            "cpu_window": cpu.as_dict(), "assembly": final - last_conform,
             "out": str(out)}
+
+
+def conform_baseline(out: Path, size: str, fps: int = 24, seconds: float = 5) -> dict[str, float]:
+    """ffmpeg alone on the run's downloaded clips, one process per core: the hand recipe and
+    storyreel's own argv (no Python around them), in seconds of wall."""
+    import os
+
+    from p5_conform import plain_argv, run_pool
+
+    from flows.media.conform import OutputFormat, conform_argv
+    from flows.media.probe import probe
+
+    w, hgt = (int(x) for x in size.split("x"))
+    fmt = OutputFormat(w, hgt, fps)
+    frames = fmt.frames(seconds)
+    raws = sorted((out / "raw").glob("*.mp4"))
+    dest = out / "baseline"
+    dest.mkdir(exist_ok=True)
+    audio = [probe(r).has_audio for r in raws]
+    recipe = [plain_argv(r, dest / f"{r.stem}-p.mov", w, hgt, fps, frames, a)
+              for r, a in zip(raws, audio, strict=True)]
+    own = [conform_argv(r, dest / f"{r.stem}-o.mov", fmt, frames, a)
+           for r, a in zip(raws, audio, strict=True)]
+    workers = os.cpu_count() or 1
+    h.wait_quiet()
+    t_recipe = run_pool(recipe, workers)
+    h.wait_quiet()
+    t_own = run_pool(own, workers)
+    return {"clips": len(raws), "recipe": t_recipe, "own_argv": t_own}
 
 
 def main() -> int:
@@ -89,6 +124,8 @@ def main() -> int:
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra environment for storyreel (e.g. STORYREEL_FFMPEG_JOBS=1)")
     ap.add_argument("--no-seeds", action="store_true")
+    ap.add_argument("--conform-baseline", action="store_true",
+                    help="conform each run's clips again with ffmpeg alone (the large-board goal)")
     args = ap.parse_args()
     extra = dict(e.split("=", 1) for e in args.env)
     media = None if args.media == "full" else tuple(int(x) for x in args.media.split("x"))
@@ -115,6 +152,8 @@ def main() -> int:
                     runs.append(run_storyreel(emu, work, n, api, args.size, work / "ph",
                                               extra_env=extra,
                                               server_pid=server[1] if server else None))
+                    if args.conform_baseline:
+                        runs[-1]["baseline"] = conform_baseline(Path(runs[-1]["out"]), args.size)
                 results["runs"][n] = {"floor": floors, "storyreel": runs}
             if not args.no_seeds:
                 results["seeds"] = run_floor(emu, work, args.seeds_shots, seeds=True)
@@ -151,6 +190,19 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     head = ["shots", "vendor", "submits floor", "submits storyreel", "floor", "gen",
             "gen/floor", "whole", "whole/floor", "conf+asm share", "seeds~", "seeds/whole",
             "polls/job", "RSS MB"]
+    lines = []
+    for n, r in results["runs"].items():
+        for i, s in enumerate(r["storyreel"]):
+            b = s.get("baseline")
+            if not b:
+                continue
+            floor = r["floor"][min(i, len(r["floor"]) - 1)]["gen"]
+            target = floor + 1.1 * b["recipe"] + s["assembly"]
+            lines.append(
+                f"{n} shots, run {i + 1}: wall {s['wall']:.1f} s (first submit to final.mp4 "
+                f"{s['whole']:.1f} s); target {target:.1f} s = floor {floor:.1f} + 1.1 x "
+                f"ffmpeg alone {b['recipe']:.1f} (own argv {b['own_argv']:.1f}) + assembly "
+                f"{s['assembly']:.1f} -> wall/target {s['wall'] / target:.2f}")
     return "\n".join([
         f"P1 makespan (s from first submit), latency {args.latency} s + U(0,{args.jitter}) s, "
         f"output {args.size}, emulator media {args.media}, prefect {args.prefect}",
@@ -158,6 +210,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"vendor = when the last job was finished at the vendor; floor/gen = last clip "
         f"downloaded; whole = final.mp4 written. seeds~ = {seeds['n']} shots measured "
         f"sequentially ({per_shot:.2f} s/shot) x N, extrapolated.",
+        *lines,
         f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
         f"{results['load_at_end']}",
     ])

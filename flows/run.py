@@ -4,6 +4,7 @@ the run folder and its journal, then placeholders, assembly and the reports at t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import re
@@ -224,35 +225,50 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
         else:
             clips.append(await placeholder(plan, shot.index, f"{res.status}: {res.reason}", run_dir))
     final = run_dir / "final.mp4"
-    # content-addressed cut (flows/uptodate.py): the same clips and settings are not cut again
-    material = _cut_material(plan, run_dir, journal, results)
-    key = uptodate.material_key(material) if material is not None else None
-    record = uptodate.read_record(run_dir) \
-        if key is not None and uptodate.assembled(run_dir, key) is not None else None
-    if record is None:
-        uptodate.forget_record(run_dir)
-        # title/end cards, captions, music, loudness, logo: flows/deliverable.py
-        cut = await cut_for(plan, clips, run_dir, output_format(plan))
-        cut_json = (await make_cut(cut, final)).to_json()
-        if material is not None and key is not None:
-            uptodate.write_record(run_dir, key, material, final, report=cut_json)
-        sheet = asyncio.create_task(_contact_sheet(final, run_dir)) if contact_sheet else None
-    else:
-        cut_json = dict(record.get("report") or {})
-        sheet = None if (run_dir / "contact_sheet.png").exists() or not contact_sheet \
-            else asyncio.create_task(_contact_sheet(final, run_dir))
-    # the reports (pandas) in a thread, while ffmpeg draws the contact sheet
-    rows, cost_csv, table, totals = await asyncio.to_thread(_reports, plan, run_dir, journal)
-    table = "\n".join([table, *summary_lines(cut_json)])
-    summary = RunSummary(journal.run_id, run_dir, final, cost_csv, totals, plan.cap_usd,
-                         results, table, rows, cut=cut_json)
-    if sheet is not None:
-        await sheet
-    summary.windows = await asyncio.to_thread(close_window, ledger)
-    write_run_json(plan, run_dir, journal.run_id, results, totals, cut=cut_json,
-                   windows=summary.windows)
+    # the review page's take previews (one ffmpeg each) beside the cut, not after it
+    previews = asyncio.create_task(_take_previews(plan, run_dir, journal))
+    try:
+        # content-addressed cut (flows/uptodate.py): the same clips and settings are not cut again
+        material = _cut_material(plan, run_dir, journal, results)
+        key = uptodate.material_key(material) if material is not None else None
+        record = uptodate.read_record(run_dir) \
+            if key is not None and uptodate.assembled(run_dir, key) is not None else None
+        if record is None:
+            uptodate.forget_record(run_dir)
+            # title/end cards, captions, music, loudness, logo: flows/deliverable.py
+            cut = await cut_for(plan, clips, run_dir, output_format(plan))
+            cut_json = (await make_cut(cut, final)).to_json()
+            if material is not None and key is not None:
+                uptodate.write_record(run_dir, key, material, final, report=cut_json)
+            sheet = asyncio.create_task(_contact_sheet(final, run_dir)) if contact_sheet else None
+        else:
+            cut_json = dict(record.get("report") or {})
+            sheet = None if (run_dir / "contact_sheet.png").exists() or not contact_sheet \
+                else asyncio.create_task(_contact_sheet(final, run_dir))
+        # the reports (pandas) in a thread, while ffmpeg draws the contact sheet
+        rows, cost_csv, table, totals = await asyncio.to_thread(_reports, plan, run_dir, journal)
+        table = "\n".join([table, *summary_lines(cut_json)])
+        summary = RunSummary(journal.run_id, run_dir, final, cost_csv, totals, plan.cap_usd,
+                             results, table, rows, cut=cut_json)
+        if sheet is not None:
+            await sheet
+        summary.windows = await asyncio.to_thread(close_window, ledger)
+        write_run_json(plan, run_dir, journal.run_id, results, totals, cut=cut_json,
+                       windows=summary.windows)
+    except BaseException:  # never leave its ffmpeg running
+        previews.cancel()
+        raise
+    await previews
     await write_review(plan, run_dir, journal, ledger, final)
     return summary
+
+
+async def _take_previews(plan: Plan, run_dir: Path, journal: Journal) -> None:
+    from flows.review.page import take_previews
+    from flows.review.picks import load_review
+
+    with contextlib.suppress(StoryreelError):  # the page is written (and says so) without them
+        await take_previews(run_dir, plan.to_json(), journal.attempts(), load_review(run_dir))
 
 
 async def write_review(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,

@@ -352,6 +352,44 @@ async def test_slots_limit_concurrency_and_survive_cancellation() -> None:
     assert peak == 2 and slots._free == 2 and not slots._waiters
 
 
+
+async def test_background_work_yields_its_turn() -> None:
+    """Previews (background) queued first still let a conform or the cut queued later go
+    first; with nobody else waiting they run."""
+    slots, order = _Slots(1), []
+
+    async def job(name: str, background: bool) -> None:
+        async with slots(background):
+            order.append(name)
+            await asyncio.sleep(0.01)
+
+    async with slots():  # the core is busy while the others queue up
+        tasks = [asyncio.ensure_future(job("preview1", True)),
+                 asyncio.ensure_future(job("preview2", True))]
+        await asyncio.sleep(0)
+        tasks.append(asyncio.ensure_future(job("cut", False)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert order == ["cut", "preview1", "preview2"]
+    assert slots._free == 1 and not slots._waiters and not slots._background
+
+
+async def test_a_lone_encode_gets_every_core() -> None:
+    cores = os.cpu_count() or 1
+    slots = _Slots(cores)
+    async with slots():
+        assert slots.threads() == cores  # alone: all of them
+        if cores > 1:
+            async with slots():
+                assert slots.threads() == cores // 2
+    one = _Slots(1)
+    async with one():
+        waiting = asyncio.ensure_future(one.acquire())
+        await asyncio.sleep(0)
+        assert one.threads() == 1  # a smaller limit than the cores is kept as asked
+    await waiting
+    one._release()
+
 def _ffmpeg_children() -> set[int]:
     found = set()
     for entry in Path("/proc").iterdir():

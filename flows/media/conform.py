@@ -100,17 +100,34 @@ def _fit_size(fmt: OutputFormat) -> tuple[str, str]:
             f"if({wide},{h},2*round({w}/dar/2))")
 
 
+def source_matrix(info: VideoInfo) -> str:
+    """The colour matrix to read a source's pixels with: its own tag, else the one players
+    assume for untagged video (BT.709 from 1280 wide or above 576 lines, else BT.601; mpv's
+    rule). swscale alone would take BT.601 for every untagged clip, so an untagged HD clip
+    came out with shifted colours, and converting between the two matrices cost ~15% of a
+    1080p -> 180p conform (bench/README.md, session 4)."""
+    if info.color_tagged:
+        return "auto"
+    return "bt709" if info.width >= 1280 or info.height > 576 else "bt601"
+
+
 _SRC, _OUT = "<src>", "<out>"  # stand-ins in the argv template
 
 
-def conform_argv(src: Path, out: Path, fmt: OutputFormat, frames: int, has_audio: bool) -> list[str]:
-    """The ffmpeg arguments (without the binary) that make the intermediate."""
+def conform_argv(src: Path, out: Path, fmt: OutputFormat, frames: int, has_audio: bool,
+                 in_matrix: str = "auto", threads: int = 1) -> list[str]:
+    """The ffmpeg arguments (without the binary) that make the intermediate. `threads`: the
+    encoder's (the same headers whatever the count, so the clips still join by copy)."""
     paths = {_SRC: str(src), _OUT: str(out)}
-    return [paths.get(a, a) for a in _argv_template(fmt, frames, has_audio)]
+    argv = [paths.get(a, a) for a in _argv_template(fmt, frames, has_audio, in_matrix)]
+    if threads != 1:
+        argv[argv.index("-threads") + 1] = str(threads)
+    return argv
 
 
 @functools.lru_cache(maxsize=64)
-def _argv_template(fmt: OutputFormat, frames: int, has_audio: bool) -> tuple[str, ...]:
+def _argv_template(fmt: OutputFormat, frames: int, has_audio: bool,
+                   in_matrix: str = "auto") -> tuple[str, ...]:
     """conform_argv with stand-in paths; built once per shape, since ffmpeg-python takes
     ~3 ms of CPU to compile a graph (a tenth of storyreel's CPU per shot at 1000 shots)."""
     seconds = frames / fmt.fps
@@ -120,7 +137,8 @@ def _argv_template(fmt: OutputFormat, frames: int, has_audio: bool) -> tuple[str
     v = (
         inp.video.filter("setpts", "PTS-STARTPTS")
         .filter("fps", fmt.fps)
-        .filter("scale", w=sw, h=sh, flags="bicubic", out_color_matrix="bt709", out_range="tv")
+        .filter("scale", w=sw, h=sh, flags="bicubic", in_color_matrix=in_matrix,
+                out_color_matrix="bt709", out_range="tv")
         .filter("format", "yuv420p")
         # Tag the frames too: recent ffmpeg lets frame tags override -color_primaries & co.
         .filter("setparams", range="tv", color_primaries="bt709", color_trc="bt709",
@@ -174,12 +192,12 @@ def check_intermediate(path: Path, fmt: OutputFormat, frames: int) -> VideoInfo:
 
 
 def _cache_path(cache_dir: Path, src: Path, fmt: OutputFormat, frames: int,
-                has_audio: bool) -> Path:
+                has_audio: bool, in_matrix: str) -> Path:
     """Where the intermediate of `src` lives in a conform cache: keyed by the source's bytes
     and the exact ffmpeg arguments, so a change of settings never reuses a stale clip."""
     from flows.money.cache import file_sha256
 
-    material = json.dumps([file_sha256(src), _argv_template(fmt, frames, has_audio)])
+    material = json.dumps([file_sha256(src), _argv_template(fmt, frames, has_audio, in_matrix)])
     key = hashlib.sha256(material.encode()).hexdigest()
     return Path(cache_dir) / key[:2] / f"{key}.mov"
 
@@ -204,9 +222,13 @@ async def conform(src: Path, dest: Path, fmt: OutputFormat, duration: float,
     src, dest = Path(src), Path(dest)
     source = source if source is not None else probe(src)
     frames = fmt.frames(duration)
-    cached = _cache_path(cache_dir, src, fmt, frames, source.has_audio) if cache_dir else None
+    matrix = source_matrix(source)
+    cached = _cache_path(cache_dir, src, fmt, frames, source.has_audio, matrix) \
+        if cache_dir else None
     return await make_intermediate(
-        dest, fmt, frames, lambda tmp: run_ffmpeg(conform_argv(src, tmp, fmt, frames, source.has_audio)),
+        dest, fmt, frames,
+        lambda tmp: run_ffmpeg(
+            lambda threads: conform_argv(src, tmp, fmt, frames, source.has_audio, matrix, threads)),
         cached)
 
 

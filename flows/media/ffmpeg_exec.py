@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from providers.errors import MediaError
@@ -74,7 +74,8 @@ class _Slots:
     """A counting limit shared by every thread and event loop in the process.
 
     asyncio.Semaphore binds to one loop; Prefect may run tasks on several loops in worker
-    threads, and the CPU is what we are sharing, so the limit must be process-wide.
+    threads, and the CPU is what we are sharing, so the limit must be process-wide. Waiters
+    are served in order, background ones (review previews) only when nobody else waits.
     """
 
     def __init__(self, size: int) -> None:
@@ -82,21 +83,32 @@ class _Slots:
         self._free = self.size
         self._lock = threading.Lock()
         self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+        self._background: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
+
+    def __call__(self, background: bool = False) -> _Slot:
+        return _Slot(self, background)
 
     async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    async def acquire(self, background: bool = False) -> None:
         loop = asyncio.get_running_loop()
+        queue = self._background if background else self._waiters
         with self._lock:
-            if self._free > 0 and not self._waiters:
+            if self._free > 0 and not self._waiters and not self._background:
                 self._free -= 1
                 return
             fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.append((loop, fut))
+            queue.append((loop, fut))
         try:
             await fut
         except asyncio.CancelledError:
             with self._lock:
-                if (loop, fut) in self._waiters:
-                    self._waiters.remove((loop, fut))
+                if (loop, fut) in queue:
+                    queue.remove((loop, fut))
                     raise
             # A slot was already handed to us: give it back (or let _grant do so).
             if fut.done() and not fut.cancelled():
@@ -105,17 +117,26 @@ class _Slots:
                 fut.cancel()
             raise
 
-    async def __aexit__(self, *exc: object) -> None:
-        self._release()
+    def threads(self) -> int:
+        """Encoder threads for a process that holds a slot: every core when it runs alone
+        with nobody waiting (the edited shot of the producer's loop: a 720p conform 1.7 ->
+        1.1 s on 2 cores), else one (one process per core is faster than fewer with more
+        threads each, ffmpeg.md §2.2). A limit below the core count is kept as asked."""
+        cores = os.cpu_count() or 1
+        with self._lock:
+            if self._waiters or self._background or self.size < cores:
+                return 1
+            return max(1, cores // max(1, self.size - self._free))
 
     def _release(self) -> None:
         with self._lock:
-            while self._waiters:
-                loop, fut = self._waiters.popleft()
-                if loop.is_closed():
-                    continue
-                loop.call_soon_threadsafe(self._grant, fut)
-                return
+            for queue in (self._waiters, self._background):
+                while queue:
+                    loop, fut = queue.popleft()
+                    if loop.is_closed():
+                        continue
+                    loop.call_soon_threadsafe(self._grant, fut)
+                    return
             self._free += 1
 
     def _grant(self, fut: asyncio.Future[None]) -> None:
@@ -123,6 +144,17 @@ class _Slots:
             self._release()
         else:
             fut.set_result(None)
+
+
+class _Slot:
+    def __init__(self, slots: _Slots, background: bool) -> None:
+        self.slots, self.background = slots, background
+
+    async def __aenter__(self) -> None:
+        await self.slots.acquire(self.background)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.slots._release()
 
 
 def _default_jobs() -> int:
@@ -157,12 +189,17 @@ async def _drain(stream: asyncio.StreamReader, sink: bytearray) -> None:
             del sink[:-200_000]
 
 
-async def run_ffmpeg(args: Sequence[str], *, timeout: float = 600, loglevel: str = "error") -> str:
+async def run_ffmpeg(args: Sequence[str] | Callable[[int], Sequence[str]], *,
+                     timeout: float = 600, loglevel: str = "error",
+                     background: bool = False) -> str:
     """Run ffmpeg with `args`; raise MediaError on a non-zero exit or after `timeout` seconds.
-    Returns the tail of its stderr: with loglevel="info", what filters print (loudnorm's JSON)."""
+    Returns the tail of its stderr: with loglevel="info", what filters print (loudnorm's JSON).
+    `args` may be a function of the encoder threads it may use (`_Slots.threads`), asked once
+    the process has its slot. `background`: work nobody waits for (previews) yields its turn
+    to conforms and the cut."""
     base = BASE_ARGS if loglevel == "error" else [*BASE_ARGS[:-1], loglevel, "-nostats"]
-    argv = [ffmpeg_exe(), *base, *args]
-    async with SLOTS:
+    async with SLOTS(background):
+        argv = [ffmpeg_exe(), *base, *(args(SLOTS.threads()) if callable(args) else args)]
         log.debug("ffmpeg: %s", shlex.join(argv))
         proc = await asyncio.create_subprocess_exec(
             *argv,

@@ -28,6 +28,7 @@ def _av() -> Any:
 
 # A complete file's last frame ends within this share of the header duration (ffmpeg.md §4.2).
 END_SLACK = 0.02
+_UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED
 GENERIC = "not a readable video (damaged, incomplete or not media at all)"
 
 
@@ -44,6 +45,7 @@ class VideoInfo:
     sar: float  # sample (pixel) aspect ratio; 1.0 when unknown
     nb_frames: int  # from the header, or counted when probed with count=True; 0 = unknown
     audio_duration: float | None
+    color_tagged: bool = False  # the stream says which colour matrix it uses
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -108,6 +110,7 @@ def _info(container: av.container.InputContainer, path: Path) -> tuple[VideoInfo
         sar=float(sar) if sar else 1.0,
         nb_frames=v.frames or 0,
         audio_duration=(_seconds(a.duration, a.time_base) or fmt_duration) if a else None,
+        color_tagged=int(cc.colorspace or _UNSPECIFIED) != _UNSPECIFIED,
     )
     return info, v
 

@@ -101,6 +101,17 @@ def shot_views(plan: dict[str, Any], attempts: list[Attempt],
     return views
 
 
+def _take_clips(views: list[ShotView]) -> dict[str, Path]:
+    return {f"{v.shot_id}-take{t.take}": t.clip for v in views for t in v.takes if t.clip}
+
+
+async def take_previews(run_dir: Path, plan: dict[str, Any], attempts: list[Attempt],
+                        reviews: dict[str, ShotReview]) -> None:
+    """Make every take's preview now (the page written later finds them up to date): the
+    run starts them beside the cut instead of after it."""
+    await previews(_take_clips(shot_views(plan, attempts, reviews)), Path(run_dir))
+
+
 async def write_review_page(run_dir: Path, plan: dict[str, Any], attempts: list[Attempt],
                             reviews: dict[str, ShotReview], *, spent_usd: float,
                             cap_usd: float | None, final: Path | None,
@@ -108,11 +119,10 @@ async def write_review_page(run_dir: Path, plan: dict[str, Any], attempts: list[
     """Make the previews the page needs, then write review.html atomically."""
     run_dir = Path(run_dir)
     views = shot_views(plan, attempts, reviews)
-    clips = {f"{v.shot_id}-take{t.take}": t.clip for v in views for t in v.takes if t.clip}
+    clips = _take_clips(views)
     if final is not None and final.exists():
         clips["final"] = final
-    made = await previews({k: p for k, p in clips.items() if p is not None}, run_dir,
-                          playable=frozenset({"final"}))
+    made = await previews(clips, run_dir, playable=frozenset({"final"}))
     for v in views:
         for t in v.takes:
             video, poster = made.get(f"{v.shot_id}-take{t.take}", (None, None))

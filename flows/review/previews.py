@@ -1,8 +1,10 @@
 """What the review page plays: a browser-friendly copy of each take and a poster frame.
 
 Conformed clips (.mov, PCM audio) join by stream copy but browsers do not play PCM; the
-preview copies the H.264 video as is and encodes the audio to AAC, one ffmpeg per take, made
-once (an up-to-date preview is kept).
+preview copies the H.264 video as is and encodes the audio to Opus (in MP4: Chrome, Firefox,
+Edge, Safari 17+), one ffmpeg per take, made once (an up-to-date preview is kept). Opus, not
+AAC: ffmpeg's AAC encoder made a preview cost 0.27 s of CPU, libopus 0.08 s, and a 100-shot
+board makes 100 of them (bench/README.md, session 4).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ async def preview(src: Path, run_dir: Path, name: str, video_copy: bool = True
     # a frame 0.4 s in: the first frame of a fade or slate says little
     poster_args = ["-frames:v", "1", "-vf", f"scale='min({POSTER_WIDTH},iw)':-2", "-q:v", "4",
                    "-update", "1", "-f", "image2"]
-    video_args = ["-map", "0:v:0", "-map", "0:a?", "-c:v", "copy", "-c:a", "aac", "-b:a", "96k",
+    video_args = ["-map", "0:v:0", "-map", "0:a?", "-c:v", "copy", "-c:a", "libopus", "-b:a", "96k",
                   "-movflags", "+faststart", "-f", "mp4"]
     if need_video and need_poster:  # one ffmpeg for both (each start costs ~0.2 s)
         made = await _make_many(["-i", str(src)], [(video_args, video),
@@ -62,7 +64,7 @@ async def _make_many(inputs: list[str], outputs: list[tuple[list[str], Path]]) -
     for (opts, _), tmp in zip(outputs, tmps, strict=True):
         args += [*opts, str(tmp)]
     try:
-        await run_ffmpeg(args, timeout=120)
+        await run_ffmpeg(args, timeout=120, background=True)
         if not all(t.is_file() and t.stat().st_size for t in tmps):
             return False
         for (_, dest), tmp in zip(outputs, tmps, strict=True):
@@ -78,7 +80,7 @@ async def _make_many(inputs: list[str], outputs: list[tuple[list[str], Path]]) -
 async def _make(args: list[str], dest: Path) -> Path | None:
     tmp = temp_name(dest)
     try:
-        await run_ffmpeg([*args, str(tmp)], timeout=120)
+        await run_ffmpeg([*args, str(tmp)], timeout=120, background=True)
         if not tmp.is_file() or tmp.stat().st_size == 0:
             return None
         os.replace(tmp, dest)

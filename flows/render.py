@@ -405,10 +405,14 @@ async def _download(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, prov
         return _failed(ctx, row, shot, exc.at(job_id=job.job_id), reasons)
     ctx.journal.status(row, Status.DOWNLOADED, clip_path=str(raw),
                        download_s=round(time.monotonic() - t0, 3))
-    if ctx.cache is not None:
-        ctx.cache.put(key, raw, provider=opt.provider, model=opt.model,
-                      job_id=job.job_id, cost_usd=ctx.journal.get(row).actual_usd)
-    return await _finish(ctx, shot, opt, row, raw, conformed, ShotStatus.DONE, source=info)
+    digest = None
+    if ctx.cache is not None:  # hashing and copying a 1080p clip: off the event loop
+        entry = await asyncio.to_thread(
+            ctx.cache.put, key, raw, provider=opt.provider, model=opt.model,
+            job_id=job.job_id, cost_usd=ctx.journal.get(row).actual_usd)
+        digest = entry.sha256
+    return await _finish(ctx, shot, opt, row, raw, conformed, ShotStatus.DONE, source=info,
+                         sha256=digest)
 
 
 async def _fetch_verified(provider: Provider, job: Job, done: Poll, raw: Path,
@@ -452,11 +456,13 @@ def _failed(ctx: RunContext, row: int, shot: ShotPlan, exc: ProviderError, reaso
 
 
 async def _finish(ctx: RunContext, shot: ShotPlan, opt: Option, row: int, raw: Path,
-                  conformed: Path, status: ShotStatus, source: VideoInfo | None = None) -> ShotResult:
+                  conformed: Path, status: ShotStatus, source: VideoInfo | None = None,
+                  sha256: str | None = None) -> ShotResult:
     conformed.parent.mkdir(parents=True, exist_ok=True)
     # conformed clips are cached next to the raw ones: a re-run re-encodes only what changed
     cache_dir = ctx.cache.root / "conformed" if ctx.cache is not None else None
-    await conform(raw, conformed, ctx.fmt, shot.duration, cache_dir=cache_dir, source=source)
+    await conform(raw, conformed, ctx.fmt, shot.duration, cache_dir=cache_dir, source=source,
+                  sha256=sha256)
     ctx.journal.status(row, Status.DONE if status == ShotStatus.DONE else Status.CACHED,
                        conformed_path=str(conformed))
     ctx.event(shot, "conformed" if status == ShotStatus.DONE else "cached", opt.label)

@@ -10,6 +10,7 @@ the final cut encodes AAC once.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -192,12 +193,14 @@ def check_intermediate(path: Path, fmt: OutputFormat, frames: int) -> VideoInfo:
 
 
 def _cache_path(cache_dir: Path, src: Path, fmt: OutputFormat, frames: int,
-                has_audio: bool, in_matrix: str) -> Path:
+                has_audio: bool, in_matrix: str, sha256: str | None = None) -> Path:
     """Where the intermediate of `src` lives in a conform cache: keyed by the source's bytes
-    and the exact ffmpeg arguments, so a change of settings never reuses a stale clip."""
+    (`sha256`, when the caller has hashed them already) and the exact ffmpeg arguments, so a
+    change of settings never reuses a stale clip."""
     from flows.money.cache import file_sha256
 
-    material = json.dumps([file_sha256(src), _argv_template(fmt, frames, has_audio, in_matrix)])
+    digest = sha256 or file_sha256(src)
+    material = json.dumps([digest, _argv_template(fmt, frames, has_audio, in_matrix)])
     key = hashlib.sha256(material.encode()).hexdigest()
     return Path(cache_dir) / key[:2] / f"{key}.mov"
 
@@ -213,18 +216,20 @@ def _copy_atomic(src: Path, dest: Path) -> None:
 
 
 async def conform(src: Path, dest: Path, fmt: OutputFormat, duration: float,
-                  cache_dir: Path | None = None, source: VideoInfo | None = None) -> VideoInfo:
+                  cache_dir: Path | None = None, source: VideoInfo | None = None,
+                  sha256: str | None = None) -> VideoInfo:
     """Make the house intermediate (.mov) of `src` lasting `duration` (in whole frames).
 
     With `cache_dir`, an intermediate made before from the same bytes with the same settings
     is copied instead of encoded again (an edited storyboard re-conforms only what changed).
-    `source`: the caller's probe of `src` (a just-verified download), to not open it again."""
+    `source`: the caller's probe of `src` (a just-verified download), to not open it again;
+    `sha256`: the caller's hash of its bytes (the clip cache has one), to not read it again."""
     src, dest = Path(src), Path(dest)
     source = source if source is not None else probe(src)
     frames = fmt.frames(duration)
     matrix = source_matrix(source)
-    cached = _cache_path(cache_dir, src, fmt, frames, source.has_audio, matrix) \
-        if cache_dir else None
+    cached = await asyncio.to_thread(_cache_path, cache_dir, src, fmt, frames,
+                                     source.has_audio, matrix, sha256) if cache_dir else None
     return await make_intermediate(
         dest, fmt, frames,
         lambda tmp: run_ffmpeg(

@@ -1,7 +1,10 @@
 """A contact sheet: evenly spaced frames of the cut tiled into one PNG (ffmpeg.md §6).
 
-One input seek per tile in a single ffmpeg process: exact, evenly spaced timestamps whatever
-the GOP length, and fast (1.4 s for 20 tiles of a 100 s 720p cut, against 5.9 s decoding all).
+One input seek per tile in a single ffmpeg process: evenly spaced timestamps, and fast (1.4 s
+for 20 tiles of a 100 s 720p cut, against 5.9 s decoding all). When the tiles are at least a
+keyframe interval apart (house clips have one every 2 s), each tile is the keyframe at or
+before its time: one decoded frame per tile instead of up to 48; with one decoder thread per
+input, 12 tiles of a 100 s 720p cut take 0.6 s instead of 0.94 s, at the end of every run.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from flows.media.probe import probe
 from providers.errors import MediaError
 
 TILE_WIDTH = 320
+KEYFRAME_INTERVAL = 2.0  # seconds: conform's -g 2*fps
 
 
 async def contact_sheet(video: Path, dest_png: Path, *, tiles: int = 12, columns: int = 4) -> Path:
@@ -33,10 +37,13 @@ async def contact_sheet(video: Path, dest_png: Path, *, tiles: int = 12, columns
     last = max(0.0, info.duration - 1.5 / max(info.fps, 1.0))
     times = [min(last, (i + 0.5) * info.duration / tiles) for i in range(tiles)]
 
+    # one decoder thread per input: 12 thread pools cost more than the frames they decode
+    seek = ["-threads", "1"] + (
+        ["-noaccurate_seek"] if info.duration / tiles >= KEYFRAME_INTERVAL else [])
     args: list[str] = []
     chains = []
     for i, t in enumerate(times):
-        args += ["-ss", f"{t:.3f}", "-i", str(video)]
+        args += [*seek, "-ss", f"{t:.3f}", "-i", str(video)]
         chains.append(f"[{i}:v:0]trim=end_frame=1,setpts=PTS-STARTPTS,"
                       f"scale={width}:-2,setsar=1[t{i}]")
     labels = "".join(f"[t{i}]" for i in range(tiles))

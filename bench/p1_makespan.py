@@ -89,7 +89,7 @@ def conform_baseline(out: Path, size: str, fps: int = 24, seconds: float = 5) ->
 
     from p5_conform import plain_argv, run_pool
 
-    from flows.media.conform import OutputFormat, conform_argv
+    from flows.media.conform import OutputFormat, conform_argv, reading_of
     from flows.media.probe import probe
 
     w, hgt = (int(x) for x in size.split("x"))
@@ -98,11 +98,12 @@ def conform_baseline(out: Path, size: str, fps: int = 24, seconds: float = 5) ->
     raws = sorted((out / "raw").glob("*.mp4"))
     dest = out / "baseline"
     dest.mkdir(exist_ok=True)
-    audio = [probe(r).has_audio for r in raws]
-    recipe = [plain_argv(r, dest / f"{r.stem}-p.mov", w, hgt, fps, frames, a)
-              for r, a in zip(raws, audio, strict=True)]
-    own = [conform_argv(r, dest / f"{r.stem}-o.mov", fmt, frames, a)
-           for r, a in zip(raws, audio, strict=True)]
+    infos = [probe(r) for r in raws]
+    recipe = [plain_argv(r, dest / f"{r.stem}-p.mov", w, hgt, fps, frames, i.has_audio)
+              for r, i in zip(raws, infos, strict=True)]
+    # as storyreel runs them when every core is busy (one thread each)
+    own = [conform_argv(r, dest / f"{r.stem}-o.mov", fmt, frames, reading_of(i))
+           for r, i in zip(raws, infos, strict=True)]
     workers = os.cpu_count() or 1
     h.wait_quiet()
     t_recipe = run_pool(recipe, workers)

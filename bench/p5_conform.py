@@ -135,14 +135,15 @@ def main() -> int:
     ap.add_argument("--size", default="1280x720")
     ap.add_argument("--fps", type=int, default=24)
     args = ap.parse_args()
-    from flows.media.conform import OutputFormat, conform_argv
+    from flows.media.conform import OutputFormat, conform_argv, reading_of
     from flows.media.probe import probe
 
     w, hgt = (int(x) for x in args.size.split("x"))
     fmt = OutputFormat(w, hgt, args.fps)
     media = Path(tempfile.gettempdir()) / "storyreel-bench-media" / "p5"
     sources = make_sources(media)
-    audio = {n: probe(p).has_audio for n, (p, _) in sources.items()}
+    infos = {n: probe(p) for n, (p, _) in sources.items()}
+    audio = {n: i.has_audio for n, i in infos.items()}
     work = h.workdir("p5")
     res: dict[str, list[float]] = {"ffmpeg": [], "same-argv": [], "storyreel": []}
     for i in range(args.repeat):
@@ -155,7 +156,7 @@ def main() -> int:
                                        for n, (p, s) in sources.items()]))
         h.wait_quiet()
         res["same-argv"].append(run_pool([conform_argv(p, d / "same-argv" / f"{n}.mov", fmt,
-                                                       fmt.frames(s), audio[n])
+                                                       fmt.frames(s), reading_of(infos[n]))
                                           for n, (p, s) in sources.items()]))
         h.wait_quiet()
         res["storyreel"].append(run_storyreel(sources, d / "storyreel", fmt))

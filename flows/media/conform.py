@@ -101,6 +101,22 @@ def _fit_size(fmt: OutputFormat) -> tuple[str, str]:
             f"if({wide},{h},2*round({w}/dar/2))")
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How to read a source: the facts of its probe that change conform's ffmpeg arguments."""
+
+    has_audio: bool
+    matrix: str = "auto"  # scale's in_color_matrix
+
+
+def reading_of(info: VideoInfo) -> Reading:
+    # Not done: skipping H.264 deblocking when downscaling 3x or more (-skip_loop_filter all).
+    # On a detailed 8 Mbit/s 1080p clip with one keyframe it saved ~10% of the decode, but the
+    # 320x180 result lost 0.2 dB of PSNR on average and 1.7 dB on the worst frame (errors
+    # drift until the next keyframe): not worth a softer picture (bench/README.md, session 4).
+    return Reading(info.has_audio, source_matrix(info))
+
+
 def source_matrix(info: VideoInfo) -> str:
     """The colour matrix to read a source's pixels with: its own tag, else the one players
     assume for untagged video (BT.709 from 1280 wide or above 576 lines, else BT.601; mpv's
@@ -115,20 +131,24 @@ def source_matrix(info: VideoInfo) -> str:
 _SRC, _OUT = "<src>", "<out>"  # stand-ins in the argv template
 
 
-def conform_argv(src: Path, out: Path, fmt: OutputFormat, frames: int, has_audio: bool,
-                 in_matrix: str = "auto", threads: int = 1) -> list[str]:
+def conform_argv(src: Path, out: Path, fmt: OutputFormat, frames: int, reading: Reading,
+                 threads: int = 1) -> list[str]:
     """The ffmpeg arguments (without the binary) that make the intermediate. `threads`: the
-    encoder's (the same headers whatever the count, so the clips still join by copy)."""
+    cores this ffmpeg may use (`_Slots.threads`): with one, the decoder gets one thread too
+    (other processes hold the other cores); with more, the decoder picks its own (frame
+    threads) and the encoder gets them all. The encoder's headers do not depend on the count,
+    so the clips still join by copy."""
     paths = {_SRC: str(src), _OUT: str(out)}
-    argv = [paths.get(a, a) for a in _argv_template(fmt, frames, has_audio, in_matrix)]
+    argv = [paths.get(a, a) for a in _argv_template(fmt, frames, reading)]
     if threads != 1:
         argv[argv.index("-threads") + 1] = str(threads)
+    else:
+        argv[argv.index("-i"):argv.index("-i")] = ["-threads", "1"]
     return argv
 
 
 @functools.lru_cache(maxsize=64)
-def _argv_template(fmt: OutputFormat, frames: int, has_audio: bool,
-                   in_matrix: str = "auto") -> tuple[str, ...]:
+def _argv_template(fmt: OutputFormat, frames: int, reading: Reading) -> tuple[str, ...]:
     """conform_argv with stand-in paths; built once per shape, since ffmpeg-python takes
     ~3 ms of CPU to compile a graph (a tenth of storyreel's CPU per shot at 1000 shots)."""
     seconds = frames / fmt.fps
@@ -138,7 +158,7 @@ def _argv_template(fmt: OutputFormat, frames: int, has_audio: bool,
     v = (
         inp.video.filter("setpts", "PTS-STARTPTS")
         .filter("fps", fmt.fps)
-        .filter("scale", w=sw, h=sh, flags="bicubic", in_color_matrix=in_matrix,
+        .filter("scale", w=sw, h=sh, flags="bicubic", in_color_matrix=reading.matrix,
                 out_color_matrix="bt709", out_range="tv")
         .filter("format", "yuv420p")
         # Tag the frames too: recent ffmpeg lets frame tags override -color_primaries & co.
@@ -152,7 +172,7 @@ def _argv_template(fmt: OutputFormat, frames: int, has_audio: bool,
         v = v.filter("crop", fmt.width, fmt.height)
     # Hold the last frame for short sources, then cut at exactly n frames.
     v = v.filter("tpad", stop=-1, stop_mode="clone").filter("trim", end_frame=frames)
-    if has_audio:
+    if reading.has_audio:
         a = (
             inp.audio.filter("aresample", SAMPLE_RATE)
             .filter("aformat", sample_fmts="s16", channel_layouts="stereo")
@@ -193,14 +213,14 @@ def check_intermediate(path: Path, fmt: OutputFormat, frames: int) -> VideoInfo:
 
 
 def _cache_path(cache_dir: Path, src: Path, fmt: OutputFormat, frames: int,
-                has_audio: bool, in_matrix: str, sha256: str | None = None) -> Path:
+                reading: Reading, sha256: str | None = None) -> Path:
     """Where the intermediate of `src` lives in a conform cache: keyed by the source's bytes
     (`sha256`, when the caller has hashed them already) and the exact ffmpeg arguments, so a
     change of settings never reuses a stale clip."""
     from flows.money.cache import file_sha256
 
     digest = sha256 or file_sha256(src)
-    material = json.dumps([digest, _argv_template(fmt, frames, has_audio, in_matrix)])
+    material = json.dumps([digest, _argv_template(fmt, frames, reading)])
     key = hashlib.sha256(material.encode()).hexdigest()
     return Path(cache_dir) / key[:2] / f"{key}.mov"
 
@@ -227,13 +247,13 @@ async def conform(src: Path, dest: Path, fmt: OutputFormat, duration: float,
     src, dest = Path(src), Path(dest)
     source = source if source is not None else probe(src)
     frames = fmt.frames(duration)
-    matrix = source_matrix(source)
-    cached = await asyncio.to_thread(_cache_path, cache_dir, src, fmt, frames,
-                                     source.has_audio, matrix, sha256) if cache_dir else None
+    reading = reading_of(source)
+    cached = await asyncio.to_thread(_cache_path, cache_dir, src, fmt, frames, reading,
+                                     sha256) if cache_dir else None
     return await make_intermediate(
         dest, fmt, frames,
         lambda tmp: run_ffmpeg(
-            lambda threads: conform_argv(src, tmp, fmt, frames, source.has_audio, matrix, threads)),
+            lambda threads: conform_argv(src, tmp, fmt, frames, reading, threads)),
         cached)
 
 

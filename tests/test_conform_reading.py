@@ -1,5 +1,6 @@
-"""Colours survive the conform: an untagged clip is read with the matrix players assume for it
-(BT.709 for HD, BT.601 for SD), and a tagged clip with its own tag; the intermediate is BT.709.
+"""How conform reads a source. Colours survive: an untagged clip is read with the matrix
+players assume for it (BT.709 for HD, BT.601 for SD), a tagged clip with its own tag; the
+intermediate is BT.709.
 
 The expected colours are the ones the test clips were made from, not anything of the
 product's: a clip of RGB (200, 50, 40) must come back as about (200, 50, 40).
@@ -70,3 +71,4 @@ def test_source_matrix_rule(tmp_path: Path) -> None:
     tagged = probe(_clip(tmp_path / "t.mp4", "640x360", "bt709", True))
     assert (source_matrix(hd), source_matrix(sd), source_matrix(tagged)) == \
         ("bt709", "bt601", "auto")
+

@@ -3,26 +3,32 @@ the cut is made again into the same file, the previous cut's packets reused up t
 changed piece of the timeline (the producer's loop: one shot of 20 edited, run again).
 
 Why it works. AAC is a sequence of 1024-sample frames; a decoder's output for frame n overlaps
-frames n-1 and n, so a stream whose frames come from two encoders decodes cleanly as long as
-each encoder saw the same signal around the splice and was in the same state. Each chunk's
-encoder is therefore fed PREROLL frames of the cut before its range and POSTROLL frames after
-it, from the same PCM timeline (the segments' concat list, cut on exact sample indices), and
-only the packets whose presentation time falls inside its range are kept.
+frames n-1 and n, so a stream whose frames come from two encoders decodes cleanly where both
+encoders saw the same signal and chose the same window shapes. Each chunk's encoder is fed the
+cut's PCM (the segments' concat list, cut on exact sample indices) from PREROLL + WINDOW frames
+before its range to WINDOW + POSTROLL frames after it. Around each nominal splice the two
+encoders have then both coded a window of 2 x WINDOW frames; `_choose` decodes both there and
+takes each frame from the one that reproduces the source better, switching where the decoded
+switch block itself is good (a switch between different window shapes would not be).
 
-The pre-roll is long on purpose: ffmpeg's native encoder steers its bit allocation by a
-running minimum of perceptual entropy that forgets with a time constant of 512 frames
-(aacpsy.c, PSY_PE_FORGET_SLOPE = 511). With a few frames of pre-roll a chunk decodes cleanly
-at the splice but is coded like the start of a new file for ~10 s (measured: up to 2.3x the
-single-pass encode's error per block on chirp + noise); with 512 frames (10.9 s) its error
-per block is within a few percent of the single pass (tests/test_aac.py). At ~30x real time
-per core that pre-roll costs ~0.35 s of one core per chunk.
+Why the pre-roll is long and the splice is chosen. ffmpeg's native encoder (ABR, -b:a) steers
+its bits by a bit reservoir and by a running minimum of perceptual entropy that forgets with a
+time constant of 512 frames (aacpsy.c, PSY_PE_FORGET_SLOPE = 511). With a few frames of
+pre-roll a chunk decodes cleanly at the splice but is coded like the start of a new file for
+~10 s (measured: up to 2.3x the single pass's error per block on chirp + noise); with 512
+frames (10.9 s) it is close, but the reservoirs still differ, and at a transient one encoder
+may spend far fewer bits than the other (4.5x the error in the two blocks before a click at a
+nominal splice). At ~30x real time per core the pre-roll costs ~0.4 s of one core per chunk;
+the choice costs 2 x 50 frames of decoding per splice. Measured results: bench/README.md.
 
 Reuse. Beside the cut, RECORD_SUFFIX holds the ordered identities of the timeline's audio
 pieces (a clip body or a junction: its clip files' resolved path, size and mtime_ns, the trim
 frames, the transition) with their sample counts, and the identity of the file it was written
-into. When the next cut into the same file starts with the same pieces, the old file's packets
-that lie entirely before the first changed sample (less MARGIN frames, for the encoder's
-look-ahead) are copied and only the rest is encoded, its pre-roll lying in the identical part.
+into (size, mtime_ns, inode). When the next cut into the same file starts with the same
+pieces, the old file's packets before the first changed sample (less MARGIN frames for the
+encoder's look-ahead) are copied, and only the rest is encoded, its pre-roll lying in the
+identical part; the splice with the old packets is chosen the same way, in the WINDOW frames
+before that point.
 """
 
 from __future__ import annotations

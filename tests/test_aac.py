@@ -280,3 +280,21 @@ async def test_a_stale_record_is_ignored(clips, tmp_path: Path,
     # a damaged record
     aac.record_path(dest).write_text("{not json")
     assert aac.reusable(dest, edited) == 0
+
+
+async def test_chunk_times_are_whole_samples_for_conformed_vendor_clips(tmp_path: Path) -> None:
+    """The emulator's 5 s clips (AAC at 44.1 kHz) through conform: the concat list's audio
+    times are not whole samples of 1/48000 everywhere, and the encoder's packet times follow
+    them; chunks must count samples, or a packet lands one sample off and the splice fails."""
+    from flows.media.conform import conform
+    from tests.emulator.media import clip_bytes
+
+    clips = []
+    for i in range(3):
+        src = tmp_path / f"v{i}.mp4"
+        src.write_bytes(clip_bytes(5, 320, 180, look=i))
+        clips.append(tmp_path / f"v{i}.mov")
+        await conform(src, clips[-1], FMT, 5.0)
+    dest = tmp_path / "final.mp4"
+    await assemble(clips, dest, FMT)
+    await _cut_ok(dest, 3 * 5 * FMT.fps)

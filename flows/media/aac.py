@@ -188,11 +188,12 @@ def ranges(start: int, total: int, slots: int) -> list[tuple[int, int]]:
 async def _encode_chunk(listfile: Path, lo: int, hi: int, total: int, out: Path,
                         pcm: tuple[int, int, Path] | None = None) -> int:
     """Encode the cut's samples [lo, hi) into `out` (.mp4); returns lo. Samples are counted,
-    not timed (asetpts=N/SR/TB): the encoder sees exactly the stream a single pass would.
+    not timed (asetpts=N): the encoder sees exactly the stream a single pass would.
     `pcm` = (a, b, path): also write the cut's samples [a, b) there as raw s16le, for the
     choice of the splice."""
     trim = f"atrim=start_sample={lo}" + (f":end_sample={hi}" if hi < total else "")
-    graph = f"[0:a]asetpts=N/SR/TB,{trim},asetpts=PTS-STARTPTS"
+    # in 1/48000 so that the times are whole samples (the concat list's time base may not be)
+    graph = f"[0:a]asettb=1/{SAMPLE_RATE},asetpts=N,{trim},asetpts=PTS-STARTPTS"
     side: list[str] = []
     if pcm is not None:
         a, b, path = pcm

@@ -132,19 +132,19 @@ async def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path
     """20 house intermediates with distinct demanding audio, and two others ("edited")."""
     d = tmp_path_factory.mktemp("aacclips")
     n = CLIP_S * SR
-    frames = CLIP_S * FMT.fps
 
-    def make(name: str, seed: int) -> Path:
+    def make(name: str, seed: int, seconds: int = CLIP_S) -> Path:
         raw, out = d / f"{name}.wav", d / f"{name}.mov"
-        _write_wav(raw, _signal(n, seed, 0.02, [n // 3]))
-        run_ffmpeg_sync(["-f", "lavfi", "-i", f"testsrc2=s=320x180:r={FMT.fps}:d={CLIP_S}",
+        _write_wav(raw, _signal(seconds * SR, seed, 0.02, [n // 3]))
+        run_ffmpeg_sync(["-f", "lavfi", "-i", f"testsrc2=s=320x180:r={FMT.fps}:d={seconds}",
                          "-i", str(raw), *as_argv(video_codec_args(FMT)), *as_argv(PCM_ARGS),
-                         "-frames:v", str(frames), "-f", "mov", str(out)])
+                         "-frames:v", str(seconds * FMT.fps), "-f", "mov", str(out)])
         raw.unlink()
         return out
 
     return {"cut": [make(f"c{i:02d}", i) for i in range(20)],
-            "edits": [make(f"e{i}", 50 + i) for i in range(2)]}
+            "edits": [make(f"e{i}", 50 + i) for i in range(2)],
+            "longer": [make("long", 60, CLIP_S + 1)]}
 
 
 def _packets(path: Path) -> list[tuple[int, bytes]]:
@@ -159,7 +159,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     real = aac._encode_chunk
 
     async def spy(listfile: Path, lo: int, hi: int, total: int, out: Path,
-                  pcm: tuple[int, int, Path] | None = None) -> int:
+                  pcm: tuple[tuple[int, int, Path], ...] = ()) -> int:
         calls.append((lo, hi))
         return await real(listfile, lo, hi, total, out, pcm)
 
@@ -182,11 +182,12 @@ async def _cut_ok(dest: Path, total_frames: int) -> np.ndarray:
     return pcm
 
 
-@pytest.mark.parametrize("edited", [10, 0])
+@pytest.mark.parametrize(("edited", "longer"), [(10, False), (0, False), (10, True)])
 async def test_edit_reuses_the_previous_cuts_audio(clips, tmp_path: Path, edited: int,
+                                                   longer: bool,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _spy(monkeypatch)
-    cut, total = list(clips["cut"]), 20 * CLIP_S * FMT.fps
+    cut = list(clips["cut"])
     dest = tmp_path / "final.mp4"
     await assemble(cut, dest, FMT)
     assert aac.record_path(dest).is_file()
@@ -194,25 +195,39 @@ async def test_edit_reuses_the_previous_cuts_audio(clips, tmp_path: Path, edited
     assert calls[0][0] == 0
     calls.clear()
 
-    cut[edited] = clips["edits"][0]
+    cut[edited] = clips["longer" if longer else "edits"][0]
+    total = (20 * CLIP_S + (1 if longer else 0)) * FMT.fps
     await assemble(cut, dest, FMT)
     got = await _cut_ok(dest, total)
     new = _packets(dest)
+    assert new[0][0] == -1024  # the priming packet, trimmed by the edit list
 
     same = edited * CLIP_S * SR  # identical leading samples
     keep = max(0, (same // 1024 - aac.MARGIN) * 1024)
-    if edited == 0:  # nothing before the change is identical: nothing reused
-        assert keep == 0 and min(lo for lo, _ in calls) == 0
-    else:  # only the rest was encoded, its pre-roll inside the identical part
-        assert min(lo for lo, _ in calls) == keep - (aac.PREROLL + aac.WINDOW) * 1024
+    first = min(lo for lo, _ in calls)
+    if edited == 0:  # nothing before the change is identical: no leading packet reused
+        assert keep == 0 and first == 0
+    else:  # only what follows was encoded, its pre-roll inside the identical part
+        assert first == keep - (aac.PREROLL + aac.WINDOW) * 1024
         # the old packets up to the splice, which may move back by WINDOW frames from keep
-        # to where the new encoder codes better (aac._best_splice)
-        same_packets = next(i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b)
-        assert same_packets >= (keep - aac.WINDOW * 1024) // 1024 + 1
-    assert new[0][0] == -1024  # the priming packet, trimmed by the edit list
+        # to where the new encoder codes better (aac._choose)
+        lead = next(i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b)
+        assert lead >= (keep - aac.WINDOW * 1024) // 1024 + 1
+    splices = [keep] if keep else []
+    last = max(hi for _, hi in calls)
+    if longer:  # the clips after the edit moved: every sample after it is encoded again
+        assert last == len(got)
+    else:  # they did not: their old packets are copied too, from a frame boundary after
+        # the edited clip (+ MARGIN), where the splice back may move forward by WINDOW frames
+        tail = (-(-(edited + 1) * CLIP_S * SR // 1024) + aac.MARGIN) * 1024
+        assert last == tail + (aac.WINDOW + aac.POSTROLL) * 1024
+        trail = next(i for i, (a, b) in enumerate(zip(old[::-1], new[::-1], strict=True))
+                     if a != b)
+        assert trail >= (len(got) - tail - aac.WINDOW * 1024) // 1024
+        splices.append(tail)
 
     # the same cut from scratch (a new file) and as one ffmpeg pass: the reused track's error
-    # per block is within SLACK of both around the splice, and overall
+    # per block is within SLACK of both around the splices, and overall
     scratch = tmp_path / "scratch" / "final.mp4"
     scratch.parent.mkdir()
     await assemble(cut, scratch, FMT)
@@ -222,8 +237,7 @@ async def test_edit_reuses_the_previous_cuts_audio(clips, tmp_path: Path, edited
     src = _timeline_pcm(cut)
     for ref in (_pcm(scratch), _pcm(tmp_path / "single.m4a")):
         assert len(ref) == len(got) == len(src)
-        if keep:
-            _check_splices(src, ref, got, [keep])
+        _check_splices(src, ref, got, splices)
         assert np.sqrt(((got - src) ** 2).mean()) <= 1.05 * np.sqrt(((ref - src) ** 2).mean())
 
 
@@ -252,34 +266,34 @@ async def test_a_stale_record_is_ignored(clips, tmp_path: Path,
     dest = tmp_path / "final.mp4"
     await assemble(cut, dest, FMT)
     parts = aac.pieces(cut, [CLIP_S * FMT.fps] * 20, [0] * 19, ["cut"] * 19, FMT)
-    assert aac.reusable(dest, parts) == 20 * CLIP_S * SR  # unchanged: all of it
+    assert aac.reusable(dest, parts) == aac.Reuse(20 * CLIP_S * SR)  # unchanged: all of it
     edited = aac.pieces([*cut[:10], clips["edits"][0], *cut[11:]], [CLIP_S * FMT.fps] * 20,
                         [0] * 19, ["cut"] * 19, FMT)
-    assert aac.reusable(dest, edited) > 0
+    assert aac.reusable(dest, edited).head > 0
 
     # replaced by another file (same name): its identity no longer matches the record
     other = tmp_path / "other.mp4"
     await assemble(cut[:3], other, FMT)
     record = aac.record_path(dest).read_text()
     shutil.copy(other, dest)
-    assert aac.reusable(dest, edited) == 0
+    assert aac.reusable(dest, edited) == aac.Reuse()
     # touched in place (same size, new mtime)
     dest.unlink()
     await assemble(cut, dest, FMT)
     st = dest.stat()
     os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    assert aac.reusable(dest, edited) == 0
+    assert aac.reusable(dest, edited) == aac.Reuse()
     # deleted: a full encode, and the cut is right
     dest.unlink()
     aac.record_path(dest).write_text(record)
-    assert aac.reusable(dest, edited) == 0
+    assert aac.reusable(dest, edited) == aac.Reuse()
     calls = _spy(monkeypatch)
     await assemble([*cut[:10], clips["edits"][0], *cut[11:]], dest, FMT)
     assert min(lo for lo, _ in calls) == 0
     await _cut_ok(dest, 20 * CLIP_S * FMT.fps)
     # a damaged record
     aac.record_path(dest).write_text("{not json")
-    assert aac.reusable(dest, edited) == 0
+    assert aac.reusable(dest, edited) == aac.Reuse()
 
 
 async def test_chunk_times_are_whole_samples_for_conformed_vendor_clips(tmp_path: Path) -> None:

@@ -26,9 +26,12 @@ pieces (a clip body or a junction: its clip files' resolved path, size and mtime
 frames, the transition) with their sample counts, and the identity of the file it was written
 into (size, mtime_ns, inode). When the next cut into the same file starts with the same
 pieces, the old file's packets before the first changed sample (less MARGIN frames for the
-encoder's look-ahead) are copied, and only the rest is encoded, its pre-roll lying in the
-identical part; the splice with the old packets is chosen the same way, in the WINDOW frames
-before that point.
+encoder's look-ahead) are copied; when the track is as long as before, so are those after the
+last changed piece (MARGIN frames into the identical part: an edited shot of the same
+duration). Only the changed span is encoded, its pre-roll lying in the identical part before
+it; the splices with the old packets are chosen as above, in the WINDOW frames before the
+first and after the second. An old packet after the change is a valid coding of the same
+samples; only its encoder's bit allocation had another history.
 """
 
 from __future__ import annotations
@@ -131,10 +134,20 @@ def forget(dest: Path) -> None:
         record_path(dest).unlink()
 
 
-def reusable(dest: Path, parts: Sequence[Piece]) -> int:
-    """How many leading samples of the previous track in `dest` can be copied (a multiple of
-    FRAME, or the whole track when nothing changed); 0 when the record is missing, stale or
-    made with other settings, or when too little at the start is identical."""
+@dataclass(frozen=True)
+class Reuse:
+    """What of the previous track in the same file can be copied: its packets before `head`,
+    and, when set, from `tail` on (the pieces after the change, at the same samples)."""
+
+    head: int = 0
+    tail: int | None = None
+
+
+def reusable(dest: Path, parts: Sequence[Piece]) -> Reuse:
+    """What of the previous track in `dest` can be copied: the packets before the first
+    changed piece (less MARGIN frames) and, when the track is as long as before, those after
+    the last changed piece (plus MARGIN frames); all of it when nothing changed. Nothing when
+    the record is missing, stale or made with other settings."""
     dest = Path(dest)
     try:
         rec = json.loads(record_path(dest).read_text(encoding="utf-8"))
@@ -142,20 +155,28 @@ def reusable(dest: Path, parts: Sequence[Piece]) -> int:
         if (rec["settings"] != SETTINGS or rec["file"] != dest.name
                 or [rec["size"], rec["mtime_ns"], rec["ino"]]
                 != [st.st_size, st.st_mtime_ns, st.st_ino]):
-            return 0
+            return Reuse()
         old = [(str(i), int(n)) for i, n in rec["pieces"]]
     except (OSError, ValueError, KeyError, TypeError):
-        return 0
+        return Reuse()
     new = [(p.ident, p.samples) for p in parts]
-    same = 0
-    for a, b in zip(old, new, strict=False):
-        if a != b:
-            break
-        same += b[1]
-    else:
-        if len(old) == len(new):
-            return same  # nothing changed: every packet
-    return max(0, (same // FRAME - MARGIN) * FRAME)
+    total = sum(n for _, n in new)
+    if old == new:
+        return Reuse(head=total)
+    first = next((k for k, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+                 min(len(old), len(new)))
+    head = max(0, (sum(n for _, n in new[:first]) // FRAME - MARGIN) * FRAME)
+    tail = None
+    if sum(n for _, n in old) == total:  # then a common suffix sits at the same samples
+        last = 0
+        while (last < min(len(old), len(new)) - first
+               and old[len(old) - 1 - last] == new[len(new) - 1 - last]):
+            last += 1
+        start = total - sum(n for _, n in new[len(new) - last:]) if last else total
+        tail = (-(-start // FRAME) + MARGIN) * FRAME
+        if tail + (WINDOW + POSTROLL + 1) * FRAME > total:
+            tail = None
+    return Reuse(head, tail)
 
 
 # -- chunks ----------------------------------------------------------------------------------
@@ -186,19 +207,20 @@ def ranges(start: int, total: int, slots: int) -> list[tuple[int, int]]:
 
 
 async def _encode_chunk(listfile: Path, lo: int, hi: int, total: int, out: Path,
-                        pcm: tuple[int, int, Path] | None = None) -> int:
+                        pcm: Sequence[tuple[int, int, Path]] = ()) -> int:
     """Encode the cut's samples [lo, hi) into `out` (.mp4); returns lo. Samples are counted,
     not timed (asetpts=N): the encoder sees exactly the stream a single pass would.
-    `pcm` = (a, b, path): also write the cut's samples [a, b) there as raw s16le, for the
-    choice of the splice."""
+    `pcm`: (a, b, path) each: also write the cut's samples [a, b) there as raw s16le, for the
+    choice of a splice."""
     trim = f"atrim=start_sample={lo}" + (f":end_sample={hi}" if hi < total else "")
     # in 1/48000 so that the times are whole samples (the concat list's time base may not be)
     graph = f"[0:a]asettb=1/{SAMPLE_RATE},asetpts=N,{trim},asetpts=PTS-STARTPTS"
     side: list[str] = []
-    if pcm is not None:
-        a, b, path = pcm
-        graph += (f",asplit=2[e][w];[w]atrim=start_sample={a - lo}:end_sample={b - lo}[p]")
-        side = ["-map", "[p]", "-c:a", "pcm_s16le", "-f", "s16le", str(path)]
+    if pcm:
+        graph += f",asplit={len(pcm) + 1}[e]" + "".join(f"[w{k}]" for k in range(len(pcm)))
+        for k, (a, b, path) in enumerate(pcm):
+            graph += f";[w{k}]atrim=start_sample={a - lo}:end_sample={b - lo}[p{k}]"
+            side += ["-map", f"[p{k}]", "-c:a", "pcm_s16le", "-f", "s16le", str(path)]
     else:
         graph += "[e]"
     await run_ffmpeg(["-threads", "1", "-f", "concat", "-safe", "0", "-i", str(listfile),
@@ -218,30 +240,39 @@ class _Source:
 
 
 async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, *,
-                 previous: Path | None = None, keep: int = 0,
+                 previous: Path | None = None, reuse: Reuse = Reuse(),
                  slots: int | None = None) -> AudioStats:
     """Write the cut's audio (the concat list's, `parts` long) as one AAC track into `out`
-    (.m4a). With `previous` and `keep` > 0, that file's packets before sample `keep` are
-    copied. `slots`: how many encoders may run at once (default: the ffmpeg slot count)."""
+    (.m4a). With `previous`, that file's packets `reuse` names are copied and only the rest
+    is encoded. `slots`: how many encoders may run at once (default: the ffmpeg slot count)."""
     total = sum(p.samples for p in parts)
     if total <= 0:
         raise MediaError("the cut has no audio samples")
-    keep = min(keep, total) if previous is not None else 0
-    stats = AudioStats(total=total, reused=keep)
-    sources = [_Source(previous, 0, -FRAME)] if keep else []
-    todo = ranges(keep, total, slots or SLOTS.size) if keep < total else []
+    head = min(reuse.head, total) if previous is not None else 0
+    tail = reuse.tail if previous is not None and reuse.tail is not None else None
+    if tail is not None and not head < tail <= total - (WINDOW + POSTROLL + 1) * FRAME:
+        tail = None
+    end = total if tail is None else tail
+    stats = AudioStats(total=total, reused=head + (total - tail if tail else 0))
+    sources = [_Source(previous, 0, -FRAME)] if head else []
+    todo = ranges(head, end, slots or SLOTS.size) if head < total else []
     jobs = []
     for i, (a, b) in enumerate(todo):
-        window = None
+        pcm, window = [], None
         if a:  # a splice with what comes before: somewhere in [w0, w1]
             w0 = max(FRAME, a - WINDOW * FRAME)
             w1 = a if i == 0 else min(total - FRAME, a + WINDOW * FRAME) // FRAME * FRAME
             window = (w0, w1, work / f"aac{i:02d}.pcm")
+            pcm.append((w0, w1 + FRAME, window[2]))  # the blocks w0..w1
         lo = max(0, a - (WINDOW + PREROLL) * FRAME)
         hi = total if b == total else min(total, b + (WINDOW + POSTROLL) * FRAME)
         path = work / f"aac{i:02d}.mp4"
         sources.append(_Source(path, lo, a if a else -FRAME, window))
-        pcm = (window[0], window[1] + FRAME, window[2]) if window else None  # blocks w0..w1
+        if b == tail:  # and back to the previous track's packets, in [tail, tail + WINDOW]
+            back = (tail, tail + WINDOW * FRAME, work / "tail.pcm")
+            pcm.append((back[0], back[1] + FRAME, back[2]))
+            assert previous is not None
+            sources.append(_Source(previous, 0, tail, back))
         jobs.append(_encode_chunk(listfile, lo, hi, total, path, pcm))
         stats.encoded += hi - lo
     stats.chunks = len(jobs)
@@ -254,7 +285,7 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
     try:
         stats.splices = await asyncio.to_thread(_splice, sources, out, total)
     except _Unmatched:
-        if not keep:
+        if not (head or tail):
             raise MediaError("the AAC chunks were encoded with different settings") from None
         return await encode(listfile, parts, out, work, slots=slots)  # the old track differs
     return stats

@@ -215,9 +215,9 @@ async def assemble(
         work = Path(tmpdir)
         listfile = await segments_list(clips, frames, joins, transitions, fmt, work)
         # The audio apart (chunks in parallel, the previous cut's packets reused), then one mux.
-        keep = aac.reusable(dest, parts)
+        reuse = aac.reusable(dest, parts)
         audio = work / "audio.m4a"
-        await aac.encode(listfile, parts, audio, work, previous=dest if keep else None, keep=keep)
+        await aac.encode(listfile, parts, audio, work, previous=dest, reuse=reuse)
         tmp = temp_name(dest)
         try:
             await run_ffmpeg([

@@ -154,16 +154,16 @@ def _packets(path: Path) -> list[tuple[int, bytes]]:
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """Record the sample range [lo, hi) of every chunk encode."""
+    """Record the sample range [lo, hi) that every encoder of the cut's audio was fed."""
     calls: list[tuple[int, int]] = []
-    real = aac._encode_chunk
+    real = aac.encode
 
-    async def spy(listfile: Path, lo: int, hi: int, total: int, out: Path,
-                  pcm: tuple[tuple[int, int, Path], ...] = ()) -> int:
-        calls.append((lo, hi))
-        return await real(listfile, lo, hi, total, out, pcm)
+    async def spy(*args: object, **kwargs: object) -> aac.AudioStats:
+        stats = await real(*args, **kwargs)  # type: ignore[arg-type]
+        calls.extend(stats.ranges)
+        return stats
 
-    monkeypatch.setattr(aac, "_encode_chunk", spy)
+    monkeypatch.setattr(aac, "encode", spy)
     return calls
 
 

@@ -77,6 +77,7 @@ class AudioStats:
     chunks: int = 0  # encoder runs
     encoded: int = 0  # samples encoded, pre- and post-roll included
     splices: list[int] = field(default_factory=list)  # where the packets switch source
+    ranges: list[tuple[int, int]] = field(default_factory=list)  # what each encoder was fed
 
 
 # -- the timeline's pieces -------------------------------------------------------------------
@@ -273,8 +274,11 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
             pcm.append((back[0], back[1] + FRAME, back[2]))
             assert previous is not None
             sources.append(_Source(previous, 0, tail, back))
-        jobs.append(_encode_chunk(listfile, lo, hi, total, path, pcm))
+        sub, at = _sublist(listfile, parts, lo, hi, work / f"aac{i:02d}.txt")
+        jobs.append(_encode_chunk(sub, lo - at, hi - at, total - at, path,
+                                  [(a - at, b - at, p) for a, b, p in pcm]))
         stats.encoded += hi - lo
+        stats.ranges.append((lo, hi))
     stats.chunks = len(jobs)
     try:
         async with asyncio.TaskGroup() as tg:  # a failure cancels (and kills) the others
@@ -289,6 +293,28 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
             raise MediaError("the AAC chunks were encoded with different settings") from None
         return await encode(listfile, parts, out, work, slots=slots)  # the old track differs
     return stats
+
+
+def _sublist(listfile: Path, parts: Sequence[Piece], lo: int, hi: int,
+             out: Path) -> tuple[Path, int]:
+    """A concat list of only the segments that hold the samples [lo, hi), and the sample its
+    first one starts at: an encoder then reads no segment it would throw away. The list has
+    one segment per piece, in the same order (`assemble`); otherwise the whole list."""
+    lines = listfile.read_text(encoding="utf-8").splitlines()
+    if len(lines) != len(parts):
+        return listfile, 0
+    start, first, last, at = 0, None, len(lines), 0
+    for k, p in enumerate(parts):
+        if first is None and start + p.samples > lo:
+            first, at = k, start
+        start += p.samples
+        if start >= hi:
+            last = k + 1
+            break
+    if first is None:
+        return listfile, 0
+    out.write_text("\n".join(lines[first:last]) + "\n", encoding="utf-8")
+    return out, at
 
 
 class _Unmatched(Exception):

@@ -1,4 +1,4 @@
-"""Join conformed clips into the final MP4: stream-copy the video, encode AAC once.
+"""Join conformed clips into the final MP4: stream-copy the video, AAC from flows.media.aac.
 
 Transitions use the "hybrid" plan of ffmpeg.md §3.2: only the junctions are rendered, each as
 its own short segment in the house format, and everything is then joined by the concat demuxer
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from flows.media import aac
 from flows.media.conform import PCM_ARGS, OutputFormat, as_argv, temp_name, video_codec_args
 from flows.media.ffmpeg_exec import run_ffmpeg
 from flows.media.probe import VideoInfo, probe
@@ -208,18 +209,25 @@ async def assemble(
     frames, joins, transitions = layout(clips, fmt, transitions)
     total = sum(frames) - sum(joins)
 
+    parts = aac.pieces(clips, frames, joins, [t.kind for t in transitions], fmt)
+
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".assemble-") as tmpdir:
-        listfile = await segments_list(clips, frames, joins, transitions, fmt, Path(tmpdir))
+        work = Path(tmpdir)
+        listfile = await segments_list(clips, frames, joins, transitions, fmt, work)
+        # The audio apart (chunks in parallel, the previous cut's packets reused), then one mux.
+        reuse = aac.reusable(dest, parts)
+        audio = work / "audio.m4a"
+        await aac.encode(listfile, parts, audio, work, previous=dest, reuse=reuse)
         tmp = temp_name(dest)
         try:
             await run_ffmpeg([
-                "-f", "concat", "-safe", "0", "-i", str(listfile),
-                "-map", "0:v:0", "-map", "0:a:0",
-                "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-ar", "48000",
+                "-f", "concat", "-safe", "0", "-i", str(listfile), "-i", str(audio),
+                "-map", "0:v:0", "-map", "1:a:0", "-c", "copy",
                 "-movflags", "+faststart", "-f", "mp4", str(tmp),
             ])
             _verify(tmp, fmt, total)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
+    aac.remember(dest, parts)
     return probe(dest)

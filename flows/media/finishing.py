@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows.media import aac
 from flows.media.assemble import Transition, assemble, layout, segments_list, verify_cut
 from flows.media.audio import (
     Loudness,
@@ -140,6 +141,7 @@ async def make_cut(cut: Cut, dest: Path) -> CutReport:
             ], loglevel="info" if measured is not None else "error")
             verify_cut(tmp, fmt, total)
             os.replace(tmp, dest)
+            aac.forget(dest)  # this track is not the one the record describes
         finally:
             tmp.unlink(missing_ok=True)
     report = CutReport(probe(dest), cue_list, *sidecars)

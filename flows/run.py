@@ -226,7 +226,7 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
             clips.append(await placeholder(plan, shot.index, f"{res.status}: {res.reason}", run_dir))
     final = run_dir / "final.mp4"
     # the review page's take previews (one ffmpeg each) beside the cut, not after it
-    previews = asyncio.create_task(_take_previews(plan, run_dir, journal))
+    previews = asyncio.create_task(_take_previews(plan, run_dir, journal, clips))
     try:
         # content-addressed cut (flows/uptodate.py): the same clips and settings are not cut again
         material = _cut_material(plan, run_dir, journal, results)
@@ -259,20 +259,27 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
         previews.cancel()
         raise
     await previews
-    await write_review(plan, run_dir, journal, ledger, final)
+    await write_review(plan, run_dir, journal, ledger, final, in_cut=_placed(cut_json))
     return summary
 
 
-async def _take_previews(plan: Plan, run_dir: Path, journal: Journal) -> None:
+def _placed(cut_json: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Where each clip plays in the cut (`CutReport.spans`), by resolved path."""
+    return {str(c): (float(a), float(b)) for c, a, b in cut_json.get("spans") or []}
+
+
+async def _take_previews(plan: Plan, run_dir: Path, journal: Journal, cut: list[Path]) -> None:
     from flows.review.page import take_previews
     from flows.review.picks import load_review
 
     with contextlib.suppress(StoryreelError):  # the page is written (and says so) without them
-        await take_previews(run_dir, plan.to_json(), journal.attempts(), load_review(run_dir))
+        await take_previews(run_dir, plan.to_json(), journal.attempts(), load_review(run_dir),
+                            in_cut=[str(Path(c).resolve()) for c in cut])
 
 
 async def write_review(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
-                       final: Path | None, running: bool = False) -> Path:
+                       final: Path | None, running: bool = False,
+                       in_cut: dict[str, tuple[float, float]] | None = None) -> Path:
     """review.html for the run folder (flows/review/page.py)."""
     from flows.review.page import write_review_page
     from flows.review.picks import load_review
@@ -280,7 +287,8 @@ async def write_review(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledg
     return await write_review_page(run_dir, plan.to_json(), journal.attempts(),
                                    load_review(run_dir), spent_usd=ledger.spent_usd,
                                    cap_usd=plan.cap_usd, final=final,
-                                   reserved_usd=ledger.reserved_usd, running=running)
+                                   reserved_usd=ledger.reserved_usd, running=running,
+                                   in_cut=in_cut)
 
 
 def _cut_material(plan: Plan, run_dir: Path, journal: Journal,

@@ -92,6 +92,7 @@ _VIDEOS_JS = """
   const imgs = [...document.querySelectorAll('img')];
   return JSON.stringify(vids.map(v => ({src: v.getAttribute('src'), poster: v.getAttribute('poster'),
     readyState: v.readyState, error: v.error ? v.error.code : null, duration: v.duration,
+    currentTime: v.currentTime,
     width: v.videoWidth, height: v.videoHeight, label: v.getAttribute('aria-label')})));
 })()
 """

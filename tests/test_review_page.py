@@ -69,6 +69,10 @@ async def test_review_page_in_a_real_browser(review_run, emu_env, tmp_path: Path
         assert v["error"] is None and v["readyState"] >= 1, v
         assert v["width"] > 0 and v["poster"], v
     assert (out / report.videos[1]["poster"]).is_file()
+    # a take in the cut plays from the cut, where the storyboard puts it: the refused shot's
+    # slate holds 0-5 s, harbour 5-10 s, lamp 10-15 s (hard cuts); the browser starts there
+    assert [v["src"] for v in report.videos[1:]] == ["final.mp4#t=5,10", "final.mp4#t=10,15"]
+    assert [round(v["currentTime"]) for v in report.videos[1:]] == [5, 10]
     # every link is relative: the page works when the folder moves
     assert not re.search(r'(src|poster|href)="(/|[a-z]+:)', report.html)
     text = report.text

@@ -203,10 +203,12 @@ async def assemble(
     dest: Path,
     fmt: OutputFormat,
     transitions: list[Transition] | None = None,
+    laid_out: tuple[list[int], list[int], list[Transition]] | None = None,
 ) -> VideoInfo:
-    """Join conformed clips into `dest` (.mp4); transitions[i] joins clips[i] and clips[i+1]."""
+    """Join conformed clips into `dest` (.mp4); transitions[i] joins clips[i] and clips[i+1].
+    `laid_out`: the caller's `layout()` of these clips, to not probe them again."""
     clips, dest = [Path(c) for c in clips], Path(dest)
-    frames, joins, transitions = layout(clips, fmt, transitions)
+    frames, joins, transitions = laid_out or layout(clips, fmt, transitions)
     total = sum(frames) - sum(joins)
 
     parts = aac.pieces(clips, frames, joins, [t.kind for t in transitions], fmt)

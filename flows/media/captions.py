@@ -50,17 +50,22 @@ def starts(frames: list[int], joins: list[int]) -> list[int]:
     return out
 
 
-def cues(frames: list[int], joins: list[int], captions: list[Caption | None]) -> list[Cue]:
+def spans(frames: list[int], joins: list[int]) -> list[tuple[int, int]]:
+    """The frames [start, end) of the cut each clip owns: its own, and half of each junction
+    it shares with a neighbour (where a caption changes, where a review plays the take)."""
     begin = starts(frames, joins)
     out = []
-    for i, cap in enumerate(captions):
-        if cap is None or not cap.text.strip():
-            continue
+    for i in range(len(frames)):
         j_in = joins[i - 1] if i > 0 else 0
         j_out = joins[i] if i < len(joins) else 0
-        start = begin[i] + j_in // 2
-        end = begin[i] + frames[i] - j_out + j_out // 2
-        if end > start:
+        out.append((begin[i] + j_in // 2, begin[i] + frames[i] - j_out + j_out // 2))
+    return out
+
+
+def cues(frames: list[int], joins: list[int], captions: list[Caption | None]) -> list[Cue]:
+    out = []
+    for (start, end), cap in zip(spans(frames, joins), captions, strict=False):
+        if cap is not None and cap.text.strip() and end > start:
             out.append(Cue(start, end, cap))
     return out
 

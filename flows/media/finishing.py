@@ -28,7 +28,7 @@ from flows.media.audio import (
     normalisation_type,
     normalise_filter,
 )
-from flows.media.captions import Caption, CaptionLook, Cue, burn_filters, cues, srt, vtt
+from flows.media.captions import Caption, CaptionLook, Cue, burn_filters, cues, spans, srt, vtt
 from flows.media.conform import OutputFormat, as_argv, temp_name, video_codec_args
 from flows.media.ffmpeg_exec import run_ffmpeg
 from flows.media.overlay import Logo, logo_filter, logo_input
@@ -91,11 +91,20 @@ class CutReport:
     srt: Path | None = None
     vtt: Path | None = None
     loudness: dict[str, Any] | None = None  # target, measured integrated/true peak, mode
+    spans: list[tuple[str, float, float]] = field(default_factory=list)  # clip, start, end (s)
 
     def to_json(self) -> dict[str, Any]:
         return {"duration_s": round(self.info.duration, 3), "captions": len(self.cues),
                 "srt": str(self.srt) if self.srt else None,
-                "vtt": str(self.vtt) if self.vtt else None, "loudness": self.loudness}
+                "vtt": str(self.vtt) if self.vtt else None, "loudness": self.loudness,
+                "spans": [list(s) for s in self.spans]}
+
+
+def _spans(clips: list[Path], frames: list[int], joins: list[int], fps: int
+           ) -> list[tuple[str, float, float]]:
+    """Where each clip plays in the cut, in seconds (half of each junction is its own)."""
+    return [(str(c.resolve()), round(a / fps, 3), round(b / fps, 3))
+            for c, (a, b) in zip(clips, spans(frames, joins), strict=True)]
 
 
 async def make_cut(cut: Cut, dest: Path) -> CutReport:
@@ -104,15 +113,17 @@ async def make_cut(cut: Cut, dest: Path) -> CutReport:
     clips = [Path(c) for c in cut.clips]
     fmt = cut.fmt
     captions = list(cut.captions) + [None] * (len(clips) - len(cut.captions))
+    frames, joins, transitions = laid_out = layout(clips, fmt, list(cut.transitions))
+    placed = _spans(clips, frames, joins, fmt.fps)
     if cut.plain and not any(captions):
         _sidecars([], fmt.fps, dest)
-        return CutReport(await assemble(clips, dest, fmt, list(cut.transitions)))
-    frames, joins, transitions = layout(clips, fmt, list(cut.transitions))
+        return CutReport(await assemble(clips, dest, fmt, laid_out=laid_out), spans=placed)
     total = sum(frames) - sum(joins)
     cue_list = cues(frames, joins, captions)
     sidecars = _sidecars(cue_list, fmt.fps, dest)
     if cut.plain:
-        return CutReport(await assemble(clips, dest, fmt, transitions), cue_list, *sidecars)
+        return CutReport(await assemble(clips, dest, fmt, laid_out=laid_out), cue_list,
+                         *sidecars, spans=placed)
 
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".assemble-") as tmpdir:
         work = Path(tmpdir)
@@ -144,7 +155,7 @@ async def make_cut(cut: Cut, dest: Path) -> CutReport:
             aac.forget(dest)  # this track is not the one the record describes
         finally:
             tmp.unlink(missing_ok=True)
-    report = CutReport(probe(dest), cue_list, *sidecars)
+    report = CutReport(probe(dest), cue_list, *sidecars, spans=placed)
     if cut.loudness is not None and measured is not None:
         report.loudness = await _loudness_report(dest, cut.loudness, measured.silent, err)
     return report

@@ -15,7 +15,7 @@ import contextlib
 import datetime as dt
 import html
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,28 +105,45 @@ def _take_clips(views: list[ShotView]) -> dict[str, Path]:
     return {f"{v.shot_id}-take{t.take}": t.clip for v in views for t in v.takes if t.clip}
 
 
+def _in_cut(clips: dict[str, Path], in_cut: Mapping[str, Any]) -> frozenset[str]:
+    """The takes whose clip plays in the cut: the page plays them from final.mp4 (a media
+    fragment, #t=start,end), so they need a poster only: no preview to encode, which on a
+    board of a hundred shots was 9 s of CPU at the end of the run (bench/README.md)."""
+    return frozenset(k for k, c in clips.items() if str(Path(c).resolve()) in in_cut)
+
+
 async def take_previews(run_dir: Path, plan: dict[str, Any], attempts: list[Attempt],
-                        reviews: dict[str, ShotReview]) -> None:
+                        reviews: dict[str, ShotReview], in_cut: Collection[str] = ()) -> None:
     """Make every take's preview now (the page written later finds them up to date): the
-    run starts them beside the cut instead of after it."""
-    await previews(_take_clips(shot_views(plan, attempts, reviews)), Path(run_dir))
+    run starts them beside the cut instead of after it. `in_cut`: the resolved paths of the
+    clips the cut is made of (poster only)."""
+    clips = _take_clips(shot_views(plan, attempts, reviews))
+    await previews(clips, Path(run_dir), playable=_in_cut(clips, dict.fromkeys(in_cut)))
 
 
 async def write_review_page(run_dir: Path, plan: dict[str, Any], attempts: list[Attempt],
                             reviews: dict[str, ShotReview], *, spent_usd: float,
                             cap_usd: float | None, final: Path | None,
-                            reserved_usd: float = 0.0, running: bool = False) -> Path:
-    """Make the previews the page needs, then write review.html atomically."""
+                            reserved_usd: float = 0.0, running: bool = False,
+                            in_cut: Mapping[str, tuple[float, float]] | None = None) -> Path:
+    """Make the previews the page needs, then write review.html atomically. `in_cut`: where
+    each clip of `final` plays in it (resolved path -> start, end in seconds)."""
     run_dir = Path(run_dir)
     views = shot_views(plan, attempts, reviews)
     clips = _take_clips(views)
-    if final is not None and final.exists():
+    cut_ok = final is not None and final.exists()
+    placed = _in_cut(clips, in_cut or {}) if cut_ok else frozenset()
+    if cut_ok:
         clips["final"] = final
-    made = await previews(clips, run_dir, playable=frozenset({"final"}))
+    made = await previews(clips, run_dir, playable=placed | {"final"})
     for v in views:
         for t in v.takes:
-            video, poster = made.get(f"{v.shot_id}-take{t.take}", (None, None))
+            name = f"{v.shot_id}-take{t.take}"
+            video, poster = made.get(name, (None, None))
             t.video, t.poster = _rel(video, run_dir), _rel(poster, run_dir)
+            if name in placed and t.clip is not None and final is not None:
+                start, end = (in_cut or {})[str(t.clip.resolve())]
+                t.video = f"{_rel(final, run_dir)}#t={start:g},{end:g}"
     cut_video, cut_poster = made.get("final", (None, None))
     text = render_page(plan, views, spent_usd=spent_usd, cap_usd=cap_usd,
                        final=_rel(cut_video, run_dir), final_poster=_rel(cut_poster, run_dir),
@@ -315,6 +332,14 @@ def _shot(v: ShotView) -> str:
     return "\n".join(parts)
 
 
+def _where(t: TakeView) -> str:
+    """For a take played from the cut (a media fragment), where in the cut it is."""
+    if not t.video or "#t=" not in t.video:
+        return ""
+    start, end = t.video.split("#t=", 1)[1].split(",")
+    return f"<br>plays from the cut, {float(start):g}-{float(end):g} s"
+
+
 def _take(v: ShotView, t: TakeView) -> str:
     cls = "take" + (" selected" if t.selected else "") + (" rejected" if t.rejected else "")
     flags = []
@@ -339,7 +364,8 @@ def _take(v: ShotView, t: TakeView) -> str:
            f'<figcaption><b>Take {t.take}</b> {"".join(flags)}<br>'
            f'<span class="meta">{e(seed)} &middot; {e(model)} &middot; '
            f'<span class="st st-{e(t.status)}">{e(t.status)}</span><br>'
-           f'est. {usd(t.estimated)} &middot; actual {usd(t.spent)}</span></figcaption>']
+           f'est. {usd(t.estimated)} &middot; actual {usd(t.spent)}{_where(t)}</span>'
+           '</figcaption>']
     out.append('<table class="attempts"><tr><th>#</th><th>option</th><th>status</th>'
                '<th>est.</th><th>actual</th><th>reason</th></tr>')
     for a in t.rows:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.media.conform import OutputFormat, conform, source_matrix
+from flows.media.conform import OutputFormat, conform, conform_argv, reading_of, source_matrix
 from flows.media.ffmpeg_exec import ffmpeg_exe, run_ffmpeg_sync
 from flows.media.probe import probe
 
@@ -72,3 +72,16 @@ def test_source_matrix_rule(tmp_path: Path) -> None:
     assert (source_matrix(hd), source_matrix(sd), source_matrix(tagged)) == \
         ("bt709", "bt601", "auto")
 
+
+
+def test_the_same_clip_makes_the_same_intermediate_whatever_the_threads(tmp_path: Path) -> None:
+    """A conform that runs alone decodes on every core; its output must not depend on that
+    (x264's would: a resumed run must cut the same frames as an uninterrupted one)."""
+    src = _clip(tmp_path / "src.mp4", "1280x720", "bt709", False)
+    made = []
+    for threads in (1, 2, 4):
+        out = tmp_path / f"t{threads}.mov"
+        run_ffmpeg_sync(conform_argv(src, out, OutputFormat(320, 180, 24), 24,
+                                     reading_of(probe(src)), threads))
+        made.append(out.read_bytes())
+    assert made[0] == made[1] == made[2]

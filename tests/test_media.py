@@ -374,7 +374,7 @@ async def test_background_work_yields_its_turn() -> None:
     assert slots._free == 1 and not slots._waiters and not slots._background
 
 
-async def test_a_lone_encode_gets_every_core() -> None:
+async def test_a_lone_ffmpeg_decodes_on_every_core() -> None:
     cores = os.cpu_count() or 1
     slots = _Slots(cores)
     async with slots():

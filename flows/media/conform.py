@@ -134,16 +134,13 @@ _SRC, _OUT = "<src>", "<out>"  # stand-ins in the argv template
 def conform_argv(src: Path, out: Path, fmt: OutputFormat, frames: int, reading: Reading,
                  threads: int = 1) -> list[str]:
     """The ffmpeg arguments (without the binary) that make the intermediate. `threads`: the
-    cores this ffmpeg may use (`_Slots.threads`): with one, the decoder gets one thread too
-    (other processes hold the other cores); with more, the decoder picks its own (frame
-    threads) and the encoder gets them all. The encoder's headers do not depend on the count,
-    so the clips still join by copy."""
+    decoder's (`_Slots.threads`: one while other processes hold the other cores, frame threads
+    when it runs alone). The encoder keeps one thread: x264's output depends on its thread
+    count, and the same clip must always make the same intermediate."""
     paths = {_SRC: str(src), _OUT: str(out)}
     argv = [paths.get(a, a) for a in _argv_template(fmt, frames, reading)]
-    if threads != 1:
-        argv[argv.index("-threads") + 1] = str(threads)
-    else:
-        argv[argv.index("-i"):argv.index("-i")] = ["-threads", "1"]
+    i = argv.index("-i")
+    argv[i:i] = ["-threads", str(max(1, threads))]
     return argv
 
 

@@ -118,10 +118,12 @@ class _Slots:
             raise
 
     def threads(self) -> int:
-        """Encoder threads for a process that holds a slot: every core when it runs alone
-        with nobody waiting (the edited shot of the producer's loop: a 720p conform 1.7 ->
-        1.1 s on 2 cores), else one (one process per core is faster than fewer with more
-        threads each, ffmpeg.md §2.2). A limit below the core count is kept as asked."""
+        """Decoder threads for a process that holds a slot: every core when it runs alone
+        with nobody waiting (the edited shot of the producer's loop), else one (one process
+        per core is faster than fewer with more threads each, ffmpeg.md §2.2). A limit below
+        the core count is kept as asked. For decoders only: decoding gives the same frames
+        whatever the thread count, x264 does not (a resumed run must cut the same frames as
+        an uninterrupted one, tests/test_kill_resume.py)."""
         cores = os.cpu_count() or 1
         with self._lock:
             if self._waiters or self._background or self.size < cores:
@@ -194,7 +196,7 @@ async def run_ffmpeg(args: Sequence[str] | Callable[[int], Sequence[str]], *,
                      background: bool = False) -> str:
     """Run ffmpeg with `args`; raise MediaError on a non-zero exit or after `timeout` seconds.
     Returns the tail of its stderr: with loglevel="info", what filters print (loudnorm's JSON).
-    `args` may be a function of the encoder threads it may use (`_Slots.threads`), asked once
+    `args` may be a function of the decoder threads it may use (`_Slots.threads`), asked once
     the process has its slot. `background`: work nobody waits for (previews) yields its turn
     to conforms and the cut."""
     base = BASE_ARGS if loglevel == "error" else [*BASE_ARGS[:-1], loglevel, "-nostats"]

@@ -45,6 +45,7 @@ class TakeView:
     rejected: bool = False
     video: str | None = None  # relative to the run folder
     poster: str | None = None
+    in_cut: tuple[float, float] | None = None  # played from the cut: its start, end (s)
 
     @property
     def status(self) -> str:
@@ -105,7 +106,7 @@ def _take_clips(views: list[ShotView]) -> dict[str, Path]:
     return {f"{v.shot_id}-take{t.take}": t.clip for v in views for t in v.takes if t.clip}
 
 
-def _in_cut(clips: dict[str, Path], in_cut: Mapping[str, Any]) -> frozenset[str]:
+def _in_cut(clips: dict[str, Path], in_cut: Collection[str]) -> frozenset[str]:
     """The takes whose clip plays in the cut: the page plays them from final.mp4 (a media
     fragment, #t=start,end), so they need a poster only: no preview to encode, which on a
     board of a hundred shots was 9 s of CPU at the end of the run (bench/README.md)."""
@@ -118,7 +119,7 @@ async def take_previews(run_dir: Path, plan: dict[str, Any], attempts: list[Atte
     run starts them beside the cut instead of after it. `in_cut`: the resolved paths of the
     clips the cut is made of (poster only)."""
     clips = _take_clips(shot_views(plan, attempts, reviews))
-    await previews(clips, Path(run_dir), playable=_in_cut(clips, dict.fromkeys(in_cut)))
+    await previews(clips, Path(run_dir), playable=_in_cut(clips, set(in_cut)))
 
 
 async def write_review_page(run_dir: Path, plan: dict[str, Any], attempts: list[Attempt],
@@ -131,9 +132,9 @@ async def write_review_page(run_dir: Path, plan: dict[str, Any], attempts: list[
     run_dir = Path(run_dir)
     views = shot_views(plan, attempts, reviews)
     clips = _take_clips(views)
-    cut_ok = final is not None and final.exists()
-    placed = _in_cut(clips, in_cut or {}) if cut_ok else frozenset()
-    if cut_ok:
+    in_cut = in_cut if final is not None and final.exists() else None
+    placed = _in_cut(clips, in_cut or ())
+    if final is not None and final.exists():
         clips["final"] = final
     made = await previews(clips, run_dir, playable=placed | {"final"})
     for v in views:
@@ -141,9 +142,9 @@ async def write_review_page(run_dir: Path, plan: dict[str, Any], attempts: list[
             name = f"{v.shot_id}-take{t.take}"
             video, poster = made.get(name, (None, None))
             t.video, t.poster = _rel(video, run_dir), _rel(poster, run_dir)
-            if name in placed and t.clip is not None and final is not None:
-                start, end = (in_cut or {})[str(t.clip.resolve())]
-                t.video = f"{_rel(final, run_dir)}#t={start:g},{end:g}"
+            if in_cut and final is not None and name in placed and t.clip is not None:
+                t.in_cut = in_cut[str(t.clip.resolve())]
+                t.video = f"{_rel(final, run_dir)}#t={t.in_cut[0]:g},{t.in_cut[1]:g}"
     cut_video, cut_poster = made.get("final", (None, None))
     text = render_page(plan, views, spent_usd=spent_usd, cap_usd=cap_usd,
                        final=_rel(cut_video, run_dir), final_poster=_rel(cut_poster, run_dir),
@@ -334,10 +335,7 @@ def _shot(v: ShotView) -> str:
 
 def _where(t: TakeView) -> str:
     """For a take played from the cut (a media fragment), where in the cut it is."""
-    if not t.video or "#t=" not in t.video:
-        return ""
-    start, end = t.video.split("#t=", 1)[1].split(",")
-    return f"<br>plays from the cut, {float(start):g}-{float(end):g} s"
+    return "" if t.in_cut is None else f"<br>plays from the cut, {t.in_cut[0]:g}-{t.in_cut[1]:g} s"
 
 
 def _take(v: ShotView, t: TakeView) -> str:

@@ -59,17 +59,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(f"{plan.storyboard.title}: {len(plan.shots)} shots, {plan.total_duration:g} s, "
               f"{plan.width}x{plan.height} @ {plan.fps} fps")
-        print(f"{'shot':<20} {'provider':<12} {'model':<28} {'seconds':>7} {'estimate':>10}  fallback")
+        print(f"{'shot':<20} {'provider':<12} {'model':<28} {'seconds':>7} {'estimate':>10} "
+              f"{'reserve':>10}  fallback")
         for s in plan.shots:
             o = s.primary
             chain = ", ".join(x.label for x in s.options[1:]) or "-"
             if s.takes > 1:  # the estimate is the takes' price
                 chain = f"{s.takes} takes x ${o.estimate_usd:.4f}; fallback {chain}"
             print(f"{s.shot_id:<20} {o.provider:<12} {o.model:<28} {s.duration:>7g} "
-                  f"${s.estimate_usd:>9.4f}  {chain}")
+                  f"${s.estimate_usd:>9.4f} ${s.reserve_usd:>9.4f}  {chain}")
         cap = plan.cap_usd
-        print(f"{'total':<70} ${plan.total_estimate:>9.4f}  cap: "
+        print(f"{'total':<70} ${plan.total_estimate:>9.4f} ${plan.total_reserve:>9.4f}  cap: "
               + (f"${cap:.2f}" if cap is not None else "none"))
+        margin = plan.storyboard.budget.estimate_margin
+        print(f"estimate: our price list's figure (an upper bound where the vendor states no "
+              f"charge); reserve: what an attempt holds against the caps, the estimate + "
+              f"{margin:.0%} (budget.estimate_margin)")
         for w in windows:
             print(f"window {_window_line(w)}")
     problems = plan.over_budget()
@@ -99,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         verdict = check(plan, args.out)
         if verdict.final is not None:
             print(f"up to date: {verdict.final}")
-            return 0
+            return _settle_at_risk(args.out, verdict.at_risk, verdict.askable)
         if os.environ.get("STORYREEL_DEBUG"):
             print(f"storyreel: not up to date: {verdict.why}", file=sys.stderr)
     from flows import runlock
@@ -115,6 +120,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = run_dir_for(plan, args.out)
     with runlock.own(out, wait=args.wait):  # the whole run, early submits included
         return _run_locked(args, plan, variables, out)
+
+
+def _settle_at_risk(out: Path, at_risk: int, askable: int) -> int:
+    """An up-to-date folder still holding money at vendors: ask them now (the cut needs
+    nothing, but the report must not leave jobs at risk), or say how to."""
+    if askable:
+        import asyncio
+
+        from flows.reconcile import reconcile
+
+        print(f"{askable} job(s) still at a vendor: asking about them")
+        totals, unsettled = asyncio.run(reconcile(out))
+        print(spent_line(totals, "the run's cap"))
+        at_risk = len(unsettled)
+    if at_risk:
+        print(f"{at_risk} job(s) at risk: storyreel reconcile {out}")
+    return 0
 
 
 def _run_locked(args: argparse.Namespace, plan: Any, variables: dict[str, str], out: Path) -> int:
@@ -172,11 +194,14 @@ def _run(args: argparse.Namespace, variables: dict[str, str], plan: Any, out: Pa
 
 
 def spent_line(totals: dict[str, Any], cap: str) -> str:
-    """The CLI's money line: the same three figures as cost.csv, run.json and the artifact."""
-    line = (f"spent:  ${totals['charged_usd']:.4f} charged + ${totals['at_risk_usd']:.4f} at risk "
-            f"= ${totals['total_usd']:.4f} of {cap}")
+    """The CLI's money line: the same three figures as cost.csv, run.json and the artifact;
+    an estimate is never called a charge."""
+    line = (f"spent:  ${totals['confirmed_usd']:.4f} confirmed by vendors"
+            f" + ${totals['estimated_spend_usd']:.4f} estimated (vendor reports no cost)"
+            f" + ${totals['at_risk_usd']:.4f} at risk = ${totals['total_usd']:.4f} of {cap}")
     if totals["at_risk_usd"]:
-        line += "\n        (at risk: may have been charged; `storyreel reconcile DIR` settles it)"
+        line += ("\n        (at risk: jobs with no final answer from their vendor, counted at "
+                 "what was reserved; `storyreel reconcile DIR` settles them)")
     return line
 
 
@@ -185,12 +210,16 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     and rewrite cost.csv and run.json."""
     import asyncio
 
-    from flows.reconcile import reconcile
+    from flows.reconcile import DEFAULT_TIMEOUT_S, reconcile
 
-    totals, unsettled = asyncio.run(reconcile(args.dir))
+    timeout = DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout
+    totals, unsettled = asyncio.run(reconcile(args.dir, timeout_s=timeout))
     print(spent_line(totals, "the run's cap"))
     for line in unsettled:
         print(f"still at risk: {line}")
+    if unsettled:
+        print(f"{len(unsettled)} job(s) have no final answer yet: run `storyreel reconcile "
+              f"{args.dir}` again later (or with --timeout SECONDS)")
     return 1 if unsettled else 0
 
 
@@ -225,6 +254,16 @@ def _window_line(w: dict[str, Any]) -> str:
     return (f"{w['scope']} {w['period']} {w['start']} ({w['timezone']}): limit "
             f"{_money(w['limit_usd'])}, spent {_money(w['spent_usd'])}, reserved "
             f"{_money(w['reserved_usd'])}, {_money(w['remaining_usd'])} left")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0-86400)")
+    return value
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
@@ -458,9 +497,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("providers", help="list providers, models, limits and prices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_providers)
-    p = sub.add_parser("reconcile", help="settle the jobs a run folder still holds money for "
-                       "(unconfirmed, abandoned, lost) and rewrite its reports")
+    p = sub.add_parser("reconcile", help="ask the vendors about every job a run folder still "
+                       "holds money for (in flight, cancel requested, abandoned, lost) and "
+                       "rewrite its reports")
     p.add_argument("dir", type=Path)
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="wait up to this long for jobs still running to end (default 10)")
     p.set_defaults(fn=cmd_reconcile)
     p = sub.add_parser("report", help="aggregate the cost reports of many runs")
     p.add_argument("dirs", nargs="+", help="run folders (each with a cost.csv)")

@@ -16,6 +16,7 @@ from flows.media.conform import OutputFormat
 from flows.money.cache import ClipCache
 from flows.money.journal import Journal
 from flows.money.ledger import Ledger
+from flows.storyboard.keys import env_key
 from flows.storyboard.plan import Option, Plan, ShotPlan
 from flows.uptodate import plan_clip_key
 from providers.base import Provider
@@ -75,7 +76,10 @@ class RunContext:
                 from flows.media.animatic import render_animatic  # ffmpeg work: only when used
 
                 extra["renderer"] = render_animatic
-            self._providers[name] = cls(client=self.client, key=self.keys.get(name), **extra)
+            # a job of a provider the edited storyboard no longer names is still asked about
+            # with its own provider's key (from the environment), never without one
+            key = self.keys[name] if name in self.keys else env_key(name)
+            self._providers[name] = cls(client=self.client, key=key, **extra)
         return self._providers[name]
 
     def event(self, shot: ShotPlan, state: str, detail: str = "", progress: float | None = None,

@@ -27,7 +27,7 @@ from prefect.utilities.annotations import quote
 
 from flows import redaction, runlock
 from flows.progress import sink as progress_sink
-from flows.render import RunContext, ShotResult, render_shot
+from flows.render import RunContext, ShotResult, render_shot, settle_orphans
 from flows.review.page import PageRefresher
 from flows.run import (
     RunOptions,
@@ -227,6 +227,7 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
 
         # every shot's work starts now; its task run (created one at a time) awaits it
         started = {s.shot_id: asyncio.ensure_future(render_shot(ctx, s)) for s in plan.shots}
+        orphans = asyncio.ensure_future(settle_orphans(ctx))  # jobs of shots no longer planned
         # review.html follows the run as shots finish (flows/review/page.py)
         page = PageRefresher(lambda: write_review(plan, run_dir, journal, ctx.ledger, None,
                                                   running=True))
@@ -257,6 +258,7 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
 
         try:
             results = list(await asyncio.gather(*(one(s) for s in plan.shots)))
+            await orphans
             await aupdate_progress_artifact(await progress, 100.0)  # after every throttled update
             await warm
             await page.close()
@@ -275,8 +277,9 @@ async def _artifacts(plan: Plan, summary: RunSummary) -> None:
     cap = f"${summary.cap_usd:.2f}" if summary.cap_usd is not None else "no cap"
     lines = [f"# {plan.storyboard.title}", "",
              f"Spent **${summary.spent_usd:.4f}** of {cap}: "
-             f"${summary.totals['charged_usd']:.4f} charged + "
-             f"${summary.totals['at_risk_usd']:.4f} at risk (may have been charged).", "",
+             f"${summary.totals['confirmed_usd']:.4f} confirmed by vendors + "
+             f"${summary.totals['estimated_spend_usd']:.4f} estimated (the vendor reports no "
+             f"cost) + ${summary.totals['at_risk_usd']:.4f} at risk (no final answer yet).", "",
              f"Cut: `{summary.final}`  ", f"Report: `{summary.cost_csv}`", "",
              "```", summary.table, "```"]
     for w in summary.windows:  # spend windows shared with other runs (flows/money/window.py)

@@ -1,15 +1,18 @@
 """`storyreel reconcile DIR`: settle the money a run folder still holds at vendors.
 
-Jobs we stopped waiting for (abandoned at their deadline), lost contact with, or whose
-submit answer named a job we can ask about, are polled once each; what has ended is booked
-at its real outcome (a finished clip goes into the clip cache, so the next run of the
-storyboard uses it without paying again), and cost.csv and run.json are written anew.
-Unconfirmed submits without a job id cannot be asked about: they stay at risk, listed for
-a person to check on the vendor's dashboard. Keys come from the environment.
+Every job still at a vendor (submitted or running when a run was killed, abandoned at its
+deadline, cancel requested, lost contact with, or named by a submit answer we can ask about)
+is polled, all at once, until its vendor gives a final answer or `timeout_s` passes; what has
+ended is booked at its real outcome (a finished clip goes into the clip cache, so the next run
+of the storyboard uses it without paying again), and cost.csv and run.json are written anew.
+Each job is asked with the key of its own provider (from the environment), whatever the
+storyboard says now. Unconfirmed submits without a job id cannot be asked about: they stay at
+risk, listed for a person to check on the vendor's dashboard.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -17,20 +20,25 @@ from typing import Any
 from flows import runlock
 from flows.money.atomic import write_text_atomic
 from flows.money.ledger import Ledger
-from flows.money.status import AT_VENDOR, Status
+from flows.money.status import AT_RISK, AT_VENDOR
 from flows.render import settle_job
 from flows.run import RunOptions, cache_for, open_journal
 from flows.storyboard.keys import env_key
+from providers.base import Provider
 from providers.errors import SpecError
 from providers.http import new_client
 from providers.registry import get_provider_class
 
+DEFAULT_TIMEOUT_S = 10.0
 
-async def reconcile(run_dir: Path, *, deadline_s: float = 1.0) -> tuple[dict[str, float], list[str]]:
+
+async def reconcile(run_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S
+                    ) -> tuple[dict[str, float], list[str]]:
     """Settle what can be settled; return the folder's totals and what is still at risk."""
     if not (run_dir / "journal.sqlite").is_file():
         raise SpecError([("reconcile", f"{run_dir} is not a run folder (no journal.sqlite)")])
-    from flows.money.report import rows_from_journal, totals, write_cost_csv
+    from flows.money.report import rows_from_journal, write_cost_csv
+    from flows.money.spend import totals
 
     with runlock.own(run_dir):
         journal = open_journal(run_dir)
@@ -38,20 +46,26 @@ async def reconcile(run_dir: Path, *, deadline_s: float = 1.0) -> tuple[dict[str
             ledger = Ledger(None)  # nothing new is reserved here: only what is held settles
             cache = cache_for(RunOptions())
             async with new_client() as client:
-                for a in journal.attempts():
-                    if a.status not in AT_VENDOR or not a.job_id:
-                        continue
-                    cls = get_provider_class(a.provider)
-                    provider = cls(client=client, key=env_key(a.provider))
-                    await settle_job(a, ledger.hold(a.shot_id, a.reserved_usd or 0.0),
-                                     provider=provider, journal=journal, ledger=ledger,
-                                     cache=cache, run_dir=run_dir, log=print,
-                                     deadline=deadline_s)
+                providers: dict[str, Provider] = {}
+
+                def provider_for(name: str) -> Provider:
+                    if name not in providers:
+                        providers[name] = get_provider_class(name)(client=client,
+                                                                   key=env_key(name))
+                    return providers[name]
+
+                await asyncio.gather(*(
+                    settle_job(a, ledger.hold(a.shot_id, a.reserved_usd or 0.0),
+                               provider=provider_for(a.provider), journal=journal, ledger=ledger,
+                               cache=cache, run_dir=run_dir, log=print,
+                               deadline=max(0.01, timeout_s))
+                    for a in journal.attempts() if a.status in AT_VENDOR and a.job_id
+                    and _known(a.provider)))
             _reconcile_windows(journal.run_id, journal.attempts())
             unsettled = [f"shot {a.shot_id} attempt {a.attempt} on {a.provider}:{a.model} "
                          f"({a.status}{', job ' + a.job_id if a.job_id else ''})"
                          for a in journal.attempts()
-                         if a.status in (*AT_VENDOR, Status.UNCONFIRMED, Status.INTENT)]
+                         if a.status in AT_RISK]
             run_json = run_dir / "run.json"
             data: dict[str, Any] = json.loads(run_json.read_text()) if run_json.is_file() else {}
             durations = {s["shot_id"]: s.get("duration")
@@ -66,6 +80,14 @@ async def reconcile(run_dir: Path, *, deadline_s: float = 1.0) -> tuple[dict[str
             return money, unsettled
         finally:
             journal.close()
+
+
+def _known(provider: str) -> bool:
+    try:
+        get_provider_class(provider)
+    except KeyError:  # no adapter any more: its money stays at risk, listed below
+        return False
+    return True
 
 
 def _reconcile_windows(run_id: str, attempts: list[Any]) -> None:

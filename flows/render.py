@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,8 +141,7 @@ async def _render(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: P
             return await hit
     for opt, key in zip(shot.options, keys, strict=True):
         # tries already made on this option in this folder (earlier sessions, early submit)
-        earlier = [a for a in _take_rows(ctx, shot)
-                   if a.cache_key == key and a.status not in NOT_ATTEMPTS]
+        earlier = _tries_used(ctx, shot, key)
         if any(_final(a.failure_reason) for a in earlier):
             reasons.extend(a.failure_reason or "" for a in earlier if _final(a.failure_reason))
             continue
@@ -160,6 +160,18 @@ async def _render(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: P
                        f"{shot.shot_id} or a new --out tries again")
     status = ShotStatus.SKIPPED if all(r.startswith("budget") for r in reasons) else ShotStatus.FAILED
     return ShotResult(shot.shot_id, status, reason="; ".join(reasons))
+
+
+def _tries_used(ctx: RunContext, shot: ShotPlan, key: str) -> list[Attempt]:
+    """The tries already made on an option in this folder that count against its retries.
+    `--regenerate SHOT` asks for new tries whatever was made before, and
+    `--resubmit-unconfirmed` for a new try in place of each unconfirmed one (the old rows stay
+    counted as money): neither is refused for want of retries, `retries: 0` included."""
+    if shot.shot_id in ctx.regenerate:
+        return []
+    return [a for a in _take_rows(ctx, shot) if a.cache_key == key
+            and a.status not in NOT_ATTEMPTS
+            and not (ctx.resubmit_unconfirmed and a.status == Status.UNCONFIRMED)]
 
 
 def _cached(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: Path) -> Any:
@@ -255,13 +267,14 @@ def _base(ctx: RunContext, shot: ShotPlan, opt: Option) -> dict[str, Any]:
 
 
 async def _reserve(ctx: RunContext, shot: ShotPlan, opt: Option) -> Reservation:
-    """Reserve the option's estimate; a refusal under `on_exhausted: stop` stops every new
-    submission of the run before BudgetError goes on to the caller."""
+    """Reserve the option's estimate plus the margin (budget.estimate_margin); a refusal
+    under `on_exhausted: stop` stops every new submission of the run before BudgetError goes
+    on to the caller."""
     try:
-        return await ctx.ledger.reserve(shot.shot_id, opt.estimate_usd)
+        return await ctx.ledger.reserve(shot.shot_id, opt.reserve_usd)
     except BudgetError:
         if ctx.plan.storyboard.budget.on_exhausted == "stop":
-            ctx.ledger.stop(f"shot {shot.shot_id} could not reserve ${opt.estimate_usd:.2f}")
+            ctx.ledger.stop(f"shot {shot.shot_id} could not reserve ${opt.reserve_usd:.2f}")
         raise
 
 
@@ -320,18 +333,30 @@ async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, prov
         done = await provider.wait(job, on_status=seen)
     except JobTimeoutError as exc:
         exc.at(shot_id=shot.shot_id, job_id=job.job_id)
-        if await _cancelled(provider, job):
-            _charge_failure(ctx.ledger, reservation, opt.info.charges_failures, journal, row)
+        requested, answer = await _stop(provider, job)
+        if answer is not None and answer.state == "succeeded":
+            # it finished while we asked it to stop: paid, and the clip is as good as any
+            actual = _settle_success(ctx.ledger, reservation, opt.provider, answer, journal, row)
+            ctx.log(f"{shot.shot_id}: {opt.label} job {job.job_id} finished at its deadline, "
+                    f"${actual:.4f}")
+            return await _download(ctx, shot, opt, key, provider, job, answer, row, conformed,
+                                   reasons)
+        if answer is not None:  # the vendor says the job ended unfinished: its billing rule
+            _charge_failure(ctx.ledger, reservation, opt.info.charges_failures, journal, row,
+                            answer.cost_usd, status=Status.CANCELED)
             return _failed(ctx, row, shot, exc, reasons, status=Status.CANCELED)
-        # the vendor keeps working (and will bill): the money stays held and reported at the
-        # estimate; the same --out (or `storyreel reconcile`) settles it later
-        journal.status(row, Status.ABANDONED, actual_usd=reservation.amount_usd,
-                       cost_source="estimate", failure_reason=(
-                           f"timeout: abandoned job {job.job_id} after its deadline; the vendor "
-                           "could not cancel it, so it may still bill (counted at the estimate)"))
+        # no final answer: the vendor keeps working (a cancel request only signals the app)
+        # and may bill, so the money stays held and counted at risk; the same --out (or
+        # `storyreel reconcile`) settles it later
+        status, what = (Status.CANCEL_REQUESTED, "asked the vendor to cancel it, which it has "
+                        "not confirmed") if requested else (
+                        Status.ABANDONED, "the vendor could not cancel it")
+        journal.status(row, status, actual_usd=reservation.amount_usd, cost_source=None,
+                       failure_reason=(f"timeout: job {job.job_id} passed its deadline; {what}, "
+                                       "so it may still bill (held at its reservation)"))
         reasons.append(f"timeout: {exc}")
-        ctx.log(f"{shot.shot_id}: abandoned job {job.job_id} on {opt.label} at its deadline "
-                "(no cancel); its estimate stays counted")
+        ctx.log(f"{shot.shot_id}: job {job.job_id} on {opt.label} passed its deadline; {what}; "
+                "its reservation stays held")
         return TRY_ON
     except ProviderError as exc:
         exc.at(shot_id=shot.shot_id, job_id=job.job_id)
@@ -363,25 +388,49 @@ async def _complete(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, prov
     return await _download(ctx, shot, opt, key, provider, job, done, row, conformed, reasons)
 
 
-async def _cancelled(provider: Provider, job: Job) -> bool:
-    """Did the vendor confirm that it stopped the job?"""
+def cancel_grace_s() -> float:
+    """How long a job past its deadline is watched after a cancel request for the vendor's
+    word that it stopped (STORYREEL_CANCEL_GRACE_S)."""
+    return max(0.01, float(os.environ.get("STORYREEL_CANCEL_GRACE_S", "30")))
+
+
+async def _stop(provider: Provider, job: Job) -> tuple[bool, Poll | None]:
+    """Ask the vendor to stop a job past its deadline, then wait briefly for its final word:
+    (whether it took the request, the job's final state or None). A request is not a cancel:
+    fal answers a running request with CANCELLATION_REQUESTED, which only signals the app,
+    and the app may finish and bill."""
     if not provider.supports_cancel:
-        return False
+        return False, None
     try:
-        return bool(await provider.cancel(job))
+        requested = bool(await provider.cancel(job))
     except ProviderError:
-        return False
+        requested = False
+    try:  # also when nothing was left to stop (fal's ALREADY_COMPLETED): how did it end?
+        return requested, await provider.wait(job, deadline=cancel_grace_s())
+    except ProviderError:
+        return requested, None
 
 
 def _settle_success(ledger: Ledger, reservation: Reservation, provider: str, done: Poll,
                     journal: Journal, row: int, timings: dict[str, float] | None = None) -> float:
-    """The vendor has charged: settle before anything else can go wrong."""
-    actual = done.cost_usd if done.cost_usd is not None else reservation.amount_usd
-    source = "none" if provider == "local" else (
-        "vendor" if done.cost_usd is not None else "estimate")
+    """The vendor has charged: settle before anything else can go wrong, at the vendor's own
+    figure where it gives one, else at the estimate (the margin was only held, not spent)."""
+    if done.cost_usd is not None:
+        actual, source = done.cost_usd, done.cost_source or "vendor"
+    else:
+        actual, source = _estimate_of(journal, row, reservation), "estimate"
+    if provider == "local":
+        source = "none"
     ledger.settle(reservation, actual)
     journal.status(row, Status.SUCCEEDED, actual_usd=actual, cost_source=source, **(timings or {}))
     return actual
+
+
+def _estimate_of(journal: Journal, row: int, reservation: Reservation) -> float:
+    """A row's point estimate (its reservation holds the margin on top), never above what
+    was held for it."""
+    estimate = journal.get(row).estimated_usd
+    return reservation.amount_usd if estimate is None else min(estimate, reservation.amount_usd)
 
 
 def _raw_path(ctx: RunContext, shot_id: str, row: int) -> Path:
@@ -435,7 +484,7 @@ def _charge_failure(ledger: Ledger, reservation: Reservation, charges_failures: 
                     status: Status = Status.FAILED) -> None:
     """Failed jobs are charged per the vendor's billing rule in the catalog."""
     if charges_failures or vendor_cost:
-        cost = vendor_cost if vendor_cost is not None else reservation.amount_usd
+        cost = vendor_cost if vendor_cost is not None else _estimate_of(journal, row, reservation)
         ledger.settle(reservation, cost)
         journal.status(row, status, actual_usd=cost,
                        cost_source="vendor" if vendor_cost is not None else "estimate")
@@ -523,6 +572,14 @@ def _unanswered(ctx: RunContext, a: Attempt) -> None:
         actual_usd=a.reserved_usd or 0.0, cost_source="estimate")
 
 
+async def settle_orphans(ctx: RunContext) -> None:
+    """Jobs at a vendor for shots the storyboard no longer has (one deleted after a kill):
+    settled like any other job we hold money for, never left behind at $0."""
+    planned = {s.shot_id for s in ctx.plan.shots}
+    await asyncio.gather(*(_settle_other(ctx, a) for a in ctx.journal.attempts()
+                           if a.shot_id not in planned and a.status in AT_VENDOR and a.job_id))
+
+
 async def _settle_other(ctx: RunContext, a: Attempt) -> None:
     """A job this session does not continue (an earlier plan of the shot, or one abandoned
     before a later try): wait for it, settle its money at the real outcome, and cache its
@@ -568,4 +625,4 @@ async def settle_job(a: Attempt, reservation: Reservation, *, provider: Provider
     return Status.SUCCEEDED
 
 
-__all__ = ["RunContext", "ShotResult", "TRY_ON", "render_shot", "settle_job"]
+__all__ = ["RunContext", "ShotResult", "TRY_ON", "render_shot", "settle_job", "settle_orphans"]

@@ -194,7 +194,7 @@ class RunSummary:
     run_dir: Path
     final: Path | None
     cost_csv: Path
-    totals: dict[str, float]  # charged_usd, at_risk_usd, total_usd: the same in every report
+    totals: dict[str, float]  # confirmed/estimated_spend/at_risk/total_usd: in every report
     cap_usd: float | None
     results: list[ShotResult]
     table: str  # per-provider spend vs cap, printable
@@ -204,7 +204,7 @@ class RunSummary:
 
     @property
     def spent_usd(self) -> float:
-        """Charged plus at risk: never less than the vendors may have billed."""
+        """Confirmed + estimated + at risk: never less than the vendors may have billed."""
         return self.totals["total_usd"]
 
     @property
@@ -314,7 +314,8 @@ def _reports(plan: Plan, run_dir: Path, journal: Journal
              ) -> tuple[list[dict[str, Any]], Path, str, dict[str, float]]:
     # imported here, not at the top: flows.money.report imports pandas (~0.5 s), which would delay
     # the first vendor submit of every run for a report written only at the end
-    from flows.money.report import rows_from_journal, summarize, totals, write_cost_csv
+    from flows.money.report import rows_from_journal, summarize, write_cost_csv
+    from flows.money.spend import totals
 
     rows = redact_data(rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots}))
     cost_csv = write_cost_csv(rows, run_dir / "cost.csv")

@@ -41,6 +41,7 @@ from typing import Any
 from flows.money.atomic import write_text_atomic
 from flows.money.cache import cache_key
 from flows.money.journal import Attempt, Journal
+from flows.money.status import AT_RISK, AT_VENDOR
 from flows.storyboard.plan import Option, Plan, ShotPlan
 
 CUT_KEY_VERSION = 1
@@ -181,6 +182,8 @@ def assembled(run_dir: Path, key: str) -> Path | None:
 class Verdict:
     final: Path | None  # set when up to date
     why: str  # what is not up to date (for --explain / debugging)
+    at_risk: int = 0  # journal rows whose money has no final answer from their vendor
+    askable: int = 0  # of those, jobs a vendor can be asked about (`storyreel reconcile`)
 
 
 def done_clips(plan: Plan, run_dir: Path, journal: Journal) -> tuple[list[dict[str, Any]] | None, str]:
@@ -221,9 +224,11 @@ def check(plan: Plan, run_dir: Path) -> Verdict:
     journal = Journal(run_dir / "journal.sqlite")
     try:
         clips, why = done_clips(plan, run_dir, journal)
+        risky = [a for a in journal.attempts() if a.status in AT_RISK]
     finally:
         journal.close()
     if clips is None:
         return Verdict(None, why)
     final = assembled(run_dir, cut_key(plan, clips, run_dir))
-    return Verdict(final, "" if final else "the cut's inputs changed")
+    askable = sum(1 for a in risky if a.status in AT_VENDOR and a.job_id)
+    return Verdict(final, "" if final else "the cut's inputs changed", len(risky), askable)

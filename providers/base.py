@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import time
@@ -25,6 +26,7 @@ from providers import hosts as hostlib
 from providers import http
 from providers.errors import (
     JobTimeoutError,
+    MalformedAnswerError,
     ProviderError,
     UnconfirmedSubmitError,
     register_secret,
@@ -38,6 +40,9 @@ def segment(value: object) -> str:
     text = quote(str(value), safe="")
     # "." and ".." alone are dot segments that URL normalisation would remove
     return text.replace(".", "%2E") if text in (".", "..") else text
+
+
+MALFORMED_TRIES = 3  # garbled status answers in a row before a wait gives up
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,25 @@ class Provider:
         """One status observation; failures come back as Poll(state="failed", error=...)."""
         raise NotImplementedError
 
+    async def observe(self, job: Job) -> Poll:
+        """`poll`, with the answer's shape contained: a field of the wrong type (an adapter's
+        TypeError/KeyError/AttributeError/ValueError while reading it) or a cost that is not a
+        finite amount >= 0 is a MalformedAnswerError, never an exception that would leave the
+        job's money unaccounted for. Callers keep the job at risk and ask again later."""
+        try:
+            status = await self.poll(job)
+        except ProviderError:
+            raise
+        except (TypeError, KeyError, AttributeError, ValueError, IndexError) as exc:
+            raise self.error(MalformedAnswerError, "status answer could not be read "
+                             f"({type(exc).__name__}): {str(exc)[:200]}", job=job) from None
+        cost = status.cost_usd
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)
+                                 or not math.isfinite(cost) or cost < 0):
+            raise self.error(MalformedAnswerError, f"status answer names a cost of {cost!r}, "
+                             "not an amount", job=job)
+        return status
+
     async def fetch(self, job: Job, done: Poll, dest: Path) -> Clip:
         """Download the finished video to `dest`."""
         with self.about(job):
@@ -114,7 +138,9 @@ class Provider:
         return Clip(path=dest, job_id=job.job_id, cost_usd=done.cost_usd)
 
     async def cancel(self, job: Job) -> bool:
-        """Ask the vendor to stop a job; False where the vendor has no cancel."""
+        """Ask the vendor to stop a job: True when it took the request, False where it has no
+        cancel or nothing was left to stop. Taking the request is not stopping the job (fal
+        only signals a running app): callers poll until the vendor says the job ended."""
         return False
 
     # -- vendor-specific hooks -----------------------------------------------------------
@@ -223,9 +249,19 @@ class Provider:
         settings = self.poll_settings
         limit = time.monotonic() + (deadline or settings.deadline)
         interval = settings.first
+        malformed = 0
         while True:
             try:
-                status = await self.poll(job)
+                status = await self.observe(job)
+            except MalformedAnswerError as exc:
+                # a garbled answer may be a passing fault: ask a few more times, then give
+                # up on this wait (the job stays at risk; a later run or reconcile asks again)
+                malformed += 1
+                if malformed >= MALFORMED_TRIES or time.monotonic() + interval > limit:
+                    raise exc.at(job_id=job.job_id) from None
+                await asyncio.sleep(interval)
+                interval = min(settings.max, interval * settings.factor)
+                continue
             except ProviderError as exc:
                 raise exc.at(job_id=job.job_id) from None
             if on_status is not None:

@@ -15,6 +15,8 @@
     + ContentPolicyError         moderation/safety: not retried with the same prompt
     + InvalidRequestError        400/422: the request itself is wrong
     + TransientError             5xx, resets, timeouts: retried where safe
+      + MalformedAnswerError     a 2xx status answer we cannot read (a field of the wrong
+                                 type, a negative or NaN cost): the job stays at risk
     + NotFoundError              404 (job or result gone, e.g. expired URL)
     + JobFailedError             the vendor ran the job and it failed
     + JobTimeoutError            our per-job deadline passed
@@ -186,6 +188,10 @@ class TransientError(ProviderError):
     retryable = True
 
 
+class MalformedAnswerError(TransientError):
+    pass
+
+
 class NotFoundError(ProviderError):
     pass
 
@@ -220,6 +226,7 @@ _KINDS: dict[type, str] = {
     ContentPolicyError: "content_policy",
     InvalidRequestError: "invalid_request",
     TransientError: "transient",
+    MalformedAnswerError: "malformed_answer",
     NotFoundError: "not_found",
     JobFailedError: "job_failed",
     JobTimeoutError: "timeout",

@@ -174,7 +174,7 @@ class RunwayProvider(Provider):
                 await self.download(done.video_url, dest)
             except NotFoundError:
                 # signed output URL expired: the task hands out fresh URLs when fetched again
-                fresh = await self.poll(job)
+                fresh = await self.observe(job)
                 if fresh.state != "succeeded" or not fresh.video_url:
                     raise
                 await self.download(fresh.video_url, dest)
@@ -185,7 +185,7 @@ class RunwayProvider(Provider):
         """DELETE cancels a queued/running task; on a finished one it would *delete* it (and
         a paid output with it), so the task is looked at first."""
         with self.about(job):
-            if (await self.poll(job)).done:
+            if (await self.observe(job)).done:
                 return False
             try:
                 await self.call("DELETE", _task_path(job.job_id),

@@ -84,6 +84,9 @@ class Poll:
     state: JobState
     video_url: str | None = None
     cost_usd: float | None = None  # what the vendor says it charged, where it says
+    # how cost_usd was learnt: "vendor" (stated) by default, "vendor_units" (the vendor's
+    # units x its own unit price, fal)
+    cost_source: str | None = None
     error: ProviderError | None = None  # set when state is failed/canceled
     poll_after: float | None = None  # vendor's hint for the next poll, seconds
     progress: float | None = None  # 0..1 where the vendor reports it

@@ -25,7 +25,7 @@ PAID = {"fal": ("kling-2.5-turbo-pro", 5), "replicate": ("veo-3.1-fast", 4),
         "runware": ("kling-2.5-turbo-pro", 5), "gemini": ("veo-3.1-fast", 4)}
 # vendors without a cancel endpoint (Luma's DELETE removes the record, not the job)
 NO_CANCEL = ("luma", "gemini", "perf", "runware", "videogenapi")
-AT_RISK = ("unconfirmed", "abandoned", "lost")
+AT_RISK = ("unconfirmed", "abandoned", "lost", "cancel_requested", "submitted", "running")
 
 
 def shot(sid: str, vendor: str, **extra: Any) -> dict[str, Any]:
@@ -68,7 +68,9 @@ def run_json(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "run.json").read_text())
 
 
-SPENT = re.compile(r"spent:\s*\$([0-9.]+) charged \+ \$([0-9.]+) at risk")
+# the CLI's money line: confirmed, estimated, at risk
+SPENT = re.compile(r"spent:\s*\$([0-9.]+) confirmed by vendors \+ \$([0-9.]+) estimated "
+                   r"\(vendor reports no cost\) \+ \$([0-9.]+) at risk")
 
 __all__ = ["AT_RISK", "NO_CANCEL", "PAID", "SPENT", "charged", "cents", "cli", "cli_env",
            "cost_rows", "run_cli", "run_json", "shot", "total", "wait_idle"]

@@ -14,9 +14,9 @@ from flows.money.report import (
     money_text,
     rows_from_journal,
     summarize,
-    totals,
     write_cost_csv,
 )
+from flows.money.spend import totals
 
 
 def _attempt(j: Journal, shot: str, n: int, provider: str, model: str, est: float) -> int:
@@ -66,6 +66,7 @@ def test_rows_from_journal(tmp_path: Path) -> None:
     assert by["s5", 1]["status"] == "unconfirmed" and by["s5", 1]["reserved_usd"] == 0.3
     # may have been charged: reported at what was reserved, flagged at risk, never $0
     assert by["s5", 1]["actual_usd"] == 0.3 and by["s5", 1]["at_risk"]
+    assert by["s5", 1]["cost_source"] == "reservation"
     assert not any(r["at_risk"] for r in rows if r["shot_id"] != "s5")
     assert by["s6", 1]["cost_source"] == "estimate"
     assert all(r["run_id"] == "run-A" for r in rows)
@@ -111,7 +112,9 @@ def test_summarize_per_provider(tmp_path: Path) -> None:
     assert s.attrs == {"cap_usd": 2.0, "spent_usd": 1.1, "remaining_usd": 0.9}
     assert total.pct_of_cap == 55.0
     assert "1.10" in format_frame(s)
-    assert totals(rows) == {"charged_usd": 0.8, "at_risk_usd": 0.3, "total_usd": 1.1}
+    # s1's second attempt is the vendor's figure; the rest outside s5 are estimates
+    assert totals(rows) == {"confirmed_usd": 0.2, "estimated_spend_usd": 0.6,
+                            "at_risk_usd": 0.3, "total_usd": 1.1}
     empty = summarize([], cap_usd=None)
     assert list(empty.index) == ["TOTAL"] and empty.loc["TOTAL"].attempts == 0
     assert empty.attrs["remaining_usd"] is None

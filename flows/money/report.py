@@ -3,21 +3,25 @@
 Conventions (finance reads these files):
 * money is USD with at most 6 decimals and at least 2, written as plain decimals
   (never 1e-06), no float noise;
-* actual_usd is 0 for cache hits, skipped shots and failures the vendor does not
-  charge; cost_source says where a non-zero actual came from: "vendor" (the
-  vendor reported it), "estimate" (it charges but does not say how much, so we
-  book the estimate) or "none" (nothing charged);
-* at_risk is true for money that may have been charged but is not confirmed
-  (unconfirmed submits, abandoned and lost jobs, an intent with no answer): booked
-  at the estimate until a later run or `storyreel reconcile` learns the outcome.
-  charged + at risk = the total every report shows (cost.csv, run.json, CLI, artifacts);
+* actual_usd is each row's best figure, and cost_source says which it is:
+  "vendor" (the vendor stated the charge: Runway credits, Runware, NanoGPT, Perf),
+  "vendor_units" (the vendor counted the units and its price list priced them: fal's
+  x-fal-billable-units x the account's unit price), "estimate" (the vendor charges but states
+  no amount, so our catalog's estimate stands in), "reservation" (money still at a vendor, or
+  a submit that may have reached one, with no final answer: counted at what was reserved for
+  it) or "none" (nothing charged: cache hits, skips, failures the vendor does not bill);
+* at_risk is true for the "reservation" rows: every job still at a vendor (submitted,
+  running, cancel requested, abandoned, lost) and every unconfirmed submit, until a later run
+  or `storyreel reconcile` learns the outcome;
+* totals keep the three apart and never call an estimate a charge: confirmed_usd (vendor and
+  vendor_units rows), estimated_spend_usd (estimate rows), at_risk_usd; total_usd is their
+  sum, the figure every cap counts (cost.csv, run.json, the CLI, artifacts, review.html);
 * "attempts" counts tries sent (or about to be sent) to a vendor: cache hits and
   skipped shots are rows of their own but not attempts.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ import pandas as pd
 
 from flows.money.atomic import write_text_atomic
 from flows.money.journal import Journal
+from flows.money.spend import VENDOR_SOURCES, priced
 from flows.money.status import AT_RISK, NOT_ATTEMPTS, SUCCEEDED, Status
 from flows.money.usd import as_float, text
 
@@ -71,15 +76,7 @@ def rows_from_journal(journal: Journal, durations: dict[str, float]) -> list[dic
     """One report row per journal row, in journal order."""
     rows = []
     for a in journal.attempts():
-        risk = a.status in AT_RISK
-        booked = a.actual_usd is not None and a.status not in NOT_ATTEMPTS
-        actual = money(a.actual_usd) if booked else 0.0
-        if risk and not booked:  # an intent with no answer yet: what was reserved for it
-            actual, booked = money(a.reserved_usd), True
-        if actual > 0:  # a charge with no recorded source can only have come from the estimate
-            source = "vendor" if a.cost_source == "vendor" else "estimate"
-        else:  # a vendor may also report a zero charge explicitly
-            source = "vendor" if booked and a.cost_source == "vendor" else "none"
+        actual, source, risk = priced(a)
         rows.append(
             {
                 "run_id": a.run_id,
@@ -118,16 +115,6 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return df
 
 
-def totals(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """charged_usd (confirmed), at_risk_usd (may have been charged), total_usd: the figures
-    cost.csv, run.json, the CLI and the summary artifact all show."""
-    charged = sum((Decimal(str(money(r["actual_usd"]))) for r in rows if not r["at_risk"]),
-                  Decimal(0))
-    risk = sum((Decimal(str(money(r["actual_usd"]))) for r in rows if r["at_risk"]), Decimal(0))
-    return {"charged_usd": float(charged), "at_risk_usd": float(risk),
-            "total_usd": float(charged + risk)}
-
-
 def write_cost_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     """cost.csv, written to a temp file and renamed so a reader never sees half of it."""
     path = Path(path)
@@ -144,6 +131,7 @@ def write_cost_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 def _counts(df: pd.DataFrame) -> pd.Series:
     tried = df[~df["status"].isin([str(s) for s in NOT_ATTEMPTS])]
     cached = df[df["status"] == "cached"]
+    confirmed = df["cost_source"].isin(VENDOR_SOURCES) & ~df["at_risk"]
     return pd.Series(
         {
             "attempts": len(tried),
@@ -154,6 +142,9 @@ def _counts(df: pd.DataFrame) -> pd.Series:
             "skipped": int((df["status"] == "skipped").sum()),
             "estimated_usd": money(tried["estimated_usd"].fillna(0).sum()),
             "actual_usd": money(df["actual_usd"].sum()),
+            "confirmed_usd": money(df.loc[confirmed, "actual_usd"].sum()),
+            "estimated_spend_usd": money(
+                df.loc[~confirmed & ~df["at_risk"], "actual_usd"].sum()),
             "at_risk_usd": money(df.loc[df["at_risk"], "actual_usd"].sum()),
             # what the cache hits would have cost to render again
             "cache_saved_usd": money(cached["estimated_usd"].fillna(0).sum()),
@@ -248,9 +239,9 @@ def aggregate_runs(run_dirs: list[Path]) -> dict[str, pd.DataFrame]:
 
 
 def estimate_error(df: pd.DataFrame) -> pd.DataFrame:
-    """Estimated vs vendor-reported actual per provider/model (only rows with both)."""
+    """Estimated vs the vendor's own figure per provider/model (only rows with both)."""
     known = df[
-        (df["cost_source"] == "vendor")
+        df["cost_source"].isin(VENDOR_SOURCES)
         & ~df["cache_hit"]
         & df["estimated_usd"].notna()
         & df["actual_usd"].notna()

@@ -7,10 +7,13 @@ An attempt's life (one journal row):
        |          |   `-> failed | canceled            the vendor answered: settled
        |          `-----> lost       we lost contact; the job may still bill
        |          `-----> abandoned  deadline passed, no confirmed cancel; may still bill
+       |          `-----> cancel_requested  the vendor took our cancel request but has not
+       |                             said the job stopped; it may still finish and bill
        `---------------> unconfirmed the submit may have been taken; never resent
 
-The money of `AT_RISK` rows is counted at the estimate (reserved, reported, held against
-the cap) until a later run or `storyreel reconcile` learns the real outcome.
+The money of `AT_RISK` rows (every job still at a vendor, and every submit that may have
+reached one) is counted at its reservation (held against the cap, reported at risk) until the
+vendor gives a final answer: a later run of the folder or `storyreel reconcile` asks.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Status(StrEnum):
     UNCONFIRMED = "unconfirmed"  # a submit may have been taken: a person decides
     ABANDONED = "abandoned"  # we stopped waiting and the vendor did not confirm a cancel
     LOST = "lost"  # lost contact with a submitted job
+    CANCEL_REQUESTED = "cancel_requested"  # asked to stop; the vendor has not confirmed it
     SKIPPED = "skipped"  # not attempted (budget, on_exhausted)
     CACHED = "cached"  # clip reused from the cache, nothing paid
 
@@ -38,9 +42,10 @@ STATUSES = frozenset(Status)
 TERMINAL = frozenset({Status.DONE, Status.FAILED, Status.CANCELED, Status.UNCONFIRMED,
                       Status.SKIPPED, Status.CACHED})
 # jobs known to a vendor and not settled: polled again by a resumed run or `reconcile`
-AT_VENDOR = frozenset({Status.SUBMITTED, Status.RUNNING, Status.LOST, Status.ABANDONED})
-# money that may have been charged but is not confirmed: reported at the estimate
-AT_RISK = frozenset({Status.INTENT, Status.UNCONFIRMED, Status.LOST, Status.ABANDONED})
+AT_VENDOR = frozenset({Status.SUBMITTED, Status.RUNNING, Status.LOST, Status.ABANDONED,
+                       Status.CANCEL_REQUESTED})
+# money that may have been charged but has no final answer: reported at its reservation
+AT_RISK = AT_VENDOR | {Status.INTENT, Status.UNCONFIRMED}
 SUCCEEDED = frozenset({Status.SUCCEEDED, Status.DOWNLOADED, Status.DONE})
 NOT_ATTEMPTS = frozenset({Status.CACHED, Status.SKIPPED})
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from flows.money.atomic import write_text_atomic
 from flows.money.journal import Attempt
+from flows.money.spend import totals_of
 from flows.review.picks import ShotReview, by_take, good_clip, select_take
 from flows.review.previews import previews
 from flows.storyboard.plan import take_seed
@@ -148,7 +149,7 @@ async def write_review_page(run_dir: Path, plan: dict[str, Any], attempts: list[
     cut_video, cut_poster = made.get("final", (None, None))
     text = render_page(plan, views, spent_usd=spent_usd, cap_usd=cap_usd,
                        final=_rel(cut_video, run_dir), final_poster=_rel(cut_poster, run_dir),
-                       reserved_usd=reserved_usd, running=running)
+                       reserved_usd=reserved_usd, running=running, money=totals_of(attempts))
     return write_text_atomic(run_dir / PAGE, text)
 
 
@@ -201,7 +202,7 @@ def usd(value: float | None) -> str:
 def render_page(plan: dict[str, Any], views: list[ShotView], *, spent_usd: float,
                 cap_usd: float | None, final: str | None, final_poster: str | None,
                 reserved_usd: float = 0.0, running: bool = False,
-                now: dt.datetime | None = None) -> str:
+                now: dt.datetime | None = None, money: Mapping[str, float] | None = None) -> str:
     title = plan.get("title", "storyreel run")
     missing = [v for v in views if v.selected is None]
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M UTC")
@@ -216,7 +217,7 @@ def render_page(plan: dict[str, Any], views: list[ShotView], *, spent_usd: float
         '<header class="top">',
         f'<div><h1>{e(title)}</h1><p class="sub">{len(views)} shots &middot; '
         f'{sum(v["duration"] for v in plan["shots"]):g} s &middot; {e(state)}</p></div>',
-        _spend_meter(spent_usd, reserved_usd, cap_usd, plan.get("estimated_usd")),
+        _spend_meter(spent_usd, reserved_usd, cap_usd, plan.get("estimated_usd"), money),
         "</header>",
         '<section class="cut">',
         _video(final, final_poster, "the cut", big=True) if final else
@@ -235,7 +236,8 @@ def render_page(plan: dict[str, Any], views: list[ShotView], *, spent_usd: float
     return "\n".join([*head, *body, "</main></body></html>", ""])
 
 
-def _spend_meter(spent: float, reserved: float, cap: float | None, estimate: float | None) -> str:
+def _spend_meter(spent: float, reserved: float, cap: float | None, estimate: float | None,
+                 money: Mapping[str, float] | None = None) -> str:
     cap_text = usd(cap) if cap is not None else "no cap"
     parts = [f'<div class="meter"><div class="nums"><b>{usd(spent)}</b> spent of {cap_text}']
     if reserved:
@@ -243,6 +245,10 @@ def _spend_meter(spent: float, reserved: float, cap: float | None, estimate: flo
     if estimate is not None:
         parts.append(f" &middot; plan estimate {usd(estimate)}")
     parts.append("</div>")
+    if money is not None:  # an estimate is never shown as a charge
+        parts.append(f'<div class="nums split">{usd(money["confirmed_usd"])} confirmed by vendors'
+                     f' &middot; {usd(money["estimated_spend_usd"])} estimated (vendor states no '
+                     f'cost) &middot; {usd(money["at_risk_usd"])} at risk</div>')
     if cap:
         pct = min(100.0, 100.0 * spent / cap)
         rpct = min(100.0 - pct, 100.0 * reserved / cap)

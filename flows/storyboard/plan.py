@@ -30,10 +30,18 @@ class Option:
     info: ModelInfo
     estimate_usd: float
     resolution: str = "720p"  # what is asked of the vendor (conform scales to the output)
+    # added to the reservation (not the estimate): 0 for a live vendor price, else
+    # budget.estimate_margin, so a cap holds while the vendor bills up to that much above it
+    margin: float = 0.0
 
     @property
     def label(self) -> str:
         return f"{self.provider}:{self.model}"
+
+    @property
+    def reserve_usd(self) -> float:
+        """What an attempt holds against the caps before its submit."""
+        return round(self.estimate_usd * (1 + self.margin), 6)
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,11 @@ class ShotPlan:
     def estimate_usd(self) -> float:
         """What the shot's takes cost on the primary option."""
         return round(self.primary.estimate_usd * self.takes, 6)
+
+    @property
+    def reserve_usd(self) -> float:
+        """What the shot's takes hold against the caps on the primary option (with margin)."""
+        return round(self.primary.reserve_usd * self.takes, 6)
 
     def for_take(self, take: int) -> ShotPlan:
         """This shot's plan for one take: its own seed, so its own cache key and clip."""
@@ -101,6 +114,10 @@ class Plan:
         return round(sum(s.estimate_usd for s in self.shots), 6)
 
     @property
+    def total_reserve(self) -> float:
+        return round(sum(s.reserve_usd for s in self.shots), 6)
+
+    @property
     def total_duration(self) -> float:
         return sum(s.duration for s in self.shots)
 
@@ -121,6 +138,11 @@ class Plan:
                     reasons.append(f"shots[{s.index}] ({s.shot_id}): ${s.estimate_usd:.2f} "
                                    f"on {s.primary.label}{takes} exceeds budget.max_usd_per_shot "
                                    f"${budget.max_usd_per_shot:.2f}")
+                elif s.primary.reserve_usd > budget.max_usd_per_shot + 1e-9:
+                    reasons.append(f"shots[{s.index}] ({s.shot_id}): one attempt on "
+                                   f"{s.primary.label} reserves ${s.primary.reserve_usd:.2f} "
+                                   f"(the estimate + budget.estimate_margin), more than "
+                                   f"budget.max_usd_per_shot ${budget.max_usd_per_shot:.2f}")
         return reasons
 
     def to_json(self) -> dict[str, Any]:
@@ -130,14 +152,17 @@ class Plan:
                        "fit": self.storyboard.output.fit, "aspect_ratio": self.aspect_ratio},
             "budget": self.storyboard.budget.model_dump(),
             "estimated_usd": self.total_estimate,
+            "reserve_usd": self.total_reserve,
+            "estimate_margin": self.storyboard.budget.estimate_margin,
             "shots": [{
                 "id": s.shot_id, "prompt": s.prompt, "duration": s.duration, "seed": s.seed,
                 "image": str(s.image.path or s.image.url) if s.image else None,
                 "options": [{"provider": o.provider, "model": o.model,
-                             "estimate_usd": o.estimate_usd, "seed": o.info.seed}
+                             "estimate_usd": o.estimate_usd, "reserve_usd": o.reserve_usd,
+                             "seed": o.info.seed}
                             for o in s.options],
                 "retries": s.retries, "transition": s.transition.model_dump(),
-                "takes": s.takes, "estimate_usd": s.estimate_usd,
+                "takes": s.takes, "estimate_usd": s.estimate_usd, "reserve_usd": s.reserve_usd,
             } for s in self.shots],
             "deliverable": self.finishing.to_json() if self.finishing else None,
         }
@@ -186,7 +211,8 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
             Option(o.provider, o.model, o.info,
                    _estimate(board, o, duration, vendor_resolution(o.info, resolution),
                              f"pricing.{o.label}", issues),
-                   vendor_resolution(o.info, resolution))
+                   vendor_resolution(o.info, resolution),
+                   margin=0.0 if o.info.free else board.budget.estimate_margin)
             for o in options
         ]
         shots.append(ShotPlan(

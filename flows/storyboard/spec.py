@@ -128,6 +128,11 @@ class Budget(_Strict):
     on_exhausted: Literal["stop", "skip"] = Field(
         "stop", description="when a shot cannot reserve its cost: stop new submissions, or skip it")
     window: Window | None = Field(None, description="daily/monthly caps shared across runs")
+    estimate_margin: float = Field(
+        0.10, ge=0, le=2, allow_inf_nan=False,
+        description="a fraction added to every reservation whose price is not a live vendor "
+        "price, so caps and windows hold while a vendor bills up to this much above the "
+        "estimate (0.10: 10%)")
 
 
 class Transition(_Strict):

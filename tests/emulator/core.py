@@ -316,6 +316,10 @@ class Emulator:
         found = self.price_entry(vendor, model)
         fault = self.faults.take(vendor, "job")
         outcome = fault.kind if fault else "success"
+        # takes a cancel request (fal: 202 CANCELLATION_REQUESTED) but runs on and bills
+        deaf = fault is not None and fault.kind == "ignore_cancel"
+        if deaf:
+            outcome = "success"
         bad = fault if fault is not None and fault.kind in hostile.JOB_KINDS else None
         if bad is not None:  # a hostile answer about a job that itself succeeds
             outcome = "success"
@@ -336,6 +340,8 @@ class Emulator:
             )
             if bad is not None:
                 hostile.apply_job_fault(job, bad.kind, bad.params)
+            if deaf:
+                job.data["ignore_cancel"] = True
             self._jobs[(vendor, job.id)] = job
             self._by_token[job.token] = job
             self._active[vendor].add(job)
@@ -376,9 +382,11 @@ class Emulator:
         return round(min(frac, 0.99) if job.outcome == "never" else frac, 3)
 
     def cancel(self, job: EmuJob) -> bool:
+        """True when a cancel request is taken; a job with the `ignore_cancel` fault takes it
+        and runs on (as a fal app may: the request only signals it)."""
         with self._lock:
             if self.state(job) in ("queued", "running"):
-                job.canceled = True
+                job.canceled = not job.data.get("ignore_cancel")
                 return True
             return False
 
@@ -458,6 +466,8 @@ class Emulator:
                 return faultlib.DropConnection()
             if fault is not None and fault.kind in faultlib.ACCEPT_KINDS:
                 return self.accepted_badly(vendor, fault, response)
+            if fault is not None and fault.kind == "patch":
+                return faultlib.patched(response, fault.params["fields"])
             return response
 
         endpoint.__name__ = f"{vendor}_{stage}_{getattr(handler, '__name__', 'handler')}"

@@ -23,7 +23,10 @@ STAGE_KINDS: dict[str, set[str]] = {
 }
 # hostile answers (tests/emulator/hostile.py), for the security tests
 STAGE_KINDS["job"] = STAGE_KINDS["job"] | {"job_id", "video_url", "foreign_urls"}
-STAGE_KINDS["poll"] = STAGE_KINDS["poll"] | {"redirect"}
+STAGE_KINDS["poll"] = STAGE_KINDS["poll"] | {"redirect", "patch"}
+STAGE_KINDS["result"] = STAGE_KINDS["result"] | {"patch"}
+# a job that takes a cancel request and runs on (and bills) all the same
+STAGE_KINDS["job"] = STAGE_KINDS["job"] | {"ignore_cancel"}
 STAGE_KINDS["download"] = STAGE_KINDS["download"] | {"redirect", "gzip"}
 HTTP_STATUSES = {400, 401, 402, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504}
 DEFAULT_MESSAGES = {
@@ -159,3 +162,29 @@ class TruncatedBody:
         await send({"type": "http.response.body", "body": self.data[: len(self.data) // 2],
                     "more_body": True})
         await _close(scope)
+
+
+def patched(response: Any, fields: dict[str, Any]) -> Any:
+    """A 2xx JSON answer with some fields replaced, `fields` by dotted path ("cost.credits",
+    "data.0.cost"): a vendor answer whose shape is off (a wrong type, a negative or NaN
+    cost). A path whose parent is missing is created."""
+    import json
+
+    from starlette.responses import Response
+
+    if not 200 <= response.status_code < 300:
+        return response
+    body = json.loads(bytes(response.body))
+    for path, value in fields.items():
+        *parents, last = path.split(".")
+        node = body
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    # allow_nan: a NaN cost is one of the shapes tried
+    return Response(json.dumps(body, allow_nan=True), status_code=response.status_code,
+                    headers=headers, media_type="application/json")

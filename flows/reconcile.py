@@ -75,6 +75,7 @@ async def reconcile(run_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S
             write_cost_csv(rows, run_dir / "cost.csv")
             money = totals(rows)
             if data:
+                data.pop("charged_usd", None)  # written before estimates were told apart
                 data.update(money, spent_usd=money["total_usd"])
                 write_text_atomic(run_json, json.dumps(data, indent=2, default=str))
             return money, unsettled

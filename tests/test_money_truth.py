@@ -312,3 +312,31 @@ async def test_a_shot_deleted_after_a_kill_is_settled_by_the_next_run(run, emu_e
     assert [r["at_risk"] for r in gone] == ["False"]
     assert total(rows) == charged(emu, "runway")
     assert result["confirmed_usd"] == float(charged(emu, "runway"))
+
+
+@pytest.mark.e2e
+async def test_an_up_to_date_folder_with_money_at_risk_settles_it(run, emu_env, prefect_api,
+                                                                  tmp_path, monkeypatch) -> None:
+    """The cut is finished (the shot fell back to the free animatic) while the Luma job it
+    walked away from still runs at the vendor. Rerunning the folder has nothing to render, but
+    it must not leave that money at risk unsaid: it asks the vendor and settles it."""
+    from tests.money_kit import cli_env as env_for
+    from tests.money_kit import run_cli
+
+    emu = emu_env
+    monkeypatch.setenv("STORYREEL_JOB_DEADLINE_S", "0.5")
+    emu.configure(latency=2.0)
+    spec = write_board(tmp_path, [{"id": "a", "prompt": "a lake", **LUMA, "retries": 0,
+                                   "fallback": ["local:animatic"]}])
+    out = tmp_path / "out"
+    result, rows = await run(spec, out)
+    assert result["ok"], result
+    assert [r["status"] for r in rows] == ["abandoned", "done"]
+    wait_idle(emu)
+    code, log = run_cli(env_for(emu, prefect_api, tmp_path), "run", str(spec), "--out", str(out))
+    assert code == 0, log[-2000:]
+    assert "up to date" in log and "asking about them" in log
+    rows = cost_rows(out)
+    assert [r["at_risk"] for r in rows] == ["False", "False"]
+    assert rows[0]["status"] in ("succeeded", "downloaded")
+    assert json.loads((out / "run.json").read_text())["at_risk_usd"] == 0

@@ -75,6 +75,8 @@ class RunContext:
                 from flows.media.animatic import render_animatic  # ffmpeg work: only when used
 
                 extra["renderer"] = render_animatic
+            elif name == "fal":  # the account's unit prices turn billed units into money
+                extra["prices"] = self.plan.unit_prices
             self._providers[name] = cls(client=self.client, key=self.keys.get(name), **extra)
         return self._providers[name]
 

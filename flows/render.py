@@ -378,7 +378,7 @@ def _settle_success(ledger: Ledger, reservation: Reservation, provider: str, don
     """The vendor has charged: settle before anything else can go wrong."""
     actual = done.cost_usd if done.cost_usd is not None else reservation.amount_usd
     source = "none" if provider == "local" else (
-        "vendor" if done.cost_usd is not None else "estimate")
+        (done.cost_source or "vendor") if done.cost_usd is not None else "estimate")
     ledger.settle(reservation, actual)
     journal.status(row, Status.SUCCEEDED, actual_usd=actual, cost_source=source, **(timings or {}))
     return actual

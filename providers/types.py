@@ -88,6 +88,11 @@ class Poll:
     poll_after: float | None = None  # vendor's hint for the next poll, seconds
     progress: float | None = None  # 0..1 where the vendor reports it
     raw: dict[str, Any] = field(default_factory=dict)
+    # units the vendor says it bills for the job (fal's `x-fal-billable-units`), where it says
+    billable_units: float | None = None
+    # where cost_usd comes from when it is not the vendor's own figure: "vendor_units" = the
+    # billed units x the account's unit price (fal); None = the vendor reported cost_usd
+    cost_source: str | None = None
 
     @property
     def done(self) -> bool:

@@ -5,7 +5,8 @@ Conventions (finance reads these files):
   (never 1e-06), no float noise;
 * actual_usd is 0 for cache hits, skipped shots and failures the vendor does not
   charge; cost_source says where a non-zero actual came from: "vendor" (the
-  vendor reported it), "estimate" (it charges but does not say how much, so we
+  vendor reported it), "vendor_units" (the units the vendor billed x the account's
+  unit price it states, fal), "estimate" (it charges but does not say how much, so we
   book the estimate) or "none" (nothing charged);
 * at_risk is true for money that may have been charged but is not confirmed
   (unconfirmed submits, abandoned and lost jobs, an intent with no answer): booked
@@ -57,6 +58,10 @@ FAILED = {Status.FAILED, Status.CANCELED}
 COUNTS = ["attempts", "succeeded", "failed", "at_risk", "cached", "skipped"]
 
 
+# the vendor's own figure, or its billed units x the account's unit price (fal)
+VENDOR_SOURCES = ("vendor", "vendor_units")
+
+
 def money(value: Any) -> float:
     """A table cell as USD rounded to a micro-dollar (flows/money/usd.py); missing is 0."""
     return 0.0 if value is None or pd.isna(value) else as_float(value)
@@ -77,9 +82,9 @@ def rows_from_journal(journal: Journal, durations: dict[str, float]) -> list[dic
         if risk and not booked:  # an intent with no answer yet: what was reserved for it
             actual, booked = money(a.reserved_usd), True
         if actual > 0:  # a charge with no recorded source can only have come from the estimate
-            source = "vendor" if a.cost_source == "vendor" else "estimate"
+            source = a.cost_source if a.cost_source in VENDOR_SOURCES else "estimate"
         else:  # a vendor may also report a zero charge explicitly
-            source = "vendor" if booked and a.cost_source == "vendor" else "none"
+            source = a.cost_source if booked and a.cost_source in VENDOR_SOURCES else "none"
         rows.append(
             {
                 "run_id": a.run_id,
@@ -250,7 +255,7 @@ def aggregate_runs(run_dirs: list[Path]) -> dict[str, pd.DataFrame]:
 def estimate_error(df: pd.DataFrame) -> pd.DataFrame:
     """Estimated vs vendor-reported actual per provider/model (only rows with both)."""
     known = df[
-        (df["cost_source"] == "vendor")
+        df["cost_source"].isin(VENDOR_SOURCES)
         & ~df["cache_hit"]
         & df["estimated_usd"].notna()
         & df["actual_usd"].notna()

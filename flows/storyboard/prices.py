@@ -6,6 +6,7 @@ catalog estimates, labelled so, and says why in `Plan.price_note`."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,20 @@ def apply(plan: Plan, lookup: PriceLookup) -> Plan:
     return with_unit_prices(plan, lookup.prices, note)
 
 
+async def lookup_fal(endpoints: Iterable[str], key: str | None = None, *,
+                     timeout: float = TIMEOUT_S) -> PriceLookup:
+    """fal's unit prices for these endpoint ids (e.g. a journal's `job_data["model"]`, for
+    settling jobs outside a plan); `key` defaults to FAL_KEY. Never raises for a failed lookup."""
+    return await fetch_unit_prices(endpoints, key=key or env_key("fal"),
+                                   cache_dir=price_cache_dir(), timeout=timeout)
+
+
 async def price_plan(plan: Plan, key: str | None = None, *, timeout: float = TIMEOUT_S) -> Plan:
     """The plan with fal's live unit prices (see with_unit_prices); `key` defaults to FAL_KEY."""
     endpoints = fal_endpoints(plan)
     if not endpoints:
         return plan
-    lookup = await fetch_unit_prices(endpoints, key=key or env_key("fal"),
-                                     cache_dir=price_cache_dir(), timeout=timeout)
-    return apply(plan, lookup)
+    return apply(plan, await lookup_fal(endpoints, key, timeout=timeout))
 
 
 def price_plan_sync(plan: Plan, key: str | None = None, *, timeout: float = TIMEOUT_S) -> Plan:

@@ -51,8 +51,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from flows.run import make_plan
     from flows.storyboard.keys import missing_keys
+    from flows.storyboard.prices import price_plan_sync
 
-    plan = make_plan(args.spec, _vars(args.var), args.budget)
+    plan = price_plan_sync(make_plan(args.spec, _vars(args.var), args.budget))
     windows, window_problem = _plan_windows(plan)
     if args.json:
         print(json.dumps({**plan.to_json(), "windows": windows}, indent=2))
@@ -60,14 +61,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"{plan.storyboard.title}: {len(plan.shots)} shots, {plan.total_duration:g} s, "
               f"{plan.width}x{plan.height} @ {plan.fps} fps")
         print(f"{'shot':<20} {'provider':<12} {'model':<28} {'seconds':>7} {'estimate':>10} "
-              f"{'reserve':>10}  fallback")
+              f"{'reserve':>10}  fallback  [price from]")
         for s in plan.shots:
             o = s.primary
             chain = ", ".join(x.label for x in s.options[1:]) or "-"
             if s.takes > 1:  # the estimate is the takes' price
                 chain = f"{s.takes} takes x ${o.estimate_usd:.4f}; fallback {chain}"
             print(f"{s.shot_id:<20} {o.provider:<12} {o.model:<28} {s.duration:>7g} "
-                  f"${s.estimate_usd:>9.4f} ${s.reserve_usd:>9.4f}  {chain}")
+                  f"${s.estimate_usd:>9.4f} ${s.reserve_usd:>9.4f}  {chain}  [{o.price_source}]")
         cap = plan.cap_usd
         print(f"{'total':<70} ${plan.total_estimate:>9.4f} ${plan.total_reserve:>9.4f}  cap: "
               + (f"${cap:.2f}" if cap is not None else "none"))
@@ -77,6 +78,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"{margin:.0%} (budget.estimate_margin)")
         for w in windows:
             print(f"window {_window_line(w)}")
+        if plan.price_note:
+            print(plan.price_note)
     problems = plan.over_budget()
     if window_problem and plan.storyboard.budget.on_exhausted == "stop":
         problems.append(window_problem + " (budget.on_exhausted: stop)")
@@ -110,7 +113,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows import runlock
     from flows.run import preflight, run_dir_for
     from flows.storyboard.files import check_out_dir
+    from flows.storyboard.prices import price_plan_sync
 
+    plan = price_plan_sync(plan)  # after the up-to-date check, which makes no network call
     preflight(plan)  # before Prefect starts: a wrong input never reaches a vendor
     check_out_dir(args.out)  # the same check a deployment's `out` parameter gets
     if args.out is not None:  # the picks a person wrote must parse before anything runs
@@ -392,6 +397,34 @@ def cmd_providers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prices(args: argparse.Namespace) -> int:
+    """The catalog's fal prices next to fal's live prices for this account (FAL_KEY)."""
+    from flows.storyboard.prices import compare_fal
+
+    rows, problem = compare_fal(refresh=args.refresh)
+    if not any(r["live"] is not None for r in rows):
+        print(f"storyreel prices: no live fal prices ({problem or 'none found'}); the catalog's "
+              "estimates stay in use", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"prices": rows, "problem": problem}, indent=2))
+        return 0
+    print(f"{'endpoint':<52} {'catalog':>10} {'live':>10} {'unit':<10} {'difference':>18}")
+    for r in rows:
+        cat = f"${r['catalog']:.4f}" if r["catalog"] is not None else "-"
+        live = f"${r['live']:.4f}" if r["live"] is not None else "-"
+        diff = "-"
+        if r["difference"] is not None:
+            diff = "same" if abs(r["difference"]) < 5e-7 else f"{r['difference']:+.4f}"
+            if r["difference_pct"] is not None and diff != "same":
+                diff += f" ({r['difference_pct']:+.0f}%)"
+        print(f"{r['endpoint']:<52} {cat:>10} {live:>10} {r['unit'] or '-':<10} {diff:>18}")
+    differ = sum(1 for r in rows if r["difference"] is not None and abs(r["difference"]) >= 5e-7)
+    print(f"{differ} of {len(rows)} fal endpoints differ from the catalog"
+          + (f"; {problem}" if problem else ""))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -497,6 +530,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("providers", help="list providers, models, limits and prices")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_providers)
+    p = sub.add_parser("prices", help="compare the catalog's fal prices with fal's live prices "
+                       "for your account (FAL_KEY)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--refresh", action="store_true", help="ask fal now, not the day's cache")
+    p.set_defaults(fn=cmd_prices)
     p = sub.add_parser("reconcile", help="ask the vendors about every job a run folder still "
                        "holds money for (in flight, cancel requested, abandoned, lost) and "
                        "rewrite its reports")

@@ -76,6 +76,8 @@ class RunContext:
                 from flows.media.animatic import render_animatic  # ffmpeg work: only when used
 
                 extra["renderer"] = render_animatic
+            elif name == "fal":  # the account's unit prices turn billed units into money
+                extra["prices"] = self.plan.unit_prices
             # a job of a provider the edited storyboard no longer names is still asked about
             # with its own provider's key (from the environment), never without one
             key = self.keys[name] if name in self.keys else env_key(name)

@@ -46,6 +46,7 @@ from flows.run import (
 from flows.storyboard.files import check_run_params
 from flows.storyboard.keys import env_key
 from flows.storyboard.plan import Plan, ShotPlan
+from flows.storyboard.prices import price_plan
 from providers.errors import BudgetError, ContentPolicyError, PlanError, SpecError
 from providers.http import new_client
 
@@ -140,7 +141,8 @@ def _scheduled_date() -> str:
     return flow_run.scheduled_start_time.date().isoformat()
 
 
-async def _resolve_keys(plan: Plan) -> dict[str, str | None]:
+async def _resolve_keys(plan: Plan, providers: set[str] | None = None
+                        ) -> dict[str, str | None]:
     """Env var first, then the Prefect Secret block the storyboard names (loaded here, in the
     flow process, never passed as a parameter)."""
     from prefect.blocks.system import Secret
@@ -148,7 +150,7 @@ async def _resolve_keys(plan: Plan) -> dict[str, str | None]:
     from providers.errors import register_secret
 
     keys: dict[str, str | None] = {}
-    for p in plan.providers_used():
+    for p in plan.providers_used() if providers is None else providers:
         value = env_key(p)
         block = plan.storyboard.keys.get(p)
         if not value and block:
@@ -185,6 +187,8 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
                       no_cache=no_cache, regenerate=set(regenerate or []),
                       resubmit_unconfirmed=resubmit_unconfirmed)
     plan = make_plan(storyboard, opts.variables, opts.budget)
+    if "fal" in plan.providers_used():  # the account's unit prices, before the caps are checked
+        plan = await price_plan(plan, (await _resolve_keys(plan, {"fal"}))["fal"])
     preflight(plan)
     summary = await run_plan(plan, opts, logger.info, shared_limits=shared_limits)
     await _artifacts(plan, summary)

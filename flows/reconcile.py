@@ -24,6 +24,7 @@ from flows.money.status import AT_RISK, AT_VENDOR
 from flows.render import settle_job
 from flows.run import RunOptions, cache_for, open_journal
 from flows.storyboard.keys import env_key
+from flows.storyboard.prices import lookup_fal
 from providers.base import Provider
 from providers.errors import SpecError
 from providers.http import new_client
@@ -45,13 +46,19 @@ async def reconcile(run_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S
         try:
             ledger = Ledger(None)  # nothing new is reserved here: only what is held settles
             cache = cache_for(RunOptions())
+            asked = [a for a in journal.attempts() if a.status in AT_VENDOR and a.job_id
+                     and _known(a.provider)]
+            # fal's billed units become money at the account's unit prices
+            fal = {str((a.job_data or {}).get("model")) for a in asked if a.provider == "fal"}
+            prices = (await lookup_fal(sorted(fal - {"None"}))).prices if fal else {}
             async with new_client() as client:
                 providers: dict[str, Provider] = {}
 
                 def provider_for(name: str) -> Provider:
                     if name not in providers:
+                        extra: dict[str, Any] = {"prices": prices} if name == "fal" else {}
                         providers[name] = get_provider_class(name)(client=client,
-                                                                   key=env_key(name))
+                                                                   key=env_key(name), **extra)
                     return providers[name]
 
                 await asyncio.gather(*(
@@ -59,8 +66,7 @@ async def reconcile(run_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S
                                provider=provider_for(a.provider), journal=journal, ledger=ledger,
                                cache=cache, run_dir=run_dir, log=print,
                                deadline=max(0.01, timeout_s))
-                    for a in journal.attempts() if a.status in AT_VENDOR and a.job_id
-                    and _known(a.provider)))
+                    for a in asked))
             _reconcile_windows(journal.run_id, journal.attempts())
             unsettled = [f"shot {a.shot_id} attempt {a.attempt} on {a.provider}:{a.model} "
                          f"({a.status}{', job ' + a.job_id if a.job_id else ''})"

@@ -19,9 +19,12 @@ queue pages, docs.fal.ai errors / request-errors; research/vendors.md §1.
   reached fal's app (fal_client's `_is_ingress_error` retries exactly these): refused and
   resent. Any other 5xx may have queued the request: unconfirmed, never resent.
 * 403 {"detail": "User is locked. Reason: Exhausted balance ..."} is a credit
-  problem, not a bad key. fal bills only successful requests; it reports no
-  per-request cost, so `cost_usd` stays None (`x-fal-billable-units` is kept
-  in `Poll.raw` where present).
+  problem, not a bad key. fal bills only successful requests and reports no
+  per-request cost, but the result carries `x-fal-billable-units` (a decimal
+  count of the endpoint's billing unit): with the account's unit price from the
+  Platform API (providers/fal_pricing.py, given as `prices`) a success costs
+  units x unit price (`Poll.cost_source` "vendor_units"); without one
+  `cost_usd` stays None and the caller books its estimate.
 
 Local images are sent inline as data URIs (fal accepts them in every
 `*_image_url` field); large files would be better uploaded to fal's CDN
@@ -33,7 +36,10 @@ as canceled); the HTTP code of each cancel answer (any 2xx means accepted).
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -53,7 +59,11 @@ from providers.errors import (
     NotFoundError,
     ProviderError,
 )
+from providers.fal_pricing import UnitPrice
 from providers.types import Clip, Job, Poll, ShotRequest
+
+log = logging.getLogger(__name__)
+UNITS_HEADER = "x-fal-billable-units"
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,21 @@ def fal_body(req: ShotRequest, model_id: str) -> dict[str, Any]:
     return body
 
 
+def billable_units(value: str | None) -> float | None:
+    """The result's `x-fal-billable-units` as a count (e.g. "5", "1.5"), or None when absent
+    or not a finite number >= 0 (logged: a wrong header must not cost a finished clip)."""
+    if value is None:
+        return None
+    try:
+        units = float(value.strip())
+    except ValueError:
+        units = math.nan
+    if not math.isfinite(units) or units < 0:
+        log.warning("fal: ignoring %s %r (not a count)", UNITS_HEADER, value[:40])
+        return None
+    return units
+
+
 def detail_message(body: Any) -> tuple[str, str | None]:
     """(message, machine type) from fal's two error shapes:
     {"detail": [{loc, msg, type}]} (model) and {"detail": str, "error_type": str} (request)."""
@@ -154,6 +179,15 @@ class FalProvider(Provider):
     base_url_env: ClassVar[str | None] = "STORYREEL_FAL_BASE_URL"
     supports_cancel: ClassVar[bool] = True
     api_hosts: ClassVar[tuple[str, ...]] = ("queue.fal.run",)
+
+    def __init__(self, *, prices: Mapping[str, UnitPrice] | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.prices: dict[str, UnitPrice] = dict(prices or {})
+
+    def use_prices(self, prices: Mapping[str, UnitPrice]) -> None:
+        """The account's unit price per endpoint id (providers/fal_pricing.py), which turns a
+        result's billable units into what the job cost."""
+        self.prices = dict(prices)
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Key {self.key}"} if self.key else {}
@@ -231,9 +265,15 @@ class FalProvider(Provider):
                              f"{str(result)[:200]}", job=job)
             return Poll(state="failed", error=err, raw={"status": status, "result": result})
         raw: dict[str, Any] = {"status": status, "result": result}
-        if resp.headers.get("x-fal-billable-units"):
-            raw["billable_units"] = resp.headers["x-fal-billable-units"]
-        return Poll(state="succeeded", video_url=url, progress=1.0, raw=raw)
+        header = resp.headers.get(UNITS_HEADER)
+        if header is not None:
+            raw["billable_units"] = header[:40]
+        units = billable_units(header)
+        price = self.prices.get(str(job.data.get("model")))  # the endpoint actually used
+        cost = round(units * price.unit_price, 6) if units is not None and price else None
+        return Poll(state="succeeded", video_url=url, progress=1.0, raw=raw,
+                    billable_units=units, cost_usd=cost,
+                    cost_source="vendor_units" if cost is not None else None)
 
     async def _final_answer(self, job: Job) -> tuple[Any, int | None]:
         """The result of a job whose status already says it failed: one plain try, since

@@ -32,7 +32,10 @@ anything is sent.
 
 Money: routed requests are billed by HF at the provider's price with no markup
 (huggingface.co/docs/inference-providers/pricing); no per-request cost is
-reported. Error bodies of the router itself are {"error": "..."} (401 bad
+reported. If the router passes fal's `x-fal-billable-units` on (UNCONFIRMED) it
+lands in `Poll.billable_units`, but no cost is derived from it: fal's Platform
+API prices a fal account, not HF's billing, so routed jobs are booked at the
+estimate. Error bodies of the router itself are {"error": "..."} (401 bad
 token, 402 out of included credits); the provider's own errors pass through.
 UNCONFIRMED: that the router forwards PUT cancel (the SDK never cancels; a
 refused cancel just returns False), and that it accepts provider ids the Hub

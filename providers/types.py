@@ -84,13 +84,15 @@ class Poll:
     state: JobState
     video_url: str | None = None
     cost_usd: float | None = None  # what the vendor says it charged, where it says
-    # how cost_usd was learnt: "vendor" (stated) by default, "vendor_units" (the vendor's
-    # units x its own unit price, fal)
-    cost_source: str | None = None
     error: ProviderError | None = None  # set when state is failed/canceled
     poll_after: float | None = None  # vendor's hint for the next poll, seconds
     progress: float | None = None  # 0..1 where the vendor reports it
     raw: dict[str, Any] = field(default_factory=dict)
+    # units the vendor says it bills for the job (fal's `x-fal-billable-units`), where it says
+    billable_units: float | None = None
+    # where cost_usd comes from when it is not the vendor's own figure: "vendor_units" = the
+    # billed units x the account's unit price (fal); None = the vendor reported cost_usd
+    cost_source: str | None = None
 
     @property
     def done(self) -> bool:

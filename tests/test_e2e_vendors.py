@@ -54,5 +54,7 @@ async def test_vendor_tour_renders_and_costs_match(emu_env, prefect_api: str, tm
         assert money(rows, vendor) == Decimal(str(round(stats[vendor]["charged_usd"], 6))), vendor
     # vendors that report their charge are billed from it; the rest from the estimate
     by_vendor = {r["provider"]: r["cost_source"] for r in rows}
-    assert by_vendor["runway"] == "vendor" and by_vendor["fal"] == "estimate"
+    # fal: the billed units (x-fal-billable-units) x the account's unit price (Platform API)
+    assert by_vendor["runway"] == "vendor" and by_vendor["fal"] == "vendor_units"
+    assert by_vendor["luma"] == "estimate"
     assert money(rows) == Decimal(str(round(stats["total"]["charged_usd"], 6)))

@@ -484,12 +484,13 @@ def test_killed_run_gives_back_what_it_held_but_counts_what_may_be_charged(
         w = window_of(url, "k")  # `storyreel budget` sweeps lapsed leases, as any reserve does
         # the queued reservation came back; the two submitted jobs are counted at their estimate
         assert (D(w["reserved_usd"]), D(w["spent_usd"]), w["runs"]) == (0, at_vendor, [])
-        # the vendor finishes and charges them: the window had them counted all along
+        # the vendor finishes and charges them: the window had them counted all along (at
+        # their reservations: the estimate plus budget.estimate_margin)
         deadline = time.monotonic() + 30
         while emu.stats("fal")["in_flight"]:
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        assert charged(emu, "fal") == at_vendor
+        assert 0 < charged(emu, "fal") <= at_vendor
 
     # the folder is resumed: the jobs at the vendor are polled (not resubmitted) and settled
     # at what the vendor charged; the third shot reserves and submits anew

@@ -62,6 +62,8 @@ FAILED = {Status.FAILED, Status.CANCELED}
 COUNTS = ["attempts", "succeeded", "failed", "at_risk", "cached", "skipped"]
 
 
+
+
 def money(value: Any) -> float:
     """A table cell as USD rounded to a micro-dollar (flows/money/usd.py); missing is 0."""
     return 0.0 if value is None or pd.isna(value) else as_float(value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from flows.storyboard.finishing import FinishPlan, plan_finishing
 from flows.storyboard.spec import Storyboard, Transition
 from providers.catalog import ModelInfo, Price, load_catalog
 from providers.errors import SpecError
+from providers.fal_pricing import UnitPrice, units_per_shot
 from providers.registry import BUILTIN
 from providers.types import ImageInput, ShotRequest
 
@@ -33,6 +35,9 @@ class Option:
     # added to the reservation (not the estimate): 0 for a live vendor price, else
     # budget.estimate_margin, so a cap holds while the vendor bills up to that much above it
     margin: float = 0.0
+    # where estimate_usd comes from: LIVE_SOURCE, "catalog estimate (as of ...)" or the
+    # storyboard's own `pricing:` entry
+    price_source: str = ""
 
     @property
     def label(self) -> str:
@@ -79,11 +84,21 @@ class ShotPlan:
         """This shot's plan for one take: its own seed, so its own cache key and clip."""
         return replace(self, take=take, seed=take_seed(self.seed, take))
 
+    def uses_image(self, option: Option) -> bool:
+        return self.image is not None and "image" in option.info.inputs
+
+    def endpoint(self, option: Option) -> str:
+        """The vendor's model id this shot is sent to on `option` (its image-to-video one
+        when the shot has a reference image and the model has a separate endpoint)."""
+        info = option.info
+        if self.uses_image(option) and info.vendor_model_image:
+            return info.vendor_model_image
+        return info.vendor_model
+
     def request(self, option: Option, plan: Plan) -> ShotRequest:
         info = option.info
-        use_image = self.image is not None and "image" in info.inputs
-        vendor_model = info.vendor_model_image if use_image and info.vendor_model_image \
-            else info.vendor_model
+        use_image = self.uses_image(option)
+        vendor_model = self.endpoint(option)
         return ShotRequest(
             shot_id=self.shot_id, provider=option.provider, model=option.model,
             vendor_model=vendor_model, prompt=self.prompt, duration_s=self.duration,
@@ -104,6 +119,10 @@ class Plan:
     resolution: str
     shots: list[ShotPlan]
     finishing: FinishPlan | None = None  # music, loudness, captions, cards, logo
+    # fal's live unit price per endpoint id (flows/storyboard/prices.py), the same the fal
+    # adapter settles jobs with; empty when none was found (then price_note says why)
+    unit_prices: dict[str, UnitPrice] = field(default_factory=dict)
+    price_note: str | None = None
 
     @property
     def cap_usd(self) -> float | None:
@@ -159,12 +178,13 @@ class Plan:
                 "image": str(s.image.path or s.image.url) if s.image else None,
                 "options": [{"provider": o.provider, "model": o.model,
                              "estimate_usd": o.estimate_usd, "reserve_usd": o.reserve_usd,
-                             "seed": o.info.seed}
+                             "seed": o.info.seed, "price_source": o.price_source}
                             for o in s.options],
                 "retries": s.retries, "transition": s.transition.model_dump(),
                 "takes": s.takes, "estimate_usd": s.estimate_usd, "reserve_usd": s.reserve_usd,
             } for s in self.shots],
             "deliverable": self.finishing.to_json() if self.finishing else None,
+            "price_note": self.price_note,
         }
 
 
@@ -209,9 +229,8 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
             continue
         options = [
             Option(o.provider, o.model, o.info,
-                   _estimate(board, o, duration, vendor_resolution(o.info, resolution),
-                             f"pricing.{o.label}", issues),
-                   vendor_resolution(o.info, resolution),
+                   *_estimate(board, o, duration, vendor_resolution(o.info, resolution),
+                              f"pricing.{o.label}", issues),
                    margin=0.0 if o.info.free else board.budget.estimate_margin)
             for o in options
         ]
@@ -316,10 +335,13 @@ def _check_option(opt: Option, duration: float, aspect: str, resolution: str,
 
 
 def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, where: str,
-              issues: list[tuple[str, str]]) -> float:
+              issues: list[tuple[str, str]]) -> tuple[float, str, str]:
+    """(estimate, resolution, where the price comes from)."""
     override = board.pricing.get(opt.label)
     price = opt.info.price
+    source = catalog_source(opt.info)
     if override is not None:
+        source = f"storyboard pricing.{opt.label}"
         where = f"pricing.{opt.label}"
         try:
             price = Price.model_validate(override)
@@ -327,14 +349,73 @@ def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, 
             issues.append((where, f"not a price rule: {exc.errors()[0]['msg']} (use per_second, "
                                   "per_video, base/base_seconds/per_extra_second, or "
                                   "per_second_by_resolution)"))
-            return 0.0
+            return 0.0, resolution, source
     estimate = price.estimate(duration, resolution)
     if estimate <= 0 and not opt.info.free:
         # a paid model priced at $0 would slip past every cap
         issues.append((where, f"{opt.label} is a paid model but its price comes to "
                               f"${estimate:g} for {duration:g} s at {resolution}; give a "
                               "positive price"))
-    return estimate
+    return estimate, resolution, source
+
+
+LIVE_SOURCE = "fal live price (account)"
+
+
+def catalog_source(info: ModelInfo) -> str:
+    """'catalog estimate (as of <date>)': the catalog's price date, else the month its
+    price_source says the price was read."""
+    as_of = getattr(info, "price_as_of", None)  # a catalog field, where the catalog has it
+    if not as_of:
+        found = re.search(r"\b(?:read|as of)\s+(\d{4}-\d{2}(?:-\d{2})?)", info.price_source)
+        as_of = found.group(1) if found else None
+    return f"catalog estimate (as of {as_of})" if as_of else "catalog estimate"
+
+
+def resolution_factor(price: Price, resolution: str) -> float:
+    """How much dearer `resolution` is than the model's cheapest, per the catalog's rule: fal
+    prices one unit per endpoint and bills more units at higher resolutions ("proportional
+    adjustments for resolution/length", docs.fal.ai/platform-apis/v1/models/pricing)."""
+    table = price.per_second_by_resolution or price.per_video_by_resolution
+    if not table:
+        return 1.0
+    cheapest = min(table.values())
+    rate = table.get(resolution, max(table.values()))
+    return rate / cheapest if cheapest > 0 else 1.0
+
+
+def live_estimate(shot: ShotPlan, opt: Option, price: UnitPrice) -> float | None:
+    """What one take of `shot` costs on `opt` at the account's unit price, or None when the
+    unit is not one a clip's length turns into a count (megapixels, GPU seconds ...)."""
+    units = units_per_shot(price.unit, shot.duration)
+    if units is None:
+        return None
+    return round(units * resolution_factor(opt.info.price, opt.resolution) * price.unit_price, 6)
+
+
+def with_unit_prices(plan: Plan, prices: dict[str, UnitPrice], note: str | None = None) -> Plan:
+    """The plan with every fal option priced at the account's live unit price where there is
+    one (a storyboard's own `pricing:` entry still wins); the others keep the catalog's
+    estimate, and `price_note` says why."""
+    problems = [note] if note else []
+    shots = []
+    for shot in plan.shots:
+        options = []
+        for opt in shot.options:
+            live = prices.get(shot.endpoint(opt)) if opt.provider == "fal" else None
+            if live is not None and not opt.price_source.startswith("storyboard"):
+                estimate = live_estimate(shot, opt, live)
+                if estimate is not None and estimate > 0:
+                    # a live vendor price needs no margin: it is the vendor's own
+                    opt = replace(opt, estimate_usd=estimate, price_source=LIVE_SOURCE,
+                                  margin=0.0)
+                else:
+                    problems.append(f"{live.endpoint_id} bills per {live.unit!r}, which a "
+                                    "clip's length does not count; catalog estimate used")
+            options.append(opt)
+        shots.append(replace(shot, options=options))
+    return replace(plan, shots=shots, unit_prices=dict(prices),
+                   price_note="; ".join(dict.fromkeys(problems)) or None)
 
 
 def plan_file(spec: str | Path, variables: dict[str, Any] | None = None,

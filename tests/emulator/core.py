@@ -47,8 +47,8 @@ class _FakeKeys(dict):
 
 FAKE_KEYS: dict[str, str] = _FakeKeys()
 COUNTERS = ("submits", "polls", "results", "downloads", "cancels", "uploads",
-            "requests", "auth_failures", "errors_injected")
-STAGES = ("submit", "poll", "result", "cancel", "upload")
+            "requests", "auth_failures", "errors_injected", "price_lookups")
+STAGES = ("submit", "poll", "result", "cancel", "upload", "pricing")
 _OUTCOME_STATE = {"success": "succeeded", "fail": "failed", "policy": "policy"}
 _DEFAULT_ERRORS = {"fail": "Generation failed (injected fault)",
                    "policy": "The prompt was flagged by the content policy (injected fault)"}
@@ -193,6 +193,9 @@ class Emulator:
         with self._lock:
             self.latency, self.jitter, self.media_size = latency, jitter, media_size
             self.price_multiplier: dict[str, float] = {}
+            # vendor -> model -> USD per billing unit: the account's own price where a vendor
+            # states one (fal's Platform API), instead of the vendor's listed price
+            self.unit_prices: dict[str, dict[str, float]] = {}
             # off: every job of a size serves the same clip (one ffmpeg per size); on: each
             # job its own look, as two generations of a real vendor never match
             self.distinct_clips = False
@@ -210,8 +213,12 @@ class Emulator:
 
     def configure(self, *, latency: float | None = None, jitter: float | None = None,
                   price_multiplier: dict[str, float] | None = None,
-                  distinct_clips: bool | None = None) -> None:
+                  distinct_clips: bool | None = None,
+                  unit_prices: dict[str, dict[str, float]] | None = None) -> None:
         with self._lock:
+            for vendor, table in (unit_prices or {}).items():
+                self.unit_prices.setdefault(vendor, {}).update(
+                    {m: float(v) for m, v in table.items()})
             if distinct_clips is not None:
                 self.distinct_clips = bool(distinct_clips)
             if latency is not None:

@@ -20,6 +20,8 @@ STAGE_KINDS: dict[str, set[str]] = {
     "upload": REQUEST_KINDS,
     "download": {"http", "slow", "reset", "truncate", "html", "expired"},
     "job": {"fail", "policy", "never"},
+    # a vendor's price list (fal's Platform API /models/pricing): refused, slow, not JSON
+    "pricing": REQUEST_KINDS | {"accept_then_garbage"},
 }
 # hostile answers (tests/emulator/hostile.py), for the security tests
 STAGE_KINDS["job"] = STAGE_KINDS["job"] | {"job_id", "video_url", "foreign_urls"}

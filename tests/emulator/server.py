@@ -152,11 +152,13 @@ def _config_endpoint(emu: Emulator) -> Any:
                 body = await request.json()
                 emu.configure(latency=body.get("latency"), jitter=body.get("jitter"),
                               price_multiplier=body.get("price_multiplier"),
-                              distinct_clips=body.get("distinct_clips"))
+                              distinct_clips=body.get("distinct_clips"),
+                              unit_prices=body.get("unit_prices"))
             except (ValueError, TypeError, AttributeError) as exc:
                 return JSONResponse({"error": f"bad config: {exc}"}, status_code=400)
         return JSONResponse({"latency": emu.latency, "jitter": emu.jitter,
                              "price_multiplier": emu.price_multiplier,
+                             "unit_prices": emu.unit_prices,
                              "media_size": emu.media_size, "vendors": sorted(emu.vendors)})
 
     return config

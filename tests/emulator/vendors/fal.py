@@ -6,17 +6,31 @@
                                                (a failed job is COMPLETED with error/error_type)
   GET  /{owner}/{app}/requests/{id}            result: the model's answer, errors included
   PUT  /{owner}/{app}/requests/{id}/cancel     202 CANCELLATION_REQUESTED / 400 ALREADY_COMPLETED
+  GET  /v1/models/pricing?endpoint_id=a,b      the Platform API's price list (api.fal.ai/v1):
+                                               {prices: [{endpoint_id, unit_price, unit,
+                                               currency}], next_cursor, has_more}; 1-50 ids,
+                                               PRICING_PAGE prices a page (`cursor=`)
 Follow-up URLs name owner/app only: one built with the endpoint path answers 404.
 Auth: "Authorization: Key <FAL_KEY>". Errors: {"detail": "..."} (request errors add
 "error_type" and an X-Fal-Error-Type header), 422 {"detail": [{loc, msg, type}]} for
 model errors. Inputs are checked per model (`MODELS`): duration "5" vs "8s" vs int vs
-num_frames. Base URL override: <emulator url>/fal (BASE_PATH "").
+num_frames. Base URL override: <emulator url>/fal (BASE_PATH ""); the Platform API's
+<emulator url>/fal/v1 (STORYREEL_FAL_PLATFORM_URL, from `extra_env`).
+
+Billing in units, as fal does (docs.fal.ai/documentation/model-apis/pricing): each endpoint
+has a unit ("second" of video, or "video") and a unit price, the cheapest rate of its
+prices.py entry; a job bills `x-fal-billable-units` (its seconds, scaled up for a dearer
+resolution, or 1 video) and costs units x the account's unit price: the listed one unless
+`emu.configure(unit_prices={"fal": {endpoint: usd}})` sets the account's own, which the
+pricing answer then states too. Behind the HF router a job is billed as before (HF's rate).
 
 The module is shared with the Hugging Face router emulator through `Queue`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +44,9 @@ from tests.emulator.core import EmuJob, Emulator, dimensions
 VENDOR = "fal"
 KEY_ENV = "FAL_KEY"
 BASE_PATH = ""
+PLATFORM_PATH = "/v1"
+PRICING_PAGE = 8  # prices a page: a plan with more fal endpoints follows next_cursor
+MAX_PRICE_IDS = 50  # endpoint ids a pricing request may name (fal's limit)
 
 
 @dataclass(frozen=True)
@@ -150,6 +167,38 @@ def seconds_of(model: str, body: dict) -> float:
     return float(str(value).rstrip("s"))
 
 
+def extra_env(emu: Emulator) -> dict[str, str]:
+    return {"STORYREEL_FAL_PLATFORM_URL": f"{emu.base_url(VENDOR)}{PLATFORM_PATH}"}
+
+
+def listed_price(emu: Emulator, vendor: str, name: str, model: str) -> tuple[str, float] | None:
+    """(unit, USD per unit) of a model: per second at its cheapest resolution, or per video
+    when its price does not grow with length; None when the emulator has no price for it."""
+    entry = emu.price_entry(vendor, name)
+    if entry is None:
+        return None
+    resolutions = MODELS[model].resolutions or ("720p",)
+    cheapest = min(resolutions, key=lambda r: entry.usd(100.0, r))
+    step = round(entry.usd(101.0, cheapest) - entry.usd(100.0, cheapest), 6)
+    if step > 0:
+        return "second", step
+    return "video", entry.usd(100.0, cheapest)
+
+
+def account_price(emu: Emulator, model: str) -> tuple[str, float] | None:
+    """What this account pays per unit of a fal endpoint (its own price where one is set)."""
+    listed = listed_price(emu, VENDOR, model, model)
+    if listed is None:
+        return None
+    own = emu.unit_prices.get(VENDOR, {}).get(model)
+    return listed[0], (own if own is not None else listed[1])
+
+
+def units_text(units: float) -> str:
+    """A count as fal's header writes it: a plain decimal ("5", "7.5")."""
+    return f"{units:.6f}".rstrip("0").rstrip(".")
+
+
 @dataclass(frozen=True)
 class Queue:
     """The fal queue protocol, served directly (fal) or behind the HF router."""
@@ -185,9 +234,21 @@ class Queue:
         aspect = body.get("aspect_ratio") or "16:9"
         resolution = body.get("resolution") or "720p"
         width, height = dimensions(aspect if ":" in aspect else "16:9", resolution)
-        job = emu.new_job(self.vendor, model=self.model_prefix + model,
-                          duration=seconds_of(model, body), width=width, height=height,
-                          resolution=resolution, request=body)
+        seconds = seconds_of(model, body)
+        name = self.model_prefix + model
+        listed = listed_price(emu, self.vendor, name, model)
+        units, price = None, None
+        if listed is not None:  # else new_job answers the vendor's 404 for an unknown model
+            entry = emu.price_entry(self.vendor, name)
+            assert entry is not None
+            units = round(entry.usd(seconds, resolution) / listed[1], 6)
+            if self.vendor == VENDOR:  # fal bills the account's unit price
+                own = account_price(emu, model)
+                assert own is not None
+                price = round(units * own[1] * emu.price_multiplier.get(VENDOR, 1.0), 6)
+        job = emu.new_job(self.vendor, model=name, duration=seconds, width=width,
+                          height=height, resolution=resolution, request=body, price_usd=price)
+        job.data["billable_units"] = units
         job.data.update(owner_app="/".join(model.split("/")[:2]), path=request.url.path,
                         query=request.url.query, headers=dict(request.headers))
         answer = {"request_id": job.id, "status": "IN_QUEUE", "queue_position": 0,
@@ -254,7 +315,9 @@ class Queue:
                                  "client_cancelled"}, status_code=499, headers=rid)
         video = {"url": emu.video_url(job), "content_type": "video/mp4",
                  "file_name": "output.mp4"}
-        headers = {**rid, "x-fal-billable-units": f"{job.duration:g}"}
+        units = job.data.get("billable_units")
+        headers = {**rid, "x-fal-billable-units": units_text(units if units is not None
+                                                             else job.duration)}
         return JSONResponse({"video": video, "seed": job.request.get("seed", 42)},
                             headers=headers)
 
@@ -286,5 +349,39 @@ class Queue:
 QUEUE = Queue(VENDOR)
 
 
+def _cursor(page: int) -> str:
+    return base64.b64encode(str(page).encode()).decode()
+
+
+async def pricing(request: Request, emu: Emulator) -> Response:
+    """GET /v1/models/pricing (docs.fal.ai/platform-apis/v1/models/pricing)."""
+    if (denied := emu.check_key(request, VENDOR, scheme="Key")) is not None:
+        return denied
+    emu.count(VENDOR, "price_lookups")
+    ids = list(dict.fromkeys(
+        part.strip() for value in request.query_params.getlist("endpoint_id")
+        for part in value.split(",") if part.strip()))
+    if not 1 <= len(ids) <= MAX_PRICE_IDS:
+        return error_response(400, f"endpoint_id: give 1-{MAX_PRICE_IDS} endpoint ids "
+                              f"(got {len(ids)})")
+    page = 0
+    if (cursor := request.query_params.get("cursor")) is not None:
+        try:
+            page = int(base64.b64decode(cursor, validate=True).decode())
+        except (binascii.Error, ValueError):
+            return error_response(400, "cursor: not a cursor this API gave")
+    items = []
+    for eid in ids:
+        found = account_price(emu, eid) if eid in MODELS else None
+        if found is not None:
+            items.append({"endpoint_id": eid, "unit_price": found[1], "unit": found[0],
+                          "currency": "USD"})
+    start = page * PRICING_PAGE
+    more = start + PRICING_PAGE < len(items)
+    return JSONResponse({"prices": items[start:start + PRICING_PAGE],
+                         "next_cursor": _cursor(page + 1) if more else None, "has_more": more})
+
+
 def routes(emu: Emulator) -> list[Route]:
-    return QUEUE.routes(emu)
+    platform = [emu.route(VENDOR, PLATFORM_PATH + "/models/pricing", pricing, stage="pricing")]
+    return platform + QUEUE.routes(emu)

@@ -32,12 +32,12 @@ class Option:
     info: ModelInfo
     estimate_usd: float
     resolution: str = "720p"  # what is asked of the vendor (conform scales to the output)
-    # added to the reservation (not the estimate): 0 for a live vendor price, else
-    # budget.estimate_margin, so a cap holds while the vendor bills up to that much above it
-    margin: float = 0.0
     # where estimate_usd comes from: LIVE_SOURCE, "catalog estimate (as of ...)" or the
     # storyboard's own `pricing:` entry
     price_source: str = ""
+    # added to the reservation (not the estimate): 0 for a live vendor price, else
+    # budget.estimate_margin, so a cap holds while the vendor bills up to that much above it
+    margin: float = 0.0
 
     @property
     def label(self) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from flows.storyboard.files import shown
 from flows.storyboard.spec import Storyboard
 from providers.errors import SpecError
 
@@ -53,8 +54,9 @@ def place(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
+        else:  # a key as the file spells it, which may be anything
+            name = shown(str(part), 60)
+            out += f".{name}" if out else name
     return out
 
 
@@ -191,7 +193,7 @@ class _TooLong(Exception):
 def load_storyboard(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Storyboard:
     """Parse and validate a storyboard file; raises SpecError naming every problem's place."""
     path = Path(path)
-    source = str(path)
+    source = shown(str(path), 200)
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
@@ -204,6 +206,9 @@ def load_storyboard(path: str | Path, overrides: Mapping[str, Any] | None = None
         raise SpecError([("", f"not UTF-8 text (byte {exc.start})")], source) from None
     except OSError as exc:
         raise SpecError([("", f"cannot read: {exc.strerror or exc}")], source) from None
+    except ValueError:  # a NUL in the name (os.open's own complaint)
+        raise SpecError([("", "cannot read: the file name contains a NUL character")],
+                        source) from None
     return parse_storyboard(text, source, overrides)
 
 
@@ -305,7 +310,7 @@ def _render(exc: ValidationError, lines: dict[tuple[Any, ...], int]) -> list[tup
         msg = err["msg"].removeprefix("Value error, ")
         kind = err["type"]
         if kind == "extra_forbidden":
-            msg = f"unknown field '{loc[-1]}'" + _allowed_hint(loc)
+            msg = f"unknown field '{shown(str(loc[-1]), 60)}'" + _allowed_hint(loc)
         elif kind == "missing":
             msg = "required field is missing"
         elif kind == "literal_error" and "transition" in loc:

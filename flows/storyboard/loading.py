@@ -25,6 +25,9 @@ from providers.errors import SpecError
 # libyaml's parser when the wheel has it (every PyPI wheel does): ~10x less CPU than pure Python
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+_RESOLVER = yaml.resolver.Resolver()
+_NUMBER_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$")
 # fields whose text may use ${var}; ids and providers stay literal on purpose
 _SUBSTITUTED = {"title", "prompt", "style", "negative_prompt", "image", "caption", "text", "subtitle"}
@@ -36,6 +39,7 @@ MAX_ALIAS_NODES = 50_000  # values aliases may add once expanded
 MAX_EXPANDED_CHARS = 8 * 1024 * 1024  # text of the whole document once aliases are expanded
 MAX_FIELD_CHARS = 100_000  # one text field after ${var} substitution
 MAX_VAR_CHARS = 10_000  # one variable's value given with --var or a deployment parameter
+MAX_NUMBER_CHARS = 400  # one number as written (1e308 needs 5; Python reads ints up to 4300)
 MAX_ISSUES = 50  # problems listed; the rest are counted
 DEFAULT_MAX_SHOTS = 500
 
@@ -133,6 +137,12 @@ def _scan(text: str) -> None:
                 sizes[done.anchor] = (done.nodes, done.chars)
             add(event, done.nodes, done.chars, None)
         elif isinstance(event, yaml.ScalarEvent):
+            if (len(event.value) > MAX_NUMBER_CHARS and event.implicit[0]
+                    and _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+                    in _NUMBER_TAGS):
+                # Python refuses to read ints of over 4300 digits (a ValueError, not YAML's)
+                raise fail(event, f"a number of {len(event.value)} characters; at most "
+                                  f"{MAX_NUMBER_CHARS}")
             if event.anchor is not None:
                 sizes[event.anchor] = (1, len(event.value))
             add(event, 1, len(event.value), event.value)

@@ -488,6 +488,7 @@ def dispatch(argv: list[str] | None = None) -> int:
     line per problem. Anything else propagates (`main` is the last resort)."""
     args = parser().parse_args(argv)
     try:
+        _check_paths(args)
         return int(args.fn(args))
     except (SpecError, MissingKeyError, BusyError) as exc:
         if _debug():
@@ -505,6 +506,19 @@ def dispatch(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Paths on the command line that no file system takes (too long, a NUL) are wrong input,
+    said before any command trips over them."""
+    from flows.storyboard.files import PATH_MAX, path_problem, shown
+
+    named = [(k, getattr(args, k, None)) for k in ("spec", "out", "dir")]
+    named += [(f"dirs[{i}]", d) for i, d in enumerate(getattr(args, "dirs", None) or [])]
+    issues = [(k, f"{problem}: '{shown(str(v), 60)}'") for k, v in named
+              if v is not None and (problem := path_problem(str(v), PATH_MAX))]
+    if issues:
+        raise SpecError(issues)
 
 
 def _debug() -> bool:

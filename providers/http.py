@@ -6,10 +6,14 @@ Retry policy (DESIGN "never retry a paid POST blindly"):
 * submit (the paid POST): the one place that decides whether the vendor may have
   taken it. *Refused* (nothing charged; resent where retryable): no connection was
   made, 429, or any other 4xx (the vendor rejected the request before accepting it).
-  *Unconfirmed* (UnconfirmedSubmitError, may_have_charged): every 5xx, read timeouts
-  and resets after sending, and (in the adapters, through `Provider.unnamed` and
-  `call_json`) a 2xx without a job id or not JSON. An adapter may name 5xx answers its
-  vendor documents as refused (`Provider.submit_refused`, e.g. fal's ingress errors).
+  *Unconfirmed* (UnconfirmedSubmitError, may_have_charged): every 5xx, read timeouts,
+  resets and any other transport error once connected, a 2xx answer over the answer cap,
+  and (in the adapters, through `Provider.unnamed` and `call_json`) a 2xx without a job id
+  or not JSON. An adapter may name 5xx answers its vendor documents as refused
+  (`Provider.submit_refused`, e.g. fal's ingress errors).
+
+Reads are bounded: an API answer by answer_cap(), an error body by ERROR_BODY_MAX_BYTES, a
+download by its size caps and a wall clock (download_time_limit()).
 """
 
 from __future__ import annotations

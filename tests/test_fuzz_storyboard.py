@@ -323,3 +323,35 @@ def test_the_last_resort_names_the_error_and_masks_keys(board_dir: Path,
     monkeypatch.setenv("STORYREEL_DEBUG", "1")
     with pytest.raises(KeyError):
         cli.main(["schema"])
+
+
+ODD_PATHS = {"long": "o" * 5000, "long_name": "d/" + "n" * 300, "nul": "run\0x"}
+
+
+@pytest.mark.parametrize("odd", sorted(ODD_PATHS))
+@pytest.mark.parametrize("command", ["run --out", "cut", "pick", "reconcile", "report", "spec"])
+def test_odd_paths_on_the_command_line_are_input_errors(board_dir: Path, command: str,
+                                                        odd: str) -> None:
+    """A run folder, `--out` or storyboard path no file system takes: exit 2 naming the
+    argument, in process through `dispatch` (a NUL cannot be passed to a real process)."""
+    demo = str(ROOT / "specs" / "demo.yaml")
+    bad = ODD_PATHS[odd]
+    argv = {"run --out": ["run", demo, "--out", bad], "cut": ["cut", bad],
+            "pick": ["pick", bad, "s", "1"], "reconcile": ["reconcile", bad],
+            "report": ["report", str(board_dir), bad], "spec": ["plan", bad]}[command]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert cli.dispatch(argv) == 2
+    assert "path" in err.getvalue() and len(err.getvalue()) < 400, err.getvalue()
+
+
+@pytest.mark.parametrize("odd", sorted(ODD_PATHS))
+def test_odd_run_parameters_are_spec_errors(odd: str) -> None:
+    """A deployment's `storyboard` and `out` parameters (flows/storyboard/files.py)."""
+    from flows.storyboard.files import check_run_params
+    from providers.errors import SpecError
+
+    with pytest.raises(SpecError, match="^storyboard: path"):
+        check_run_params(ODD_PATHS[odd], None, deployed=True)
+    with pytest.raises(SpecError, match="^out: path"):
+        check_run_params("specs/demo.yaml", ODD_PATHS[odd], deployed=False)

@@ -66,6 +66,7 @@ def image_mime(data: bytes) -> str:
 
 MAX_PATH_CHARS = 1024  # a file a storyboard names (Linux allows 4096 bytes, 255 per name)
 MAX_NAME_BYTES = 255
+PATH_MAX = 4096  # Linux's, for paths given on the command line or as run parameters
 MAX_URL_CHARS = 8192  # a reference image's URL (signed storage URLs run to a few thousand)
 
 Issues = list[tuple[str, str]]
@@ -77,13 +78,13 @@ def shown(text: str, limit: int = 120) -> str:
     return out if len(text) <= limit and len(out) <= limit else out[:limit - 3] + "..."
 
 
-def path_problem(ref: str) -> str | None:
+def path_problem(ref: str, max_chars: int = MAX_PATH_CHARS) -> str | None:
     """Why no file system would take `ref` as a path, or None: said before asking one, whose
     own answers (ENAMETOOLONG, ValueError for a NUL) are no message for a person."""
     if "\0" in ref:
         return "path contains a NUL character"
-    if len(ref) > MAX_PATH_CHARS:
-        return f"path too long ({len(ref)} characters; at most {MAX_PATH_CHARS})"
+    if len(ref) > max_chars:
+        return f"path too long ({len(ref)} characters; at most {max_chars})"
     for name in re.split(r"[\\/]", ref):
         size = len(name.encode("utf-8", "surrogatepass"))
         if size > MAX_NAME_BYTES:
@@ -191,11 +192,18 @@ def _allow_outside() -> bool:
 
 def check_storyboard_path(storyboard: str | Path, project: Path | None = None) -> None:
     """A storyboard named by a deployment parameter must be inside the project folder."""
+    problem = path_problem(str(storyboard), PATH_MAX)
+    if problem:
+        raise SpecError([("storyboard", f"{problem}: '{shown(str(storyboard), 60)}'")])
     if _allow_outside():
         return
     root = (project or Path.cwd()).resolve()
     path = Path(storyboard)
-    resolved = (root / path).resolve()
+    try:
+        resolved = (root / path).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: 3.11's symlink loop
+        raise SpecError([("storyboard", f"cannot use {shown(str(storyboard))}: "
+                                        f"{_why(exc)}")]) from None
     if not within(resolved, root):
         raise SpecError([("storyboard", f"{storyboard} is outside the project folder {root}; "
                                         "a deployment renders storyboards of its project only "
@@ -207,7 +215,17 @@ def check_out_dir(out: str | Path | None) -> None:
     """`out` is a folder we may write, or one we may create."""
     if out is None:
         return
-    path = Path(out)
+    problem = path_problem(str(out), PATH_MAX)
+    if problem:
+        raise SpecError([("out", f"{problem}: '{shown(str(out), 60)}'")])
+    try:
+        _check_out_dir(Path(out))
+    except OSError as exc:  # e.g. a folder on the way we may not enter
+        raise SpecError([("out", f"cannot use {shown(str(out))}: {_why(exc)}")]) from None
+
+
+def _check_out_dir(path: Path) -> None:
+    out = shown(str(path))
     if path.exists():
         if not path.is_dir():
             raise SpecError([("out", f"{out} exists and is not a folder")])

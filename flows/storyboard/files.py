@@ -37,7 +37,12 @@ def max_image_bytes() -> int:
 def image_roots() -> list[Path]:
     """Folders besides the storyboard's own tree that images may come from."""
     raw = os.environ.get("STORYREEL_IMAGE_DIRS", "")
-    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    try:
+        return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+    # RuntimeError: ~user with no such user, or 3.11's symlink loop
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise SpecError([("STORYREEL_IMAGE_DIRS", f"cannot use {shown(raw)}: "
+                                                  f"{_why(exc)}")]) from None
 
 
 def within(path: Path, root: Path) -> bool:

@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 the run (or plan) could not do everything asked (over budget, shots
 missing, a vendor or ffmpeg failure); 2 the input is wrong (storyboard, usage, missing key).
-User mistakes print one line per problem and no traceback; STORYREEL_DEBUG=1 re-raises.
+User mistakes print one line per problem and no traceback; anything unexpected prints one
+line too (exit 1); STORYREEL_DEBUG=1 re-raises.
 """
 
 from __future__ import annotations
@@ -562,26 +563,69 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def dispatch(argv: list[str] | None = None) -> int:
+    """Run one command; the errors storyreel raises on purpose become an exit code and one
+    line per problem. Anything else propagates (`main` is the last resort)."""
     args = parser().parse_args(argv)
     try:
+        _check_paths(args)
         return int(args.fn(args))
     except (SpecError, MissingKeyError, BusyError) as exc:
-        if os.environ.get("STORYREEL_DEBUG"):
+        if _debug():
             raise
         for line in str(exc).splitlines():
             print(f"error: {line}", file=sys.stderr)
         return 2
     except BudgetError as exc:
-        if os.environ.get("STORYREEL_DEBUG"):
+        if _debug():
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except StoryreelError as exc:
-        if os.environ.get("STORYREEL_DEBUG"):
+        if _debug():
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Paths on the command line that no file system takes (too long, a NUL) are wrong input,
+    said before any command trips over them."""
+    from flows.storyboard.files import PATH_MAX, path_problem, shown
+
+    named = [(k, getattr(args, k, None)) for k in ("spec", "out", "dir")]
+    named += [(f"dirs[{i}]", d) for i, d in enumerate(getattr(args, "dirs", None) or [])]
+    issues = [(k, f"{problem}: '{shown(str(v), 60)}'") for k, v in named
+              if v is not None and (problem := path_problem(str(v), PATH_MAX))]
+    if issues:
+        raise SpecError(issues)
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("STORYREEL_DEBUG"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `storyreel` command: `dispatch`, and a last resort for what nobody expected, so
+    that no input ends in a traceback (STORYREEL_DEBUG=1 shows it)."""
+    try:
+        return dispatch(argv)
+    except Exception as exc:
+        if _debug():
+            raise
+        print(f"error: {unexpected(exc)}", file=sys.stderr)
+        return 1
+
+
+def unexpected(exc: BaseException) -> str:
+    """One line for an error nobody planned for: its type and text, keys masked, shortened."""
+    from providers.errors import redact
+
+    text = " ".join(redact(f"{type(exc).__name__}: {exc}").split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return (f"storyreel stopped on an unexpected error ({text}); STORYREEL_DEBUG=1 shows "
+            "where")
 
 
 if __name__ == "__main__":

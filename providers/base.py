@@ -28,6 +28,7 @@ from providers.errors import (
     JobTimeoutError,
     MalformedAnswerError,
     ProviderError,
+    TransientError,
     UnconfirmedSubmitError,
     register_secret,
 )
@@ -224,9 +225,19 @@ class Provider:
                                    headers=headers, policy=self.retry, hosts=self.hosts)
 
     async def get_once(self, url: str) -> httpx.Response:
-        """One plain authenticated GET, no retries (the key still goes only to our hosts)."""
-        return await hostlib.open_request(self.client, "GET", url, self.hosts,
+        """One plain authenticated GET, no retries (the key still goes only to our hosts);
+        its answer is read as far as http.send reads one."""
+        resp = await hostlib.open_request(self.client, "GET", url, self.hosts, stream=True,
                                           headers=self.auth_headers())
+        try:
+            cap = http.answer_cap() if resp.is_success else http.ERROR_BODY_MAX_BYTES
+            whole = await http.read_body(resp, cap)
+        finally:
+            await resp.aclose()
+        if resp.is_success and not whole:
+            raise self.error(TransientError, f"answered more than {cap} bytes "
+                             "(STORYREEL_MAX_ANSWER_BYTES)", status_code=resp.status_code)
+        return resp
 
     @contextlib.contextmanager
     def about(self, job: Job) -> Iterator[None]:

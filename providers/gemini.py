@@ -114,16 +114,18 @@ class GeminiProvider(Provider):
         if image.url is None:
             data, mime = image.base64()
             return {"bytesBase64Encoded": data, "mimeType": mime}
-        # a third-party URL: fetched without our key, then inlined
+        # a third-party URL: fetched without our key, then inlined; its size is checked
+        # while it arrives (20 MB + 1 byte at most is read), not after
         resp = await http.send(
             self.client, "GET", image.url, stage="fetch", provider=self.name,
             map_error=lambda r, s: http.error_class_for_status(r.status_code)(
                 f"reference image {image.url} answered HTTP {r.status_code}",
                 provider=self.name, status_code=r.status_code),
             policy=self.retry, hosts=self.hosts,  # a storyboard's URL: public https only
+            max_bytes=IMAGE_MAX,
+            too_long=lambda cap: self.error(
+                InvalidRequestError, f"reference image {image.url} is over 20 MB"),
         )
-        if len(resp.content) > IMAGE_MAX:
-            raise self.error(InvalidRequestError, f"reference image {image.url} is over 20 MB")
         mime = resp.headers.get("content-type", "").split(";")[0].strip()
         if not mime.startswith("image/"):
             mime = mimetypes.guess_type(urlsplit(image.url).path)[0] or "image/png"

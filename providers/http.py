@@ -6,10 +6,14 @@ Retry policy (DESIGN "never retry a paid POST blindly"):
 * submit (the paid POST): the one place that decides whether the vendor may have
   taken it. *Refused* (nothing charged; resent where retryable): no connection was
   made, 429, or any other 4xx (the vendor rejected the request before accepting it).
-  *Unconfirmed* (UnconfirmedSubmitError, may_have_charged): every 5xx, read timeouts
-  and resets after sending, and (in the adapters, through `Provider.unnamed` and
-  `call_json`) a 2xx without a job id or not JSON. An adapter may name 5xx answers its
-  vendor documents as refused (`Provider.submit_refused`, e.g. fal's ingress errors).
+  *Unconfirmed* (UnconfirmedSubmitError, may_have_charged): every 5xx, read timeouts,
+  resets and any other transport error once connected, a 2xx answer over the answer cap,
+  and (in the adapters, through `Provider.unnamed` and `call_json`) a 2xx without a job id
+  or not JSON. An adapter may name 5xx answers its vendor documents as refused
+  (`Provider.submit_refused`, e.g. fal's ingress errors).
+
+Reads are bounded: an API answer by answer_cap(), an error body by ERROR_BODY_MAX_BYTES, a
+download by its size caps and a wall clock (download_time_limit()).
 """
 
 from __future__ import annotations
@@ -129,6 +133,43 @@ def error_class_for_status(status: int) -> type[ProviderError]:
     return InvalidRequestError
 
 
+# What is read of one answer. A vendor (or whatever answers in its place) can send any amount:
+# an API answer is JSON of a few KiB, an error body is only quoted, so neither is read whole.
+ANSWER_MAX_BYTES = 4 * 1024 * 1024  # a JSON answer (STORYREEL_MAX_ANSWER_BYTES)
+ERROR_BODY_MAX_BYTES = 64 * 1024  # an error answer: this much is read, the rest dropped
+
+
+def answer_cap() -> int:
+    """Bytes one API answer may have: STORYREEL_MAX_ANSWER_BYTES (default 4 MiB)."""
+    try:
+        return max(1024, int(os.environ.get("STORYREEL_MAX_ANSWER_BYTES", ANSWER_MAX_BYTES)))
+    except ValueError:
+        return ANSWER_MAX_BYTES
+
+
+async def read_body(resp: httpx.Response, cap: int) -> bool:
+    """Read at most `cap` bytes (decoded: a compressed body is bounded too) of a streamed
+    response, so that `.content`, `.text` and `.json()` work on them; True when that was the
+    whole body. The rest stays unread: closing the response drops the connection."""
+    declared = resp.headers.get("content-length", "")
+    if (declared.isdigit() and int(declared) > cap and resp.is_success
+            and not resp.headers.get("content-encoding")):
+        resp._content = b""  # over the cap by its own account: nothing is read
+        return False
+    chunks: list[bytes] = []
+    size, whole = 0, True
+    async for chunk in resp.aiter_bytes():
+        if size + len(chunk) > cap:
+            chunks.append(chunk[:cap - size])
+            whole = False
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    # httpx keeps a read body in `_content`; its .content/.text/.json() read that
+    resp._content = b"".join(chunks)
+    return whole
+
+
 def body_text(resp: httpx.Response, limit: int = 500) -> str:
     try:
         text = resp.text
@@ -139,6 +180,7 @@ def body_text(resp: httpx.Response, limit: int = 500) -> str:
 
 ErrorMapper = Callable[[httpx.Response, Stage], ProviderError]
 RefusedCheck = Callable[[httpx.Response], bool]
+TooLong = Callable[[int], ProviderError]
 
 
 def _never(resp: httpx.Response) -> bool:
@@ -156,27 +198,41 @@ async def send(
     policy: RetryPolicy,
     hosts: Hosts | None = None,
     submit_refused: RefusedCheck = _never,
+    max_bytes: int | None = None,
+    too_long: TooLong | None = None,
     **kwargs: Any,
 ) -> httpx.Response:
     """One logical call with the stage's retry rule; returns a 2xx response or raises.
     `hosts`: where credentials may go (providers/hosts.py); None trusts only `url`'s origin.
-    `submit_refused(resp)` says a 5xx submit answer surely left no job (vendor-documented)."""
+    `submit_refused(resp)` says a 5xx submit answer surely left no job (vendor-documented).
+    A 2xx answer over `max_bytes` (default answer_cap()) is an error: `too_long(cap)` if
+    given, else unconfirmed for a submit and transient otherwise (a poll's job stays as it
+    was); an error answer is read up to ERROR_BODY_MAX_BYTES only."""
     hosts = hosts or for_url(url)
+    cap = answer_cap() if max_bytes is None else max_bytes
     attempt = 0
     while True:
         attempt += 1
         limit = policy.submit_attempts if stage == "submit" else policy.attempts
         try:
             async with _gate(client):
-                resp = await open_request(client, method, url, hosts, **kwargs)
+                resp = await open_request(client, method, url, hosts, stream=True, **kwargs)
+                try:
+                    whole = await read_body(
+                        resp, cap if resp.is_success else ERROR_BODY_MAX_BYTES)
+                finally:
+                    await resp.aclose()
         except UnsafeURLError as exc:  # a refused URL or redirect: sending again changes nothing
             exc.provider = exc.provider or provider
             raise
+        except httpx.InvalidURL as exc:  # never sent: nothing to retry, nothing charged
+            raise InvalidRequestError(f"cannot send to {url[:120]!r}: {exc}",
+                                      provider=provider) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # nothing was sent (no connection, or none free in the pool): safe for every stage
             err: ProviderError = TransientError(f"cannot connect: {type(exc).__name__}: {exc}",
                                                 provider=provider)
-        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except httpx.HTTPError as exc:  # timeouts, resets, a body that does not decode ...
             if stage == "submit":
                 raise UnconfirmedSubmitError(
                     f"submit sent but no answer ({type(exc).__name__}); the vendor may have "
@@ -185,9 +241,19 @@ async def send(
                 ) from exc
             err = TransientError(f"{type(exc).__name__}: {exc}", provider=provider)
         else:
-            if resp.is_success:
+            if resp.is_success and whole:
                 return resp
-            err = map_error(resp, stage)
+            if resp.is_success:  # an answer longer than any this call expects
+                if too_long is not None:
+                    raise too_long(cap)
+                what = f"{stage} answered more than {cap} bytes (STORYREEL_MAX_ANSWER_BYTES)"
+                if stage == "submit":
+                    raise UnconfirmedSubmitError(
+                        f"{what}; the vendor may have accepted (and will bill) it, so it is not "
+                        "resent", provider=provider, status_code=resp.status_code)
+                err = TransientError(what, provider=provider, status_code=resp.status_code)
+            else:
+                err = map_error(resp, stage)
             if stage == "submit" and resp.status_code >= 500 and not submit_refused(resp):
                 # the app may have queued the job before it failed to answer
                 raise UnconfirmedSubmitError(
@@ -208,6 +274,28 @@ def run_cap() -> int:
     """Bytes all downloads of one run (one client) may add up to: STORYREEL_MAX_RUN_BYTES
     (default 20 GiB)."""
     return int(os.environ.get("STORYREEL_MAX_RUN_BYTES", str(20 * 1024**3)))
+
+
+DOWNLOAD_MIN_RATE = 1024 * 1024  # bytes/s a download is allowed at worst, for its wall clock
+
+
+def download_time_limit(max_bytes: int) -> float:
+    """Seconds one download may take in all, retries included: STORYREEL_DOWNLOAD_MAX_S, else
+    5 minutes plus the clip cap at 1 MiB/s (about 22 minutes for the 1 GiB default). The read
+    timeout alone does not end a body that drips a byte just under it."""
+    raw = os.environ.get("STORYREEL_DOWNLOAD_MAX_S")
+    if raw:
+        try:
+            value = float(raw)
+            if value > 0:
+                return value
+        except ValueError:
+            pass
+    return 300.0 + max_bytes / DOWNLOAD_MIN_RATE
+
+
+class _OutOfTime(Exception):
+    """The download's wall clock ran out: no retry (the time is spent)."""
 
 
 # bytes received so far per client, i.e. per run (new_client makes one per run)
@@ -233,9 +321,11 @@ async def download(
 
     Every hop is checked by providers/hosts.py (scheme, address, no key off the vendor's
     hosts); a refused URL is not retried. `max_bytes` (default clip_cap()) bounds the decoded
-    file, run_cap() all downloads of the client."""
+    file, run_cap() all downloads of the client; download_time_limit() the time it takes
+    (waiting for a free download slot aside)."""
     hosts = hosts or for_url(url)
     max_bytes = clip_cap() if max_bytes is None else max_bytes
+    clock = [download_time_limit(max_bytes)]  # seconds left, spent by every attempt
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):  # file:, data:, ftp: ... never fetched, never retried
         raise UnsafeURLError(f"refusing to download a {scheme or 'relative'}: URL "
@@ -246,9 +336,14 @@ async def download(
     while True:
         attempt += 1
         try:
-            await _download_once(client, url, tmp, headers or {}, max_bytes, provider, hosts)
+            await _download_once(client, url, tmp, headers or {}, max_bytes, provider, hosts,
+                                 clock)
             os.replace(tmp, dest)
             return dest
+        except _OutOfTime:
+            tmp.unlink(missing_ok=True)
+            raise TransientError(f"download did not end within {download_time_limit(max_bytes):g}"
+                                 " s (STORYREEL_DOWNLOAD_MAX_S)", provider=provider) from None
         except UnsafeURLError as exc:
             tmp.unlink(missing_ok=True)
             exc.provider = exc.provider or provider
@@ -261,7 +356,13 @@ async def download(
                     raise
                 raise TransientError(f"download failed: {type(exc).__name__}: {exc}",
                                      provider=provider) from exc
-            await asyncio.sleep(policy.delay(attempt, retry_after))
+            delay = policy.delay(attempt, retry_after)
+            if delay >= clock[0]:
+                raise TransientError(f"download failed: {type(exc).__name__}: {exc}; no time "
+                                     "left to retry (STORYREEL_DOWNLOAD_MAX_S)",
+                                     provider=provider) from exc
+            clock[0] -= delay
+            await asyncio.sleep(delay)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -269,22 +370,33 @@ async def download(
 
 async def _download_once(
     client: httpx.AsyncClient, url: str, tmp: Path, headers: dict[str, str],
-    max_bytes: int, provider: str, hosts: Hosts,
+    max_bytes: int, provider: str, hosts: Hosts, clock: list[float],
 ) -> None:
     received = _RECEIVED.setdefault(client, [0])
     cap = run_cap()
     async with _gate(client, download=True):
-        resp = await open_request(client, "GET", url, hosts, stream=True, headers=headers)
+        start = time.monotonic()
+        scope = asyncio.timeout(clock[0])
         try:
-            await _save(resp, tmp, max_bytes, provider, received, cap)
+            async with scope:
+                resp = await open_request(client, "GET", url, hosts, stream=True,
+                                          headers=headers)
+                try:
+                    await _save(resp, tmp, max_bytes, provider, received, cap)
+                finally:
+                    await resp.aclose()
+        except TimeoutError:
+            if scope.expired():
+                raise _OutOfTime from None
+            raise
         finally:
-            await resp.aclose()
+            clock[0] -= time.monotonic() - start
 
 
 async def _save(resp: httpx.Response, tmp: Path, max_bytes: int, provider: str,
                 received: list[int], cap: int) -> None:
     if not resp.is_success:
-        await resp.aread()
+        await read_body(resp, ERROR_BODY_MAX_BYTES)  # only quoted: never read whole
         cls = error_class_for_status(resp.status_code)
         if resp.status_code == 403:  # signed URL expired, not a bad key
             cls = NotFoundError

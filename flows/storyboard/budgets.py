@@ -48,8 +48,9 @@ def load_budgets(path: str | Path) -> BudgetsFile:
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError([("", f"cannot read the budgets file ({ENV}): {exc.strerror or exc}")],
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8, or a NUL in the name
+        raise SpecError([("", f"cannot read the budgets file ({ENV}): "
+                              f"{getattr(exc, 'strerror', None) or exc}")],
                         source) from None
     data, lines = read_yaml(text, source)
     if not isinstance(data, dict):

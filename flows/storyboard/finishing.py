@@ -13,6 +13,7 @@ from flows.media.captions import Caption, CaptionLook
 from flows.media.cards import Card
 from flows.media.fonts import choose_font, describe_missing
 from flows.media.overlay import Logo
+from flows.storyboard.files import existing_file, resolve_ref
 from flows.storyboard.spec import Storyboard, Transition
 from providers.errors import StoryreelError
 
@@ -54,11 +55,10 @@ class FinishPlan:
 
 
 def _file(ref: str, source: Path, where: str, issues: Issues) -> Path | None:
-    path = (source.parent / ref).resolve()
-    if not path.is_file():
-        issues.append((where, f"file not found: {path} (paths are relative to the storyboard)"))
+    resolved = resolve_ref(ref, source, where, issues)
+    if resolved is None or not existing_file(resolved[1], where, issues):
         return None
-    return path
+    return resolved[1]
 
 
 def _fonts_for(text: str, preferred: Path | None, where: str, issues: Issues) -> tuple[Path, ...]:

@@ -18,11 +18,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from flows.storyboard.files import shown
 from flows.storyboard.spec import Storyboard
 from providers.errors import SpecError
 
 # libyaml's parser when the wheel has it (every PyPI wheel does): ~10x less CPU than pure Python
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+_RESOLVER = yaml.resolver.Resolver()
+_NUMBER_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$")
 # fields whose text may use ${var}; ids and providers stay literal on purpose
@@ -35,6 +39,7 @@ MAX_ALIAS_NODES = 50_000  # values aliases may add once expanded
 MAX_EXPANDED_CHARS = 8 * 1024 * 1024  # text of the whole document once aliases are expanded
 MAX_FIELD_CHARS = 100_000  # one text field after ${var} substitution
 MAX_VAR_CHARS = 10_000  # one variable's value given with --var or a deployment parameter
+MAX_NUMBER_CHARS = 400  # one number as written (1e308 needs 5; Python reads ints up to 4300)
 MAX_ISSUES = 50  # problems listed; the rest are counted
 DEFAULT_MAX_SHOTS = 500
 
@@ -53,8 +58,9 @@ def place(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
+        else:  # a key as the file spells it, which may be anything
+            name = shown(str(part), 60)
+            out += f".{name}" if out else name
     return out
 
 
@@ -131,6 +137,12 @@ def _scan(text: str) -> None:
                 sizes[done.anchor] = (done.nodes, done.chars)
             add(event, done.nodes, done.chars, None)
         elif isinstance(event, yaml.ScalarEvent):
+            if (len(event.value) > MAX_NUMBER_CHARS and event.implicit[0]
+                    and _RESOLVER.resolve(yaml.ScalarNode, event.value, event.implicit)
+                    in _NUMBER_TAGS):
+                # Python refuses to read ints of over 4300 digits (a ValueError, not YAML's)
+                raise fail(event, f"a number of {len(event.value)} characters; at most "
+                                  f"{MAX_NUMBER_CHARS}")
             if event.anchor is not None:
                 sizes[event.anchor] = (1, len(event.value))
             add(event, 1, len(event.value), event.value)
@@ -191,7 +203,7 @@ class _TooLong(Exception):
 def load_storyboard(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Storyboard:
     """Parse and validate a storyboard file; raises SpecError naming every problem's place."""
     path = Path(path)
-    source = str(path)
+    source = shown(str(path), 200)
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
@@ -204,6 +216,9 @@ def load_storyboard(path: str | Path, overrides: Mapping[str, Any] | None = None
         raise SpecError([("", f"not UTF-8 text (byte {exc.start})")], source) from None
     except OSError as exc:
         raise SpecError([("", f"cannot read: {exc.strerror or exc}")], source) from None
+    except ValueError:  # a NUL in the name (os.open's own complaint)
+        raise SpecError([("", "cannot read: the file name contains a NUL character")],
+                        source) from None
     return parse_storyboard(text, source, overrides)
 
 
@@ -305,7 +320,7 @@ def _render(exc: ValidationError, lines: dict[tuple[Any, ...], int]) -> list[tup
         msg = err["msg"].removeprefix("Value error, ")
         kind = err["type"]
         if kind == "extra_forbidden":
-            msg = f"unknown field '{loc[-1]}'" + _allowed_hint(loc)
+            msg = f"unknown field '{shown(str(loc[-1]), 60)}'" + _allowed_hint(loc)
         elif kind == "missing":
             msg = "required field is missing"
         elif kind == "literal_error" and "transition" in loc:

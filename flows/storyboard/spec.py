@@ -20,6 +20,8 @@ NAMED_COLORS = {"white": "ffffff", "black": "000000", "yellow": "ffde00", "red":
 # integrated loudness targets (LUFS): platforms' ~-14, EBU R128 broadcast -23
 LOUDNESS_PRESETS = {"youtube": -14.0, "social": -14.0, "broadcast": -23.0}
 MAX_TAKES = 8
+# a seed any vendor's JSON can carry (64 bits; -1 is some vendors' "random")
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 class _Strict(BaseModel):
@@ -75,8 +77,11 @@ class Output(_Strict):
     @field_validator("aspect_ratio")
     @classmethod
     def _aspect(cls, v: str) -> str:
-        if not ASPECT.match(v):
+        m = ASPECT.match(v)
+        if not m:
             raise ValueError(f"'{v}' is not an aspect ratio like 16:9")
+        if not int(m[1]) or not int(m[2]):
+            raise ValueError(f"'{v}': both sides of an aspect ratio are at least 1")
         return v
 
 
@@ -216,7 +221,7 @@ class Defaults(_Strict):
     duration: float = Field(4.0, gt=0, le=MAX_SHOT_SECONDS)
     style: str | None = Field(None, description="appended to every prompt")
     negative_prompt: str | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     fallback: list[str] = Field(default_factory=list, description="'provider:model' options to try next")
     retries: int = Field(1, ge=0, le=5, description="extra attempts on the same option after a failure")
     takes: int = Field(1, ge=1, le=MAX_TAKES, description="independent jobs per shot, each with "
@@ -233,7 +238,7 @@ class Shot(_Strict):
     provider: str | None = None
     model: str | None = None
     image: str | None = Field(None, description="reference image: path relative to the spec, or URL")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     negative_prompt: str | None = None
     fallback: list[str] | None = None
     retries: int | None = Field(None, ge=0, le=5)

@@ -23,7 +23,6 @@ import random
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +224,6 @@ def test_mutated_storyboards_never_raise(board_dir: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # one argparse parser for all cases: building it is most of a small case's CPU time
     monkeypatch.setattr(cli, "parser", functools.cache(cli.parser))
-    started = time.process_time()  # CPU: the machine may be shared, the work is the same
     failures: list[str] = []
     cases = _cases(CASES, SEED)
     assert len(cases) > CASES * 0.95
@@ -245,8 +243,6 @@ def test_mutated_storyboards_never_raise(board_dir: Path,
         failures[:25])
     # the mutations reach both outcomes: a fuzzer whose cases all fail early finds little
     assert codes.get(2, 0) > len(cases) * 0.3 and codes.get(0, 0) > len(cases) * 0.05, codes
-    cpu = time.process_time() - started
-    assert cpu < 60, f"{len(cases)} cases took {cpu:.0f} s of CPU (about 12 s when written)"
 
 
 def _set(*path: Any) -> Any:

@@ -185,7 +185,7 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
         options = [
             Option(o.provider, o.model, o.info,
                    _estimate(board, o, duration, vendor_resolution(o.info, resolution),
-                             f"pricing.{o.label}", issues),
+                             f"pricing.{o.label}", issues, {**d.params, **shot.params}),
                    vendor_resolution(o.info, resolution))
             for o in options
         ]
@@ -290,7 +290,7 @@ def _check_option(opt: Option, duration: float, aspect: str, resolution: str,
 
 
 def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, where: str,
-              issues: list[tuple[str, str]]) -> float:
+              issues: list[tuple[str, str]], params: dict[str, Any] | None = None) -> float:
     override = board.pricing.get(opt.label)
     price = opt.info.price
     if override is not None:
@@ -302,7 +302,8 @@ def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, 
                                   "per_video, base/base_seconds/per_extra_second, or "
                                   "per_second_by_resolution)"))
             return 0.0
-    estimate = price.estimate(duration, resolution)
+    # billed units (minimums, steps, frames, audio on or off) as the vendor counts them
+    estimate = price.estimate(duration, resolution, {**opt.info.params, **(params or {})})
     if estimate <= 0 and not opt.info.free:
         # a paid model priced at $0 would slip past every cap
         issues.append((where, f"{opt.label} is a paid model but its price comes to "

@@ -116,9 +116,10 @@ async def test_abandoned_job_money_is_not_lent_to_another_shot(
 async def test_estimate_row_differs_from_the_real_charge_until_reconciled(
         run, emu_env, tmp_path: Path, prefect_api: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runware's Hailuo 2.3 costs $0.50 for 6 s (seed 000; the catalog estimates $0.27).
-    Abandoned at its deadline, the row can only show the estimate and says so; `storyreel
-    reconcile` then asks the vendor, which reports the real cost."""
+    """Runware lists Hailuo 2.3 at $0.28 for 6 s (runware.ai's model page), the catalog's
+    estimate; the emulated Runware bills 1.5x that ($0.42), a price moved since the catalog
+    was dated. Abandoned at its deadline, the row can only show the estimate and says so;
+    `storyreel reconcile` then asks the vendor, which reports the real cost."""
     emu = emu_env
     monkeypatch.setenv("STORYREEL_JOB_DEADLINE_S", "1.0")
     spec = write_board(tmp_path, [{"id": "a", "prompt": "harbour at dawn", "provider": "runware",
@@ -129,16 +130,16 @@ async def test_estimate_row_differs_from_the_real_charge_until_reconciled(
     result, rows = await run(spec, out)
     [row] = rows
     assert row["status"] == "abandoned" and row["cost_source"] == "estimate", row
-    assert Decimal(row["actual_usd"]) == Decimal(row["estimated_usd"]) == Decimal("0.27")
+    assert Decimal(row["actual_usd"]) == Decimal(row["estimated_usd"]) == Decimal("0.28")
     wait_idle(emu)
-    assert charged(emu) == Decimal("0.5")  # the vendor's real price
+    assert charged(emu) == Decimal("0.42")  # the vendor's real price
     assert total(rows) < charged(emu)  # what an estimate row can be wrong by, visibly
 
     code, log = run_cli(cli_env(emu, prefect_api, tmp_path), "reconcile", str(out))
     assert code == 0, log[-3000:]
     [row] = cost_rows(out)
     assert row["cost_source"] == "vendor" and row["at_risk"].lower() == "false", row
-    assert Decimal(row["actual_usd"]) == charged(emu) == Decimal("0.5")
+    assert Decimal(row["actual_usd"]) == charged(emu) == Decimal("0.42")
     assert emu.stats("runware")["submits"] == 1
 
 

@@ -5,13 +5,17 @@ really differs from the product's estimates where the vendors' public figures do
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import httpx
 import pytest
 
 from providers.catalog import load_catalog
 from tests.emulator.core import Emulator
 from tests.emulator.prices import PRICES
+from tests.money_kit import cents, wait_idle
 from tests.provider_kit import make_provider, request_for, run_job
+from tests.storyboards import write_board
 
 
 async def _job(emu: Emulator, vendor: str, **kw: object):
@@ -207,3 +211,33 @@ def test_per_job_charges_are_served_to_out_of_process_tests(emu: Emulator) -> No
     # fal's Kling 2.5 Turbo Pro: $0.35 for 5 s + $0.07 per extra second -> $0.70 for 10 s
     stats = httpx.get(f"{emu.url}/_emulator/stats", params={"vendor": "fal"}).json()
     assert stats["charges"] == {resp.json()["request_id"]: pytest.approx(0.70 * 1.2)}
+
+
+@pytest.mark.e2e
+async def test_cost_csv_set_beside_each_vendors_bill(run, emu_env, tmp_path) -> None:
+    """Per job, the run's report against the emulator's bill: a vendor that states its charge
+    is reported to the cent; one that does not (Luma) shows the estimate, under its bill by
+    no more than the 10% the emulated Luma overcharges."""
+    emu = emu_env
+    emu.configure(price_multiplier={"runway:gen4.5": 1.05})
+    shots = [{"id": "rw", "prompt": "a harbour", "provider": "runway", "model": "gen4.5",
+              "duration": 5},
+             {"id": "hl", "prompt": "a harbour", "provider": "runware", "model": "hailuo-2.3",
+              "duration": 6},
+             {"id": "ray", "prompt": "a harbour", "provider": "luma", "model": "ray-2",
+              "duration": 5}]
+    result, rows = await run(write_board(tmp_path, shots, budget={"max_usd": 10}),
+                             tmp_path / "out")
+    wait_idle(emu)
+    by = {r["shot_id"]: r for r in rows}
+    assert [by[s]["status"] for s in ("rw", "hl", "ray")] == ["done"] * 3, rows
+    bill = {v: emu.stats(v)["charges"] for v in ("runway", "runware", "luma")}
+    # Runway: 12 credits/s x 5 s x 1.05 = 63 credits; Runware: $0.28 list x 1.5
+    for sid, vendor, usd in (("rw", "runway", "0.63"), ("hl", "runware", "0.42")):
+        row = by[sid]
+        assert row["cost_source"] == "vendor", row
+        assert Decimal(row["actual_usd"]) == cents(bill[vendor][row["job_id"]]) == Decimal(usd)
+    ray = by["ray"]
+    assert ray["cost_source"] == "estimate", ray
+    estimate, charge = Decimal(ray["actual_usd"]), cents(bill["luma"][ray["job_id"]])
+    assert estimate < charge <= estimate * Decimal("1.10")

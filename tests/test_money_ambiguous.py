@@ -198,11 +198,11 @@ async def test_on_exhausted_stop_stops_later_submits_at_run_time(run, emu_env,
     shots = [shot("r", "runway", retries=0),
              {"id": "l", "prompt": "lighthouse", "provider": "luma", "model": "ray-2",
               "duration": 5, "retries": 2, "fallback": ["huggingface:wan-2.2-a14b"]}]
-    spec = write_board(tmp_path, shots, budget={"max_usd": 1.0, "on_exhausted": "stop"})
+    spec = write_board(tmp_path, shots, budget={"max_usd": 1.15, "on_exhausted": "stop"})
     result, rows = await run(spec, tmp_path / "out")
     wait_idle(emu)
-    # luma ray-2 reserves $0.40 at 540p: refused once runway's $0.72 is settled; the $0.20
-    # fallback would still fit ($0.92), but the run has stopped
+    # luma ray-2 reserves $0.50 at 540p (its 5 s list price): refused once runway's $0.72 is
+    # settled; the ~$0.30 fallback would still fit ($1.02), but the run has stopped
     assert emu.stats("huggingface")["submits"] == 0, rows
     refused = [r for r in rows if r["status"] == "skipped"]
     assert refused and all(r["failure_reason"].startswith("budget") for r in refused)
@@ -211,6 +211,6 @@ async def test_on_exhausted_stop_stops_later_submits_at_run_time(run, emu_env,
     emu.reset()
     emu.configure(latency=0.5, price_multiplier={"runway": 1.2})
     emu.inject("luma", "job", "fail", times=3)
-    spec = write_board(tmp_path, shots, budget={"max_usd": 1.0, "on_exhausted": "skip"})
+    spec = write_board(tmp_path, shots, budget={"max_usd": 1.15, "on_exhausted": "skip"})
     result, rows = await run(spec, tmp_path / "out-skip")
     assert emu.stats("huggingface")["submits"] == 1, rows

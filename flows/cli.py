@@ -9,6 +9,7 @@ line too (exit 1); STORYREEL_DEBUG=1 re-raises.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import os
@@ -379,6 +380,8 @@ def cmd_providers(args: argparse.Namespace) -> int:
     from providers.catalog import load_catalog
 
     catalog = load_catalog()
+    if args.stale is not None:
+        return _stale_prices(catalog, args.stale, args.json)
     if args.json:
         print(json.dumps({p: c.model_dump(mode="json") for p, c in catalog.items()}, indent=2))
         return 0
@@ -393,8 +396,11 @@ def cmd_providers(args: argparse.Namespace) -> int:
         for key, m in cat.models.items():
             state = f"RETIRED {m.retired}" if m.retired else ""
             price = m.price.model_dump(exclude_none=True, exclude={"currency"})
+            if not m.price.extra_frames:
+                price.pop("extra_frames", None)
+            dated = f"as of {m.price_as_of}" if m.price_as_of else "free"
             print(f"  {key:<30} {'+'.join(m.inputs):<10} {m.duration_choices():<18} "
-                  f"{','.join(m.aspect_ratios):<16} {price} seed:{m.seed} {state}")
+                  f"{','.join(m.aspect_ratios):<16} {price} {dated} seed:{m.seed} {state}")
     return 0
 
 
@@ -424,6 +430,33 @@ def cmd_prices(args: argparse.Namespace) -> int:
     print(f"{differ} of {len(rows)} fal endpoints differ from the catalog"
           + (f"; {problem}" if problem else ""))
     return 0
+
+
+def _stale_prices(catalog: dict, days: int, as_json: bool) -> int:
+    """The catalog entries whose price was last checked more than `days` days ago."""
+    today = dt.date.today()
+    rows = [{"provider": p, "model": key, "price_as_of": m.price_as_of.isoformat(),
+             "age_days": (today - m.price_as_of).days, "source": m.price_source}
+            for p, cat in catalog.items() for key, m in cat.models.items()
+            if m.price_as_of is not None and (today - m.price_as_of).days > days]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{len(rows)} catalog price(s) older than {days} day(s) (today {today}):")
+    for r in rows:
+        print(f"  {r['provider']:<12} {r['model']:<26} {r['price_as_of']}  "
+              f"{r['age_days']:>4} d  {r['source']}")
+    return 0
+
+
+def _days(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days (an integer >= 0)")
+    return n
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -530,6 +563,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the storyboard JSON Schema").set_defaults(fn=cmd_schema)
     p = sub.add_parser("providers", help="list providers, models, limits and prices")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--stale", type=_days, metavar="DAYS", help="only the models whose price "
+                   "was last checked (price_as_of) more than DAYS days ago")
     p.set_defaults(fn=cmd_providers)
     p = sub.add_parser("prices", help="compare the catalog's fal prices with fal's live prices "
                        "for your account (FAL_KEY)")

@@ -30,12 +30,14 @@ models:
     vendor_model: example/cheap-v1
     durations: [2, 5, 10]
     price: {per_second: 0.1}
+    price_as_of: 2026-12-01
   pricey:
     vendor_model: example/pricey-v1
     vendor_model_image: example/pricey-i2v
     durations: [2, 5, 10]
     resolutions: ["720p", "1080p"]
     price: {per_second_by_resolution: {720p: 0.2, 1080p: 0.4}}
+    price_as_of: 2026-12-01
     charges_failures: true
 """
 # the example vendor's own bill, apart from its catalog (which says what models accept)

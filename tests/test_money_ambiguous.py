@@ -117,9 +117,10 @@ async def test_abandoned_job_money_is_not_lent_to_another_shot(
 async def test_estimate_row_differs_from_the_real_charge_until_reconciled(
         run, emu_env, tmp_path: Path, prefect_api: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runware's Hailuo 2.3 costs $0.50 for 6 s (seed 000; the catalog estimates $0.27).
-    Abandoned at its deadline, the row can only show the estimate and says so; `storyreel
-    reconcile` then asks the vendor, which reports the real cost."""
+    """Runware lists Hailuo 2.3 at $0.28 for 6 s (runware.ai's model page), the catalog's
+    estimate; the emulated Runware bills 1.5x that ($0.42), a price moved since the catalog
+    was dated. Abandoned at its deadline, the row can only show the estimate and says so;
+    `storyreel reconcile` then asks the vendor, which reports the real cost."""
     emu = emu_env
     monkeypatch.setenv("STORYREEL_JOB_DEADLINE_S", "1.0")
     spec = write_board(tmp_path, [{"id": "a", "prompt": "harbour at dawn", "provider": "runware",
@@ -132,15 +133,16 @@ async def test_estimate_row_differs_from_the_real_charge_until_reconciled(
     assert row["status"] == "abandoned" and row["cost_source"] == "reservation", row
     assert Decimal(row["actual_usd"]) == Decimal(row["reserved_usd"]) \
         >= Decimal(row["estimated_usd"])
+    assert Decimal(row["estimated_usd"]) == Decimal("0.28")  # Runware's 6 s price
     wait_idle(emu)
-    assert charged(emu) == Decimal("0.5")  # the vendor's real price
+    assert charged(emu) == Decimal("0.42")  # the vendor's real price
     assert total(rows) < charged(emu)  # what an estimate row can be wrong by, visibly
 
     code, log = run_cli(cli_env(emu, prefect_api, tmp_path), "reconcile", str(out))
     assert code == 0, log[-3000:]
     [row] = cost_rows(out)
     assert row["cost_source"] == "vendor" and row["at_risk"].lower() == "false", row
-    assert Decimal(row["actual_usd"]) == charged(emu) == Decimal("0.5")
+    assert Decimal(row["actual_usd"]) == charged(emu) == Decimal("0.42")
     assert emu.stats("runware")["submits"] == 1
 
 
@@ -204,11 +206,11 @@ async def test_on_exhausted_stop_stops_later_submits_at_run_time(run, emu_env,
     shots = [shot("r", "runway", retries=0),
              {"id": "l", "prompt": "lighthouse", "provider": "luma", "model": "ray-2",
               "duration": 5, "retries": 2, "fallback": ["huggingface:wan-2.2-a14b"]}]
-    spec = write_board(tmp_path, shots, budget={"max_usd": 1.0, "on_exhausted": "stop"})
+    spec = write_board(tmp_path, shots, budget={"max_usd": 1.15, "on_exhausted": "stop"})
     result, rows = await run(spec, tmp_path / "out")
     wait_idle(emu)
-    # luma ray-2 reserves $0.40 at 540p: refused once runway's $0.72 is settled; the $0.20
-    # fallback would still fit ($0.92), but the run has stopped
+    # luma ray-2 reserves $0.50 at 540p (its 5 s list price): refused once runway's $0.72 is
+    # settled; the ~$0.30 fallback would still fit ($1.02), but the run has stopped
     assert emu.stats("huggingface")["submits"] == 0, rows
     refused = [r for r in rows if r["status"] == "skipped"]
     assert refused and all(r["failure_reason"].startswith("budget") for r in refused)
@@ -217,6 +219,6 @@ async def test_on_exhausted_stop_stops_later_submits_at_run_time(run, emu_env,
     emu.reset()
     emu.configure(latency=0.5, price_multiplier={"runway": 1.2})
     emu.inject("luma", "job", "fail", times=3)
-    spec = write_board(tmp_path, shots, budget={"max_usd": 1.0, "on_exhausted": "skip"})
+    spec = write_board(tmp_path, shots, budget={"max_usd": 1.15, "on_exhausted": "skip"})
     result, rows = await run(spec, tmp_path / "out-skip")
     assert emu.stats("huggingface")["submits"] == 1, rows

@@ -67,7 +67,8 @@ async def test_text_to_video_wire_format(emu: Emulator, tmp_path: Path) -> None:
     stats = emu.stats("gemini")
     assert stats["downloads"] == 1 and stats["auth_failures"] == 0  # the key went with the GET
     assert clip.cost_usd is None  # Google reports no cost: the estimate stands
-    assert stats["charged_usd"] == pytest.approx(0.60)
+    # Veo 3.1 Fast at 720p: $0.10/s since Google's 2026-04-07 cut (Gemini API pricing)
+    assert stats["charged_usd"] == pytest.approx(0.40)
 
 
 async def test_image_to_video_inlines_local_and_url_images(emu: Emulator, tmp_path: Path) -> None:

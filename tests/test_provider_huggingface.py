@@ -40,7 +40,8 @@ async def test_text_to_video_through_the_router(emu, tmp_path):
                            "resolution": "720p", "seed": 7,
                            "negative_prompt": "blurry, low quality"}  # a string, not a list
     stats = emu.stats("huggingface")
-    assert stats["charged_usd"] == pytest.approx(0.08 * 5)
+    # fal's price, no markup: $0.08 per video second at 720p, counted as 81 frames / 16 fps
+    assert stats["charged_usd"] == pytest.approx(0.08 * 81 / 16)
     assert emu.stats("fal")["requests"] == 0  # nothing went to fal directly
 
 

@@ -69,7 +69,7 @@ async def test_veo_fields_ratio_and_no_seed(emu: Emulator) -> None:
     assert emu_job is not None
     assert emu_job.request == {"model": "veo3.1", "promptText": req.prompt, "ratio": "1080:1920",
                                "duration": 8, "negativePrompt": "text", "audio": False}
-    assert job.data["estimated_credits"] == 320
+    assert job.data["estimated_credits"] == 160  # 20 credits/s without audio (40 with)
 
 
 async def test_image_to_video_local_file_as_data_uri(emu: Emulator, tmp_path: Path) -> None:

@@ -230,7 +230,7 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
         options = [
             Option(o.provider, o.model, o.info,
                    *_estimate(board, o, duration, vendor_resolution(o.info, resolution),
-                              f"pricing.{o.label}", issues),
+                              f"pricing.{o.label}", issues, {**d.params, **shot.params}),
                    margin=0.0 if o.info.free else board.budget.estimate_margin)
             for o in options
         ]
@@ -335,7 +335,8 @@ def _check_option(opt: Option, duration: float, aspect: str, resolution: str,
 
 
 def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, where: str,
-              issues: list[tuple[str, str]]) -> tuple[float, str, str]:
+              issues: list[tuple[str, str]], params: dict[str, Any] | None = None
+              ) -> tuple[float, str, str]:
     """(estimate, resolution, where the price comes from)."""
     override = board.pricing.get(opt.label)
     price = opt.info.price
@@ -350,7 +351,8 @@ def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, 
                                   "per_video, base/base_seconds/per_extra_second, or "
                                   "per_second_by_resolution)"))
             return 0.0, resolution, source
-    estimate = price.estimate(duration, resolution)
+    # billed units (minimums, steps, frames, audio on or off) as the vendor counts them
+    estimate = price.estimate(duration, resolution, {**opt.info.params, **(params or {})})
     if estimate <= 0 and not opt.info.free:
         # a paid model priced at $0 would slip past every cap
         issues.append((where, f"{opt.label} is a paid model but its price comes to "

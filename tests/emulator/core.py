@@ -141,6 +141,9 @@ class Emulator:
         # and whether a failure bills come from the emulator's own table (prices.py)
         self.catalog_dir = Path(catalog_dir) if catalog_dir else CATALOG_DIR
         self.prices = pricelist.PRICES if prices is None else prices
+        # the default table comes with its vendors' default overcharges; a test's own table
+        # bills at its list prices
+        self._overcharge = dict(pricelist.OVERCHARGE) if prices is None else {}
         self._defaults = (latency, jitter, media_size, seed)
         self._lock = threading.RLock()
         self.faults = faultlib.FaultBook()
@@ -192,7 +195,8 @@ class Emulator:
         latency, jitter, media_size, seed = self._defaults
         with self._lock:
             self.latency, self.jitter, self.media_size = latency, jitter, media_size
-            self.price_multiplier: dict[str, float] = {}
+            # "vendor" or "vendor:model" -> factor on the list price (the model's key wins)
+            self.price_multiplier: dict[str, float] = dict(self._overcharge)
             # vendor -> model -> USD per billing unit: the account's own price where a vendor
             # states one (fal's Platform API), instead of the vendor's listed price
             self.unit_prices: dict[str, dict[str, float]] = {}
@@ -250,6 +254,8 @@ class Emulator:
             **self._counters[vendor],
             "jobs": len(jobs),
             "charged_usd": round(sum(j.price_usd for j in jobs if self.charged(j)), 6),
+            # per job: what the vendor charged so far (its bill, to set beside cost.csv)
+            "charges": {j.id: j.price_usd for j in jobs if self.charged(j)},
             "in_flight": self._in_flight(vendor),
             "max_in_flight": self._max_in_flight[vendor],
             "unknown_models": sorted(m for v, m in self._unknown if v == vendor),
@@ -290,15 +296,23 @@ class Emulator:
         """The emulator's own price entry for `model` as the vendor's API names it."""
         return pricelist.entry(vendor, model, self.prices)
 
-    def price(self, vendor: str, model: str, duration: float, resolution: str) -> float:
-        """What a job costs (prices.py x price_multiplier); UnknownModelError without a price."""
+    def price(self, vendor: str, model: str, duration: float, resolution: str,
+              request: dict | None = None) -> float:
+        """What a job costs: the list price of prices.py for the request (its audio switch)
+        x price_multiplier ("vendor:model", else "vendor"); UnknownModelError without a
+        price."""
         found = self.price_entry(vendor, model)
         if found is None:
             with self._lock:
                 self._unknown.add((vendor, model))
             raise UnknownModelError(vendor, model)
-        factor = self.price_multiplier.get(vendor, 1.0)
-        return round(found.usd(duration, resolution) * factor, 6)
+        return round(found.usd(duration, resolution, request) * self.factor(vendor, model), 6)
+
+    def factor(self, vendor: str, model: str) -> float:
+        """What `vendor` bills `model` at, over its list price."""
+        with self._lock:
+            by = self.price_multiplier
+            return float(by.get(f"{vendor}:{model}", by.get(vendor, 1.0)))
 
     def charges_failures(self, vendor: str, model: str) -> bool:
         """Whether a failed job of `model` is billed (prices.py `bills`)."""
@@ -319,7 +333,7 @@ class Emulator:
                 resolution: str = "720p", request: dict, price_usd: float | None = None,
                 job_id: str | None = None) -> EmuJob:
         if price_usd is None:  # before the fault is consumed: an unknown model makes no job
-            price_usd = self.price(vendor, model, duration, resolution)
+            price_usd = self.price(vendor, model, duration, resolution, request)
         found = self.price_entry(vendor, model)
         fault = self.faults.take(vendor, "job")
         outcome = fault.kind if fault else "success"

@@ -6,13 +6,13 @@ cost from its catalog and the emulator bills from this table, so "cost.csv == wh
 charged" is something a test can find false. Where no public figure exists the entry says so
 and the figure is the emulator's own (a vendor's price is whatever it bills).
 
-Deliberate differences from the product's catalog estimates (each backed by a public figure):
-* runware `minimax:4@1` (Hailuo 2.3): $0.50 per 6 s video (seed 000: "MiniMax $0.50, 720p HD,
-  6s"), where the catalog estimates $0.045/s. Runware reports its `cost`, so a row settled
-  from the vendor shows the real figure and a row at the estimate shows less.
-* luma `ray-2`: seed 000's "Luma 540p 5s $0.50, 720p 5s $1.00, 1080p 5s $2.00", where the
-  catalog uses a resale table ($0.71 for 720p 5 s). Luma reports no cost: the product can only
-  ever show its estimate.
+`PRICES` is each vendor's list price, billed in the vendor's own units (Wan 2.2's frames at
+16 fps, Runway's whole credits, Runware's per-clip Hailuo price, Luma's per-5 s tiers) and at
+its audio rate when the request leaves native audio on. `OVERCHARGE` is what the emulated
+vendors bill above that list, by default: a few models up to 10% over (a price moved after the
+catalog was dated; the product's estimate margin is 0.10) and one far over (Runware's
+`minimax:4@1` at 1.5x: Runware reports its `cost`, so a settled row shows the real figure and
+an estimate row visibly less). Tests change it with `emu.configure(price_multiplier=...)`.
 
 Billing (`bills`):
 * "success": charged when the job succeeds (canceled, failed, filtered jobs are free).
@@ -25,7 +25,7 @@ Billing (`bills`):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 Rule = Callable[[float, str], float]  # (seconds, resolution) -> USD
 
@@ -51,6 +51,13 @@ def base_plus(base: float, base_seconds: float, per_extra: float) -> Rule:
     return lambda seconds, resolution: base + max(0.0, seconds - base_seconds) * per_extra
 
 
+def per_frames(rates: dict[str, float], fps: int) -> Rule:
+    """Billed per "video second" counted as frames / fps: a job of (n - 1) / fps seconds
+    (n frames, the first one at t=0) bills n / fps seconds (fal's Wan 2.2 pages)."""
+    by = per_second_by(rates)
+    return lambda seconds, resolution: by((round(seconds * fps) + 1) / fps, resolution)
+
+
 def credits_per_second(credits: int) -> Rule:
     """Runway bills whole credits, 1 credit = $0.01."""
     return lambda seconds, resolution: round(credits * seconds) / 100
@@ -58,12 +65,17 @@ def credits_per_second(credits: int) -> Rule:
 
 @dataclass(frozen=True)
 class Entry:
-    rule: Rule
+    rule: Rule  # the price with the vendor's defaults (native audio on where it has audio)
     source: str
     bills: str = "success"  # "success" | "terminal" | "submit"
+    silent: Rule | None = None  # the price when the request sets `audio_param` to false
+    audio_param: str = "generate_audio"
 
-    def usd(self, seconds: float, resolution: str) -> float:
-        return round(self.rule(seconds, resolution), 6)
+    def usd(self, seconds: float, resolution: str, request: dict | None = None) -> float:
+        rule = self.rule
+        if self.silent is not None and (request or {}).get(self.audio_param) is False:
+            rule = self.silent
+        return round(rule(seconds, resolution), 6)
 
 
 FAL_SUCCESS = "fal bills successful requests only (vendors.md §1.5, docs.fal.ai model-apis/pricing)"
@@ -78,25 +90,35 @@ _FAL: dict[str, Entry] = {
     "fal-ai/kling-video/v2.5-turbo/standard/image-to-video": Entry(
         base_plus(0.21, 5, 0.042), "vendors.md §1.5: $0.21 per 5 s + $0.042 per extra second"),
     "fal-ai/kling-video/v3/pro/text-to-video": Entry(
-        per_second(0.112), "fal.ai kling v3 pro: $0.112/s with audio off (sent off)"),
+        per_second(0.168), "fal.ai kling v3 pro: $0.112/s with audio off, $0.168/s on",
+        silent=per_second(0.112)),
     "fal-ai/kling-video/v3/pro/image-to-video": Entry(
-        per_second(0.112), "fal.ai kling v3 pro: $0.112/s with audio off (sent off)"),
+        per_second(0.168), "fal.ai kling v3 pro: $0.112/s with audio off, $0.168/s on",
+        silent=per_second(0.112)),
     "fal-ai/veo3.1": Entry(
         per_second_by({"720p": 0.40, "1080p": 0.40, "4k": 0.60}),
-        "fal.ai veo3.1 page: $0.40/s with audio, $0.60/s at 4k; vendors.md §7 $0.40/s"),
+        "fal.ai/models/fal-ai/veo3.1/llms.txt: $0.20/s without audio, $0.40/s with "
+        "(720p/1080p); 4k $0.40/$0.60", silent=per_second_by({"720p": 0.20, "1080p": 0.20,
+                                                              "4k": 0.40})),
     "fal-ai/veo3.1/image-to-video": Entry(
-        per_second_by({"720p": 0.40, "1080p": 0.40, "4k": 0.60}), "as fal-ai/veo3.1"),
+        per_second_by({"720p": 0.40, "1080p": 0.40, "4k": 0.60}), "as fal-ai/veo3.1",
+        silent=per_second_by({"720p": 0.20, "1080p": 0.20, "4k": 0.40})),
     "fal-ai/veo3.1/fast": Entry(
-        per_second(0.15), "vendors.md §7: Veo 3.1 Fast $0.15/s (commonly cited)"),
-    "fal-ai/veo3.1/fast/image-to-video": Entry(per_second(0.15), "as fal-ai/veo3.1/fast"),
+        per_second(0.15), "third-party copies of fal's Veo 3.1 Fast: $0.10/s without audio "
+        "(reapi.ai), $0.15/s with (runflow.io)", silent=per_second(0.10)),
+    "fal-ai/veo3.1/fast/image-to-video": Entry(per_second(0.15), "as fal-ai/veo3.1/fast",
+                                               silent=per_second(0.10)),
     "fal-ai/wan/v2.2-a14b/text-to-video": Entry(
-        per_second_by({"480p": 0.04, "580p": 0.06, "720p": 0.08}),
-        "fal.ai wan v2.2-a14b page: $0.04/$0.06/$0.08 per video second"),
+        per_frames({"480p": 0.04, "580p": 0.06, "720p": 0.08}, 16),
+        "fal.ai wan v2.2-a14b page: $0.04/$0.06/$0.08 per video second, \"video seconds are "
+        "calculated at 16 frames per second\""),
     "fal-ai/wan/v2.2-a14b/image-to-video": Entry(
-        per_second_by({"480p": 0.04, "580p": 0.06, "720p": 0.08}), "as the text-to-video one"),
+        per_frames({"480p": 0.04, "580p": 0.06, "720p": 0.08}, 16), "as the text-to-video one"),
     "fal-ai/wan/v2.7/text-to-video": Entry(
-        per_second(0.10), "third-party model guide (videopromptkit): flat $0.10/s on fal"),
-    "fal-ai/wan/v2.7/image-to-video": Entry(per_second(0.10), "as the text-to-video one"),
+        per_second_by({"720p": 0.10, "1080p": 0.15}),
+        "fal.ai/models/fal-ai/wan/v2.7/image-to-video/llms.txt: $0.10/s 720p, $0.15/s 1080p"),
+    "fal-ai/wan/v2.7/image-to-video": Entry(per_second_by({"720p": 0.10, "1080p": 0.15}),
+                                            "as the text-to-video one"),
     "fal-ai/hunyuan-video": Entry(
         per_video(0.40), "seed 000: HunyuanVideo (fal.ai) $0.40 per 720p ~5 s video"),
     "fal-ai/ltx-video": Entry(per_video(0.02), "seed 000: LTX Video (fal.ai) $0.02 per video"),
@@ -106,7 +128,7 @@ _FAL: dict[str, Entry] = {
 PRICES: dict[str, dict[str, Entry]] = {
     "fal": _FAL,
     # the HF router passes provider prices through "with no markup" (vendors.md §5.5)
-    "huggingface": {f"fal-ai:{model}": Entry(e.rule, f"fal's price, no markup: {e.source}")
+    "huggingface": {f"fal-ai:{model}": replace(e, source=f"fal's price, no markup: {e.source}")
                     for model, e in _FAL.items()},
     "replicate": {
         # "official models are billed per second of output video"; no per-model figure was
@@ -131,9 +153,11 @@ PRICES: dict[str, dict[str, Entry]] = {
                         "12 charged"),
         "gen4_turbo": Entry(credits_per_second(5), "vendors.md §3.5: Gen-4 Turbo 5 credits/s"),
         "veo3.1": Entry(credits_per_second(40), "Runway API table (third-party): 40 credits/s "
-                        "with audio"),
+                        "with audio, 20 without", silent=credits_per_second(20),
+                        audio_param="audio"),
         "veo3.1_fast": Entry(credits_per_second(15), "Runway API table (third-party): 15 "
-                             "credits/s with audio"),
+                             "credits/s with audio, 10 without", silent=credits_per_second(10),
+                             audio_param="audio"),
         "veo3": Entry(credits_per_second(40), "Runway API table (third-party): 40 credits/s"),
     },
     "luma": {
@@ -149,9 +173,10 @@ PRICES: dict[str, dict[str, Entry]] = {
     "gemini": {
         "veo-3.1-generate-001": Entry(per_second_by({"720p": 0.40, "1080p": 0.40, "4k": 0.60}),
                                       "vendors.md §7.5: Veo 3.1 $0.40/s, 4k higher"),
-        "veo-3.1-fast-generate-001": Entry(per_second_by({"720p": 0.15, "1080p": 0.15,
-                                                          "4k": 0.35}),
-                                           "vendors.md §7.5: Veo 3.1 Fast $0.15/s, 4k higher"),
+        "veo-3.1-fast-generate-001": Entry(per_second_by({"720p": 0.10, "1080p": 0.12,
+                                                          "4k": 0.30}),
+                                           "ai.google.dev Gemini API pricing after the "
+                                           "2026-04-07 cut, as quoted by reapi.ai (May 2026)"),
         "veo-3.1-generate-preview": Entry(per_second(0.40), "vendors.md §7.5 (retired model)"),
         "veo-3.1-fast-generate-preview": Entry(per_second(0.15), "vendors.md §7.5 (retired)"),
         "veo-3.0-generate-001": Entry(per_second(0.40), "vendors.md §7.5 (retired model)"),
@@ -184,8 +209,9 @@ PRICES: dict[str, dict[str, Entry]] = {
         "klingai:5@3": Entry(per_second(0.28), "no public figure; emulator's own"),
         "google:3@3": Entry(per_second(0.15), "vendors.md §7.5: Veo 3.1 Fast $0.15/s"),
         "bytedance:1@1": Entry(per_second(0.02), "no public figure; emulator's own"),
-        "minimax:4@1": Entry(lambda seconds, resolution: 0.50 * seconds / 6,
-                             "seed 000: MiniMax $0.50 per 720p 6 s video (pro rata)"),
+        "minimax:4@1": Entry(base_plus(0.28, 6, 0.07),
+                             "runware.ai/docs/models/minimax-hailuo-2-3: 768p $0.28 for 6 s, "
+                             "$0.56 for 10 s"),
     },
     "videogenapi": {
         # seed 004: four free models (a monthly usage limit instead of money), two premium
@@ -197,6 +223,21 @@ PRICES: dict[str, dict[str, Entry]] = {
         "veo_3": Entry(per_second(0.40), "seed 004: premium, no price published; Google's "
                        "Veo rate (vendors.md §7.5)"),
     },
+}
+
+
+# What the emulated vendors bill over their list price by default, "vendor:model" (the model
+# as the vendor's API names it) -> factor: price moves the product's dated catalog has not
+# caught up with. Within 10% (the product's default estimate margin) but one, far over.
+OVERCHARGE: dict[str, float] = {
+    "fal:fal-ai/veo3.1": 1.05,  # fal reports no cost: cost.csv holds the estimate
+    "fal:fal-ai/veo3.1/image-to-video": 1.05,
+    "luma:ray-2": 1.08,  # Luma reports no cost either
+    "gemini:veo-3.1-generate-001": 1.05,
+    "replicate:google/veo-3.1": 1.10,
+    "runway:veo3": 1.07,  # Runway reports the credits it charged
+    "nanogpt:kling-v21-pro": 1.05,  # NanoGPT reports the cost it deducted
+    "runware:minimax:4@1": 1.5,  # the far one: Runware reports its `cost`
 }
 
 

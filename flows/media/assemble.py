@@ -1,9 +1,9 @@
 """Join conformed clips into the final MP4: stream-copy the video, AAC from flows.media.aac.
 
-Transitions use the "hybrid" plan of ffmpeg.md §3.2: only the junctions are rendered, each as
-its own short segment in the house format, and everything is then joined by the concat demuxer
-with `-c:v copy`. A junction of T frames overlaps the tail of clip i with the head of clip i+1,
-so the cut lasts sum(d) - sum(T).
+Transitions render only the junctions, each as its own short segment in the house format, and
+everything is then joined by the concat demuxer with `-c:v copy` (one chained xfade graph keeps
+every input open: docs/ffmpeg-notes.md, bench/README.md P6). A junction of T frames overlaps
+the tail of clip i with the head of clip i+1, so the cut lasts sum(d) - sum(T).
 
 Choice for the bodies: a clip that touches a transition is trimmed on exact frames
 (trim/atrim on frame and sample indices) and its body re-encoded with the house settings, so
@@ -47,7 +47,8 @@ def junction_frames(frames: list[int], transitions: list[Transition], fps: int) 
 
 
 def concat_list(paths: list[Path], listfile: Path) -> None:
-    """Concat demuxer list: absolute paths, single-quoted, ' written as '\\'' (ffmpeg.md §1.3)."""
+    """Concat demuxer list: absolute paths, single-quoted, ' written as '\\''
+    (https://ffmpeg.org/ffmpeg-formats.html#concat-1, ffmpeg-utils.html#Quoting-and-escaping)."""
     with open(listfile, "w", encoding="utf-8") as f:
         for p in paths:
             s = str(Path(p).resolve()).replace("\\", "/").replace("'", "'\\''")

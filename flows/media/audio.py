@@ -2,12 +2,13 @@
 own audio) and two-pass EBU R128 loudness normalisation. Audio only: the video is never
 touched here, so a cut with music and loudness still stream-copies its picture.
 
-Known traps (research/ffmpeg.md §7.2-7.3): a filter graph label may be consumed once, so the
-clips' audio is split (`asplit`) into the mix and the compressor's key; `amix` must not
-normalise (levels would pump); loudnorm's defaults are -24/7/-2 (every value is set here), its
-single pass upsamples to 192 kHz (`aresample=48000` and `-ar 48000` follow it), and its linear
-mode needs all four measured values of a first pass and silently falls back to dynamic mode
-when it cannot keep the true peak: the second pass's JSON says which one ran.
+Known traps (https://ffmpeg.org/ffmpeg-filters.html: split/asplit, amix, loudnorm): a filter
+graph label may be consumed once, so the clips' audio is split (`asplit`) into the mix and the
+compressor's key; `amix` must not normalise (levels would pump); loudnorm's defaults are
+-24/7/-2 (every value is set here), outside linear mode it upsamples to 192 kHz (`aresample=48000`
+and `-ar 48000` follow it), and its linear mode needs all four measured values of a first pass
+and falls back to dynamic mode when it cannot keep the true peak: the second pass's JSON says
+which one ran.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Conform any vendor clip into the house intermediate, so that clips join by stream copy.
 
-The intermediate (ffmpeg.md §2.1): exactly n = round(duration * fps) frames at constant rate,
-W x H with square pixels (SAR-aware scale, then letterbox or crop-fill), yuv420p, BT.709 tags,
-libx264 with fixed settings and a fixed track timescale, and PCM s16le 48 kHz stereo audio
-exactly as long as the video (silence when the source has none). PCM rather than AAC because
-AAC priming samples pile up at every stream-copied join (+33 ms per join, ffmpeg.md §1.4);
-the final cut encodes AAC once.
+The intermediate is identical in all that the concat demuxer needs to match (the same streams,
+codecs and time base in every file: https://ffmpeg.org/ffmpeg-formats.html#concat-1): exactly
+n = round(duration * fps) frames at constant rate, W x H with square pixels (SAR-aware scale,
+then letterbox or crop-fill), yuv420p, BT.709 tags, libx264 with fixed settings and a fixed
+track timescale, and PCM s16le 48 kHz stereo audio exactly as long as the video (silence when
+the source has none). PCM rather than AAC because AAC priming samples pile up at every
+stream-copied join (+33 ms per join, docs/ffmpeg-notes.md); the final cut encodes AAC once.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def _fit_size(fmt: OutputFormat) -> tuple[str, str]:
 
     Evaluated at run time rather than from the probe so that rotated phone clips (autorotated
     by ffmpeg before the graph) are sized right too. A naive scale ignoring SAR squeezes a
-    720x480 32:27 clip to 3:2 (ffmpeg.md §2.1).
+    720x480 32:27 clip to 3:2 (docs/ffmpeg-notes.md, display aspect).
     """
     w, h = fmt.width, fmt.height
     wide = f"gte(dar,{w}/{h})"
@@ -113,7 +114,8 @@ def reading_of(info: VideoInfo) -> Reading:
     # Not done: skipping H.264 deblocking when downscaling 3x or more (-skip_loop_filter all).
     # On a detailed 8 Mbit/s 1080p clip with one keyframe it saved ~10% of the decode, but the
     # 320x180 result lost 0.2 dB of PSNR on average and 1.7 dB on the worst frame (errors
-    # drift until the next keyframe): not worth a softer picture (bench/README.md, session 4).
+    # drift until the next keyframe): not worth a softer picture (bench/README.md, "Large boards":
+    # decode-side options).
     return Reading(info.has_audio, source_matrix(info))
 
 
@@ -122,7 +124,7 @@ def source_matrix(info: VideoInfo) -> str:
     assume for untagged video (BT.709 from 1280 wide or above 576 lines, else BT.601; mpv's
     rule). swscale alone would take BT.601 for every untagged clip, so an untagged HD clip
     came out with shifted colours, and converting between the two matrices cost ~15% of a
-    1080p -> 180p conform (bench/README.md, session 4)."""
+    1080p -> 180p conform (bench/README.md, "Large boards": colour matrix)."""
     if info.color_tagged:
         return "auto"
     return "bt709" if info.width >= 1280 or info.height > 576 else "bt601"

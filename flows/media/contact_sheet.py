@@ -1,4 +1,4 @@
-"""A contact sheet: evenly spaced frames of the cut tiled into one PNG (ffmpeg.md §6).
+"""A contact sheet: evenly spaced frames of the cut tiled into one PNG (docs/ffmpeg-notes.md).
 
 One input seek per tile in a single ffmpeg process: evenly spaced timestamps, and fast (1.4 s
 for 20 tiles of a 100 s 720p cut, against 5.9 s decoding all). When the tiles are at least a

@@ -1,9 +1,9 @@
 """Finding and running the ffmpeg binary: argv lists only (never a shell), bounded concurrency.
 
-ffmpeg's exit code is not proof of a good file (ffmpeg.md §1.1): callers verify outputs with
+ffmpeg's exit code is not proof of a good file (docs/ffmpeg-notes.md): callers verify outputs with
 `flows.media.probe`. Every process is started with `-threads 1` by the callers that encode, and this
 module caps how many run at once (default: one per CPU), which measured ~20% faster on 2 cores
-than fewer processes with more threads each (ffmpeg.md §2.2).
+than fewer processes with more threads each (docs/ffmpeg-notes.md).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def font_file() -> str | None:
 
 
 def filter_path(p: str | os.PathLike[str]) -> str:
-    """Escape a path for use as a filter option value inside a filter graph (ffmpeg.md §7.1)."""
+    """Escape a path for use as a filter option value inside a filter graph: two levels, the
+    option value's and the graph's (https://ffmpeg.org/ffmpeg-filters.html#Notes-on-filtergraph-escaping)."""
     v = "".join("\\" + c if c in "\\':" else c for c in str(p))  # level 1: option value
     return "".join("\\" + c if c in "\\'[],;" else c for c in v)  # level 2: filter graph
 
@@ -120,7 +121,7 @@ class _Slots:
     def threads(self) -> int:
         """Decoder threads for a process that holds a slot: every core when it runs alone
         with nobody waiting (the edited shot of the producer's loop), else one (one process
-        per core is faster than fewer with more threads each, ffmpeg.md §2.2). A limit below
+        per core is faster than fewer with more threads each, docs/ffmpeg-notes.md). A limit below
         the core count is kept as asked. For decoders only: decoding gives the same frames
         whatever the thread count, x264 does not (a resumed run must cut the same frames as
         an uninterrupted one, tests/test_kill_resume.py)."""

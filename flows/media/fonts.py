@@ -2,7 +2,7 @@
 and the choice of one font file per text that has a glyph for every character in it.
 
 A pip-only install has no system fonts: ffmpeg's `subtitles` filter then draws nothing and
-exits 0, `drawtext` without `fontfile=` fails (research/ffmpeg.md §7.1). So text is drawn with
+exits 0, `drawtext` without `fontfile=` fails (docs/ffmpeg-notes.md, Fonts). So text is drawn with
 `drawtext fontfile=<a file chosen here>`, never by family name. Shipped (licences beside them):
 DejaVu Sans (Latin, Greek, Cyrillic, some symbols and emoji) and VL PGothic (Japanese kana and
 kanji, some emoji). A text neither covers may use a font fontconfig knows, else it is refused

@@ -1,7 +1,7 @@
 """What is in a media file (PyAV, in-process: no ffprobe needed) and is it a complete video?
 
 Headers lie about truncated files: a faststart MP4 cut at 60% still reports its full duration
-and frame count (ffmpeg.md §4.2). `verify_clip` therefore demuxes every video packet, compares
+and frame count (docs/ffmpeg-notes.md). `verify_clip` therefore demuxes every video packet, compares
 the count with the header and the last timestamp with the duration, and decodes one frame.
 """
 
@@ -26,7 +26,7 @@ def _av() -> Any:
     return av
 
 
-# A complete file's last frame ends within this share of the header duration (ffmpeg.md §4.2).
+# A complete file's last frame ends within this share of the header duration (docs/ffmpeg-notes.md).
 END_SLACK = 0.02
 _UNSPECIFIED = 2  # AVCOL_SPC_UNSPECIFIED
 GENERIC = "not a readable video (damaged, incomplete or not media at all)"

@@ -17,12 +17,13 @@ The flow then finds the job in the journal and polls it as a resumed run would; 
 rows written here count as the option's first try there (render.py counts tries from the
 journal), so nothing is handed over besides the journal itself.
 
-Does it still pay now that `storyreel run` reuses a running Prefect server (issue 12,
-bench/README.md session 3)? The edited run of P4 in one folder, reused server, load 2-3: the
-submit leaves 0.67 s after the command instead of 3.40 s, the wall is 15.9 s instead of 17.8 s
-(2-10 s sooner under heavy load, P0). What it can save is bounded by the flow's start-up
-(Prefect's import plus one flow run, ~2.7 s), which is more than the edit loop's whole 2 s
-allowance: without it the "vendor time + conform + 2 s" target is out of reach by construction.
+Does it still pay now that `storyreel run` reuses a running Prefect server (bench/README.md,
+the table with and without `--no-early-submit`)? The edited run of P4 in one folder, reused
+server, load 2-3: the submit leaves 0.67 s after the command instead of 3.40 s, the wall is
+15.9 s instead of 17.8 s (2-10 s sooner under heavy load, P0). What it can save is bounded
+by the flow's start-up (Prefect's import plus one flow run, ~2.7 s), which is more than the
+edit loop's whole 2 s allowance: without it the "vendor time + conform + 2 s" target is out of
+reach by construction.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The Prefect flow: one flow run per storyboard, one task run per shot.
 
-Sequencing only; the work lives in plain modules (plan, render, run). Measured facts behind
-the shape (research/prefect.md): an async flow awaiting tasks with asyncio.gather costs ~5-10
-ms per task where .submit() of async tasks costs 30-60 ms, and the server spends ~35 ms of CPU
-per task run, so each shot is ONE task that polls inside itself, never a task per poll.
+Sequencing only; the work lives in plain modules (plan, render, run). Why the shape: a task
+run awaited in an async flow (asyncio.gather) costs 4-7 ms of flow-process CPU and 37-54 ms
+of the Prefect server's (bench/README.md, "Prefect alone"), while `.submit()` would run each
+async task in a new event loop on a pool thread (prefect/task_runners.py, ThreadPoolTaskRunner);
+so each shot is ONE awaited task that polls inside itself, never a task per poll.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Mask every configured API key in every log record, whoever logs it.
 
-Prefect has no log redaction of its own (research/prefect.md §7): its engine logs exception
-reprs on every retry and failure, and ships log lines to the server, where they are stored and
-shown in the UI. Adapters keep keys out of messages already (providers.errors.redact); this is the
-second line: a key that reaches a log record anyway, in the message, its arguments or its
-traceback, is replaced by `***` before any handler formats or sends it.
+Prefect masks only its own API key in logs (prefect/logging/filters.py, ObfuscateApiKeyFilter):
+its task engine logs the exception's repr on every retry, and its traceback on the final
+failure (prefect/task_engine.py), and its APILogHandler ships log lines to the server
+(prefect/logging/handlers.py), where they are stored and shown in the UI. Adapters keep keys
+out of messages already (providers.errors.redact); this is the second line: a key that reaches
+a log record anyway, in the message, its arguments or its traceback, is replaced by `***`
+before any handler formats or sends it.
 
 Two hooks, because each alone has a gap. A log-record factory scrubs every record at birth,
 from any logger, and survives `logging.config.dictConfig` (Prefect re-runs it when `prefect`

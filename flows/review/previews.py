@@ -4,7 +4,7 @@ Conformed clips (.mov, PCM audio) join by stream copy but browsers do not play P
 preview copies the H.264 video as is and encodes the audio to Opus (in MP4: Chrome, Firefox,
 Edge, Safari 17+), one ffmpeg per take, made once (an up-to-date preview is kept). Opus, not
 AAC: ffmpeg's AAC encoder made a preview cost 0.27 s of CPU, libopus 0.08 s, and a 100-shot
-board makes 100 of them (bench/README.md, session 4).
+board makes 100 of them (their share of a 100-shot run: bench/README.md, "Large boards").
 """
 
 from __future__ import annotations

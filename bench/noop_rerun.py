@@ -1,4 +1,4 @@
-"""NOOP: the issue-13 table: the demo's first run, a new folder with every clip cached, and
+"""NOOP: the no-op rerun table: the demo's first run, a new folder with every clip cached, and
 nothing to do (`storyreel run` again on a finished folder, storyboard unchanged).
 
     python bench/noop_rerun.py [--spec specs/demo.yaml] [--repeat 5] [--before PATH] [--before-repeat 2]

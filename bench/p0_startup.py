@@ -8,7 +8,7 @@ Modes (each a fresh `storyreel run` process, the real CLI):
   warm       the same, with the database of the cold run already there
   server     PREFECT_API_URL pointing at a running `prefect server start` (started beforehand,
              not counted)
-  server-noearly   the same with `--no-early-submit` (issue 12: does early submit still pay
+  server-noearly   the same with `--no-early-submit` (does early submit still pay
              once the server is running?)
   reused     no PREFECT_API_URL: storyreel's own background server (flows/server.py), started
              by a first run that is not counted, then reused, as a user's second run has it

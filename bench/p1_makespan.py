@@ -13,7 +13,7 @@ Makespans are counted from the first submit the emulator saw: "generation" ends 
 last clip downloaded, "whole" with final.mp4 written (conform + assemble included, which the
 floor does not do). Process start-up is P0's subject.
 
---conform-baseline (issue 13's large-board goal): after each storyreel run, the clips it
+--conform-baseline (the large-board target): after each storyreel run, the clips it
 downloaded are conformed again by ffmpeg alone, one process per core (P5's pool), twice: the
 hand-written recipe (p5_conform.plain_argv) and storyreel's own arguments. The target is
     storyreel's wall <= floor generation + recipe conform x 1.1 + storyreel's assembly

@@ -6,11 +6,11 @@
 Both runs are `storyreel run` (the real CLI, running Prefect server) into new run folders
 sharing one clip cache, as a user would run them; with --same-folder all three go into one
 run folder (the producer's loop: `--out` stays, so the unchanged third run is a no-op).
---no-early-submit is passed to every run (issue 12's question). The emulator serves clips at the output
-size. Reported: paid jobs of the second run (emulator submits), its wall time against the
-first run's, and against the target "1 generation + 1 conform + 1 s", where generation is
-the edited shot's submit -> clip downloaded and conform is that clip's conform measured here
-afterwards (flows.media.conform.conform). Start-up (P0) is shown apart.
+--no-early-submit is passed to every run (to measure what early submit saves). The emulator
+serves clips at the output size. Reported: paid jobs of the second run (emulator submits), its
+wall time against the first run's, and against the target "1 generation + 1 conform + 1 s",
+where generation is the edited shot's submit -> clip downloaded and conform is that clip's
+conform measured here afterwards (flows.media.conform.conform). Start-up (P0) is shown apart.
 """
 
 from __future__ import annotations

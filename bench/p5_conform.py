@@ -5,7 +5,7 @@
 storyreel: flows.media.conform.conform on all 20 clips at once (asyncio.gather; the pipeline's
 ffmpeg limit, one process per core), probes and checks included, no conform cache.
 Baselines, on the same files in the same process run:
-  ffmpeg     ffmpeg alone: a plain normalize command (ffmpeg.md §2.1: SAR-square scale, fps,
+  ffmpeg     ffmpeg alone: a plain normalize command (`plain_argv`: SAR-square scale, fps,
              fit + pad, yuv420p, PCM audio or a silent bed, exact frame count), 2 workers at
              -threads 1, libx264 veryfast
   same-argv  conform's own ffmpeg arguments run the same way, with no Python around them

@@ -5,7 +5,7 @@
 storyreel: flows.media.assemble.assemble (junctions rendered as their own short segments, bodies
 trimmed, everything joined by the concat demuxer), in a child process.
 Baseline: one ffmpeg with every clip as an input and a chained xfade + acrossfade graph
-(ffmpeg.md §3.1), libx264 veryfast, ffmpeg's default threads.
+(https://ffmpeg.org/ffmpeg-filters.html#xfade), libx264 veryfast, ffmpeg's default threads.
 Memory is the peak of the summed RSS of the child's whole process tree (Python + every
 ffmpeg), sampled every 50 ms; storyreel's is also split into its Python process (in a real
 run: the flow process, whose size does not depend on the assembly) and its ffmpeg children.

@@ -2,7 +2,8 @@
 
 Protocol source: fal-ai/fal `projects/fal_client/src/fal_client/client.py`
 (`_BaseRequestHandle`, `_parse_status`, `cancel`), fal.ai/docs inference-api
-queue pages, docs.fal.ai errors / request-errors; research/vendors.md §1.
+queue pages, docs.fal.ai errors / request-errors / pricing; fal-ai/fal issues #1147
+and #1162 (403 "User is locked").
 
 * POST {base}/{owner}/{app}[/{path}] with `Authorization: Key <FAL_KEY>`; the
   body is the model's own schema (see `SCHEMAS`). -> {request_id, status_url,

@@ -3,7 +3,7 @@
 Protocol source: googleapis/python-genai `google/genai/models.py` (`generate_videos`,
 `_GenerateVideosParameters_to_mldev`, `_GenerateVideosConfig_to_mldev`,
 `_GenerateVideosOperation_from_mldev`), `operations.py` (`_get_videos_operation`), `files.py`
-(`download`); ai.google.dev video docs; research/vendors.md §7 + addendum.
+(`download`); ai.google.dev/gemini-api/docs/video; DaWe35/image-router#41 (an RAI block).
 
 * Auth: `x-goog-api-key: <key>` (never `?key=` in the URL). A bad key answers 400
   INVALID_ARGUMENT with reason API_KEY_INVALID, not 401; a missing one 403 PERMISSION_DENIED.

@@ -3,7 +3,7 @@
 Protocol source: huggingface/huggingface_hub
 `src/huggingface_hub/inference/_providers/fal_ai.py` (`FalAIQueueTask`,
 `FalAITextToVideoTask`, `FalAIImageToVideoTask`), `inference/_client.py`
-(`text_to_video`, `image_to_video`); research/vendors.md §5 and its addendum.
+(`text_to_video`, `image_to_video`), `constants.py` (`INFERENCE_PROXY_TEMPLATE`).
 
 * The router proxies a provider's own protocol: for fal that is the fal queue
   (providers/fal.py) under `{base}/fal-ai`, with `Authorization: Bearer hf_...`

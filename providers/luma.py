@@ -2,7 +2,7 @@
 
 Protocol sources: lumalabs/lumaai-python (`types/generations/video_create_params.py`,
 `types/generation.py`, `_client.py`), lumalabs/lumaai-api `openapi.yaml`,
-docs.lumalabs.ai/docs/video-generation, research/vendors.md §4.
+docs.lumalabs.ai/docs/video-generation and changelog/callbacks-and-credits-balance.
 
 * Submit `POST /generations/video` (201 + Generation): `model`, `prompt`,
   `aspect_ratio`, `duration` as a string ("5s"/"9s"), `resolution`

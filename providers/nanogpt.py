@@ -1,6 +1,6 @@
 """NanoGPT generate-video API.
 
-Protocol source: seed 003 (docs.nano-gpt.com "Video Generation", retrieved 2026-11).
+Protocol source: docs.nano-gpt.com "Video Generation" (retrieved 2026-11).
 * POST {base}/api/generate-video with `x-api-key` (Bearer is also accepted; the
   cURL examples use x-api-key). Body: model, prompt, duration, aspect_ratio and
   model-specific fields; image-to-video via `imageDataUrl` (data URI, at most

@@ -1,6 +1,6 @@
 """Perf (withperf.pro) video generations API.
 
-Protocol source: seed 002 (docs.withperf.pro "Video Generation", retrieved 2026-11).
+Protocol source: docs.withperf.pro "Video Generation" (retrieved 2026-11).
 * POST {base}/v1/video/generations  {prompt, model, duration_seconds (number),
   resolution "720p"|"1080p", aspect_ratio}  -> 202 {id, status:"pending",
   estimated_cost_usd, perf:{...}}

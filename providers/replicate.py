@@ -3,7 +3,7 @@
 Protocol sources: replicate/replicate-python (`client.py`, `prediction.py`,
 `model.py`, `file.py`, `exceptions.py`), replicate.com/docs/topics/predictions
 (lifecycle, input-files, rate-limits), changelog 2025-10-16 (prediction deadlines),
-research/vendors.md §2.
+replicate.com/docs/reference/error-codes (E005).
 
 * Submit: official models `POST /v1/models/{owner}/{name}/predictions {"input": {...}}`;
   a pinned version (`owner/name:<version id>`) goes to `POST /v1/predictions` with

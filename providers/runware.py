@@ -1,9 +1,8 @@
-"""Runware video inference over REST (the backend behind seed 001's client).
+"""Runware video inference over REST.
 
 Protocol sources: Runware/runware-python `runware/transport/rest.py`,
 `runware/client.py` (`_poll_rest`, `_is_terminal`, `_AsyncCollector`),
-`runware/errors.py` (`derive_code`); runware.ai/docs/platform/{task-polling,errors};
-research/vendors.md addendum.
+`runware/errors.py` (`derive_code`); runware.ai/docs/platform/{task-polling,errors}.
 * One endpoint, `POST https://api.runware.ai/v1`, `Authorization: Bearer <key>`,
   body = a JSON array of task objects.
 * Submit: `{"taskType":"videoInference","taskUUID":<our uuid4>,"positivePrompt",

@@ -3,7 +3,7 @@
 Protocol source: runwayml/sdk-python (`_client.py` default headers,
 `types/text_to_video_create_params.py`, `types/image_to_video_create_params.py`,
 `types/task_retrieve_response.py`, `resources/tasks.py`) and docs.dev.runwayml.com
-(errors, assets/inputs, api-details/task-failures); research/vendors.md §3 + addendum.
+(errors, assets/inputs, api-details/task-failures); runwayml/sdk-node#28 (the credits message).
 
 * Auth: `Authorization: Bearer <key>` plus `X-Runway-Version: 2024-11-06` on every call.
 * Bodies are camelCase: `promptText`, `promptImage`, `ratio` as "W:H" pixels, `duration` int.

@@ -1,6 +1,6 @@
 """VideoGenAPI (videogenapi.com).
 
-Protocol source: seed 004 (videogenapi.com API documentation, retrieved 2026-11).
+Protocol source: videogenapi.com API documentation (retrieved 2026-11).
 * Base https://videogenapi.com/api; `Authorization: Bearer lt_...`.
 * POST /v1/generate {model, prompt (max 1000 chars), image_url (switches to
   image-to-video), duration (integer), resolution "480p"|"720p"|"1080p"|"4K"

@@ -74,7 +74,7 @@ def catalog_unit_price(info: ModelInfo, unit: str) -> float | None:
         return None
     table = info.price.per_second_by_resolution or info.price.per_video_by_resolution
     resolution = min(table, key=table.__getitem__) if table else info.resolutions[0]
-    return round(info.price.estimate(seconds, resolution) / units, 6)
+    return round(info.estimate(seconds, resolution) / units, 6)  # with the fixed params
 
 
 def compare_fal(*, refresh: bool = False, key: str | None = None

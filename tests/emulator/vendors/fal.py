@@ -178,11 +178,14 @@ def listed_price(emu: Emulator, vendor: str, name: str, model: str) -> tuple[str
     if entry is None:
         return None
     resolutions = MODELS[model].resolutions or ("720p",)
-    cheapest = min(resolutions, key=lambda r: entry.usd(100.0, r))
-    step = round(entry.usd(101.0, cheapest) - entry.usd(100.0, cheapest), 6)
+    # the unit is the cheapest way to run it (lowest resolution, audio off); a dearer request
+    # bills more units of it
+    quiet = {entry.audio_param: False} if entry.silent is not None else None
+    cheapest = min(resolutions, key=lambda r: entry.usd(100.0, r, quiet))
+    step = round(entry.usd(101.0, cheapest, quiet) - entry.usd(100.0, cheapest, quiet), 6)
     if step > 0:
         return "second", step
-    return "video", entry.usd(100.0, cheapest)
+    return "video", entry.usd(100.0, cheapest, quiet)
 
 
 def account_price(emu: Emulator, model: str) -> tuple[str, float] | None:
@@ -241,11 +244,12 @@ class Queue:
         if listed is not None:  # else new_job answers the vendor's 404 for an unknown model
             entry = emu.price_entry(self.vendor, name)
             assert entry is not None
-            units = round(entry.usd(seconds, resolution) / listed[1], 6)
+            # the request's own switches (audio on or off) count, as the vendor counts them
+            units = round(entry.usd(seconds, resolution, body) / listed[1], 6)
             if self.vendor == VENDOR:  # fal bills the account's unit price
                 own = account_price(emu, model)
                 assert own is not None
-                price = round(units * own[1] * emu.price_multiplier.get(VENDOR, 1.0), 6)
+                price = round(units * own[1] * emu.factor(VENDOR, model), 6)
         job = emu.new_job(self.vendor, model=name, duration=seconds, width=width,
                           height=height, resolution=resolution, request=body, price_usd=price)
         job.data["billable_units"] = units

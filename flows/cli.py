@@ -506,9 +506,20 @@ def cmd_reject(args: argparse.Namespace) -> int:
 def cmd_cut(args: argparse.Namespace) -> int:
     import asyncio
 
-    from flows.review.cut import recut
+    from flows import runlock
+    from flows.review.cut import open_run, recut
 
-    cut = asyncio.run(recut(args.dir))
+    open_run(args.dir)[1].close()  # a wrong folder is named before anything is made in it
+    plan = None
+    if args.spec is not None:
+        from flows.storyboard.plan import plan_file
+
+        plan = plan_file(args.spec, _vars(args.var))
+    elif args.var:
+        raise SpecError([("--var", "only with --spec (the recorded storyboard has its "
+                          "variables filled in)")])
+    with runlock.own(args.dir):  # not while a run works the folder
+        cut = asyncio.run(recut(args.dir, plan))
     for c in cut:
         print(f"{c.shot_id:<20} " + (f"take {c.take}" if c.take else "MISSING (slate)"))
     print(f"cut:    {args.dir / 'final.mp4'}\nreview: {args.dir / 'review.html'}")
@@ -592,8 +603,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("shot")
     p.add_argument("--note", help="why (shown on the review page)")
     p.set_defaults(fn=cmd_reject)
-    p = sub.add_parser("cut", help="re-assemble the cut from the picks (no vendor call, no spend)")
+    p = sub.add_parser("cut", help="re-make the finished cut from the picks (no vendor call, "
+                       "no spend)")
     p.add_argument("dir", type=Path, help="the run folder")
+    p.add_argument("--spec", type=Path, help="the storyboard to cut by (default: the one the "
+                   "folder's run recorded; needed for a folder made by an older storyreel, "
+                   "which recorded none)")
+    p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
+                   help="with --spec: a storyboard variable, as given to the run (repeatable)")
     p.set_defaults(fn=cmd_cut)
     return ap
 

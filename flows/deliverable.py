@@ -12,6 +12,7 @@ from flows.media.cards import render_card
 from flows.media.conform import OutputFormat
 from flows.media.finishing import Cut
 from flows.money.cache import default_cache_dir
+from flows.runfolder import resolved
 from flows.storyboard.plan import Plan
 
 
@@ -41,11 +42,14 @@ async def cut_for(plan: Plan, clips: list[Path], run_dir: Path, fmt: OutputForma
                fin.music, fin.loudness)
 
 
-def summary_lines(cut: dict[str, Any]) -> list[str]:
-    """What the run summary says about the cut beyond its cost (`CutReport.to_json()`)."""
+def summary_lines(cut: dict[str, Any], run_dir: Path | None = None) -> list[str]:
+    """What the run summary says about the cut beyond its cost (`CutReport.to_json()`, whose
+    paths are relative to `run_dir`)."""
     out = []
     if cut.get("captions"):
-        out.append(f"captions: {cut['captions']} cues in {cut['srt']} and {cut['vtt']}")
+        srt, vtt = (str(resolved(cut[k], run_dir)) if run_dir is not None and cut.get(k)
+                    else cut.get(k) for k in ("srt", "vtt"))
+        out.append(f"captions: {cut['captions']} cues in {srt} and {vtt}")
     ld: dict[str, Any] | None = cut.get("loudness")
     if ld:
         if ld["mode"] == "silent" or None in (ld["integrated_lufs"], ld["true_peak_dbtp"]):

@@ -4,7 +4,6 @@ the run folder and its journal, then placeholders, assembly and the reports at t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import re
@@ -14,11 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows import uptodate
-from flows.deliverable import cut_for, summary_lines
-from flows.media.conform import OutputFormat, conform
+from flows.deliverable import summary_lines
+from flows.finish import finish_cut, output_format, slate
 from flows.media.ffmpeg_exec import ffmpeg_exe
-from flows.media.finishing import make_cut
 from flows.money.atomic import write_text_atomic
 from flows.money.cache import ClipCache, default_cache_dir
 from flows.money.journal import Journal
@@ -27,6 +24,7 @@ from flows.money.status import AT_VENDOR, GOOD, Status
 from flows.money.window import SpendWindow
 from flows.redaction import redact, redact_data
 from flows.render import RunContext, ShotResult
+from flows.runfolder import stored
 from flows.storyboard.keys import require_keys
 from flows.storyboard.plan import Plan, plan_file
 from providers.errors import BudgetError, MediaError, StoryreelError
@@ -162,30 +160,11 @@ def cache_for(opts: RunOptions) -> ClipCache | None:
     return None if opts.no_cache else ClipCache(opts.cache_dir or default_cache_dir())
 
 
-def output_format(plan: Plan) -> OutputFormat:
-    return OutputFormat(plan.width, plan.height, plan.fps, plan.storyboard.output.fit)
-
-
 async def placeholder(plan: Plan, index: int, reason: str, run_dir: Path) -> Path:
     """A slate for a shot that could not be made, so the cut keeps its timing."""
     shot = plan.shots[index]
     return await slate(output_format(plan), run_dir, shot.index, shot.shot_id, shot.duration,
                        reason)
-
-
-async def slate(fmt: OutputFormat, run_dir: Path, index: int, shot_id: str, duration: float,
-                reason: str) -> Path:
-    """The missing-shot slate, from the output format alone (`storyreel cut` has no Plan)."""
-    from flows.media.animatic import render_animatic
-
-    raw = run_dir / "raw" / f"{shot_id}-missing.mp4"
-    await render_animatic(raw, prompt=redact(f"MISSING SHOT {shot_id}: {reason[:160]}"),
-                          duration=duration, width=fmt.width, height=fmt.height,
-                          fps=fmt.fps, seed=0, title=f"missing: {shot_id}")
-    dest = run_dir / "clips" / f"{index:03d}-{shot_id}-missing.mov"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    await conform(raw, dest, fmt, duration)
-    return dest
 
 
 @dataclass
@@ -217,64 +196,26 @@ class RunSummary:
 
 async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
                  results: list[ShotResult], contact_sheet: bool = True) -> RunSummary:
-    """Placeholders for missing shots, the cut, cost.csv, run.json."""
-    clips: list[Path] = []
-    for shot, res in zip(plan.shots, results, strict=True):
-        if res.conformed is not None:
-            clips.append(res.conformed)
-        else:
-            clips.append(await placeholder(plan, shot.index, f"{res.status}: {res.reason}", run_dir))
+    """Placeholders for missing shots, the finished cut, cost.csv, run.json, review.html: the
+    finish `storyreel cut` shares (flows/finish.py)."""
     final = run_dir / "final.mp4"
-    # the review page's take previews (one ffmpeg each) beside the cut, not after it
-    previews = asyncio.create_task(_take_previews(plan, run_dir, journal, clips))
-    try:
-        # content-addressed cut (flows/uptodate.py): the same clips and settings are not cut again
-        material = _cut_material(plan, run_dir, journal, results)
-        key = uptodate.material_key(material) if material is not None else None
-        record = uptodate.read_record(run_dir) \
-            if key is not None and uptodate.assembled(run_dir, key) is not None else None
-        if record is None:
-            uptodate.forget_record(run_dir)
-            # title/end cards, captions, music, loudness, logo: flows/deliverable.py
-            cut = await cut_for(plan, clips, run_dir, output_format(plan))
-            cut_json = (await make_cut(cut, final)).to_json()
-            if material is not None and key is not None:
-                uptodate.write_record(run_dir, key, material, final, report=cut_json)
-            sheet = asyncio.create_task(_contact_sheet(final, run_dir)) if contact_sheet else None
-        else:
-            cut_json = dict(record.get("report") or {})
-            sheet = None if (run_dir / "contact_sheet.png").exists() or not contact_sheet \
-                else asyncio.create_task(_contact_sheet(final, run_dir))
+
+    async def reports(cut_json: dict[str, Any]) -> RunSummary:
         # the reports (pandas) in a thread, while ffmpeg draws the contact sheet
         rows, cost_csv, table, totals = await asyncio.to_thread(_reports, plan, run_dir, journal)
-        table = "\n".join([table, *summary_lines(cut_json)])
+        table = "\n".join([table, *summary_lines(cut_json, run_dir)])
         summary = RunSummary(journal.run_id, run_dir, final, cost_csv, totals, plan.cap_usd,
                              results, table, rows, cut=cut_json)
-        if sheet is not None:
-            await sheet
         summary.windows = await asyncio.to_thread(close_window, ledger)
         write_run_json(plan, run_dir, journal.run_id, results, totals, cut=cut_json,
                        windows=summary.windows)
-    except BaseException:  # never leave its ffmpeg running
-        previews.cancel()
-        raise
-    await previews
-    await write_review(plan, run_dir, journal, ledger, final, in_cut=_placed(cut_json))
+        return summary
+
+    _, summary = await finish_cut(
+        plan, run_dir, journal, [r.conformed for r in results],
+        [f"{r.status}: {r.reason}" for r in results], reports=reports,
+        money=lambda: (ledger.spent_usd, ledger.reserved_usd), contact_sheet=contact_sheet)
     return summary
-
-
-def _placed(cut_json: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """Where each clip plays in the cut (`CutReport.spans`), by resolved path."""
-    return {str(c): (float(a), float(b)) for c, a, b in cut_json.get("spans") or []}
-
-
-async def _take_previews(plan: Plan, run_dir: Path, journal: Journal, cut: list[Path]) -> None:
-    from flows.review.page import take_previews
-    from flows.review.picks import load_review
-
-    with contextlib.suppress(StoryreelError):  # the page is written (and says so) without them
-        await take_previews(run_dir, plan.to_json(), journal.attempts(), load_review(run_dir),
-                            in_cut=[str(Path(c).resolve()) for c in cut])
 
 
 async def write_review(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
@@ -289,25 +230,6 @@ async def write_review(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledg
                                    cap_usd=plan.cap_usd, final=final,
                                    reserved_usd=ledger.reserved_usd, running=running,
                                    in_cut=in_cut)
-
-
-def _cut_material(plan: Plan, run_dir: Path, journal: Journal,
-                  results: list[ShotResult]) -> dict[str, Any] | None:
-    """The cut key's material, or None when the cut holds a slate (a missing shot is tried
-    again next time, and its slate says why, which may change)."""
-    if any(r.conformed is None for r in results):
-        return None
-    clips, _ = uptodate.done_clips(plan, run_dir, journal)
-    return None if clips is None else uptodate.cut_material(plan, clips, run_dir)
-
-
-async def _contact_sheet(final: Path, run_dir: Path) -> None:
-    from flows.media.contact_sheet import contact_sheet
-
-    try:
-        await contact_sheet(final, run_dir / "contact_sheet.png")
-    except StoryreelError:
-        pass  # a picture of the cut is nice to have, never worth failing the run
 
 
 def _reports(plan: Plan, run_dir: Path, journal: Journal
@@ -336,7 +258,8 @@ def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotRes
             "windows": windows or [],
             "results": [{"shot_id": r.shot_id, "status": r.status, "option": r.option,
                          "reason": r.reason,
-                         "clip": str(r.conformed) if r.conformed else None} for r in results],
+                         "clip": stored(r.conformed, run_dir) if r.conformed else None}
+                        for r in results],
             "cut": cut}
     return write_text_atomic(run_dir / "run.json",
                              redact(json.dumps(data, indent=2, default=str)))

@@ -40,13 +40,20 @@ def test_attempt_lifecycle_round_trips(tmp_path: Path) -> None:
         j.status(row, "running", queued_s=1.23456)
         j.status(row, "succeeded", generation_s=12.5)
         j.status(row, "downloaded", clip_path=tmp_path / "raw.mp4", download_s=0.4)
-        j.status(row, "done", actual_usd=0.28, cost_source="vendor", conformed_path="c.mp4")
+        j.status(row, "done", actual_usd=0.28, cost_source="vendor",
+                 conformed_path=tmp_path / "state" / "clips" / "c.mov")
         a = j.get(row)
     assert a.id == row
     assert a.status == "done" and a.job_id == "req-123"
     assert a.job_data == {"status_url": "http://x/status", "n": [1, 2]}
     assert a.queued_s == 1.235 and a.generation_s == 12.5 and a.download_s == 0.4
-    assert a.clip_path == str(tmp_path / "raw.mp4") and a.conformed_path == "c.mp4"
+    # read back absolute; a file of the journal's folder is stored relative to it
+    assert a.clip_path == str(tmp_path / "raw.mp4")
+    assert a.conformed_path == str(tmp_path / "state" / "clips" / "c.mov")
+    db = sqlite3.connect(tmp_path / "state" / "journal.sqlite")
+    assert db.execute("SELECT clip_path, conformed_path FROM attempts").fetchone() == (
+        str(tmp_path / "raw.mp4"), "clips/c.mov")
+    db.close()
     assert a.actual_usd == 0.28 and a.cost_source == "vendor"
     assert a.finished_at is not None and a.terminal
     assert a.updated_at >= a.started_at

@@ -33,6 +33,7 @@ from flows.media.conform import OutputFormat, as_argv, temp_name, video_codec_ar
 from flows.media.ffmpeg_exec import run_ffmpeg
 from flows.media.overlay import Logo, logo_filter, logo_input
 from flows.media.probe import VideoInfo, probe
+from flows.runfolder import stored
 
 CUT_VERSION = 1  # bump when the way a cut is made changes: a cut key then changes too
 
@@ -92,12 +93,18 @@ class CutReport:
     vtt: Path | None = None
     loudness: dict[str, Any] | None = None  # target, measured integrated/true peak, mode
     spans: list[tuple[str, float, float]] = field(default_factory=list)  # clip, start, end (s)
+    base: Path | None = None  # the cut's folder: to_json names its files relative to it
 
     def to_json(self) -> dict[str, Any]:
+        """For run.json and cut.json: files in the cut's folder by their path relative to
+        it (flows/runfolder.py), so that the folder can be moved."""
+        def name(p: Path | str | None) -> str | None:
+            if p is None:
+                return None
+            return stored(p, self.base) if self.base is not None else str(p)
         return {"duration_s": round(self.info.duration, 3), "captions": len(self.cues),
-                "srt": str(self.srt) if self.srt else None,
-                "vtt": str(self.vtt) if self.vtt else None, "loudness": self.loudness,
-                "spans": [list(s) for s in self.spans]}
+                "srt": name(self.srt), "vtt": name(self.vtt), "loudness": self.loudness,
+                "spans": [[name(c), a, b] for c, a, b in self.spans]}
 
 
 def _spans(clips: list[Path], frames: list[int], joins: list[int], fps: int
@@ -117,13 +124,14 @@ async def make_cut(cut: Cut, dest: Path) -> CutReport:
     placed = _spans(clips, frames, joins, fmt.fps)
     if cut.plain and not any(captions):
         _sidecars([], fmt.fps, dest)
-        return CutReport(await assemble(clips, dest, fmt, laid_out=laid_out), spans=placed)
+        return CutReport(await assemble(clips, dest, fmt, laid_out=laid_out), spans=placed,
+                         base=dest.parent)
     total = sum(frames) - sum(joins)
     cue_list = cues(frames, joins, captions)
     sidecars = _sidecars(cue_list, fmt.fps, dest)
     if cut.plain:
         return CutReport(await assemble(clips, dest, fmt, laid_out=laid_out), cue_list,
-                         *sidecars, spans=placed)
+                         *sidecars, spans=placed, base=dest.parent)
 
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".assemble-") as tmpdir:
         work = Path(tmpdir)
@@ -155,7 +163,7 @@ async def make_cut(cut: Cut, dest: Path) -> CutReport:
             aac.forget(dest)  # this track is not the one the record describes
         finally:
             tmp.unlink(missing_ok=True)
-    report = CutReport(probe(dest), cue_list, *sidecars, spans=placed)
+    report = CutReport(probe(dest), cue_list, *sidecars, spans=placed, base=dest.parent)
     if cut.loudness is not None and measured is not None:
         report.loudness = await _loudness_report(dest, cut.loudness, measured.silent, err)
     return report

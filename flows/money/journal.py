@@ -7,6 +7,11 @@ this file and knows, per shot, whether a job exists (poll it), a clip is
 already on disk (reuse it), or a submit may have reached the vendor without
 an answer (report it as "unconfirmed"; never resubmit it blindly).
 
+Paths: clip_path and conformed_path are stored relative to the journal's folder (the run
+folder) when the file is in it, absolute otherwise (the clip cache), and read back absolute,
+resolved against the folder the journal is in now: a run folder can be moved or copied
+(flows/runfolder.py has the rule, and how a journal written before it is migrated on open).
+
 Durability: WAL mode with synchronous=FULL, and every write is its own
 committed transaction, so a row that a call returned for survives SIGKILL
 and power loss. One connection per Journal; a threading lock serialises use
@@ -26,6 +31,7 @@ from typing import Any
 
 from flows.money.status import STATUSES, TERMINAL, Status
 from flows.money.usd import as_float
+from flows.runfolder import absolute, migrate, resolved, stored
 
 STATUS_FIELDS = frozenset(
     {
@@ -44,6 +50,8 @@ STATUS_FIELDS = frozenset(
 RECORD_FIELDS = STATUS_FIELDS | {"cache_key", "job_id", "job_data", "estimated_usd", "reserved_usd",
                                  "take"}
 _MONEY = {"estimated_usd", "reserved_usd", "actual_usd"}
+_PATHS = ("clip_path", "conformed_path")
+PATHS_VERSION = 1  # meta "paths": the journal's paths follow flows/runfolder.py
 _SECONDS = {"queued_s", "generation_s", "download_s"}
 
 _SCHEMA = """
@@ -128,6 +136,7 @@ class Journal:
     def __init__(self, path: Path, run_id: str | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = absolute(self.path.parent)  # what relative paths in it are relative to
         self._lock = threading.Lock()
         # isolation_level=None: autocommit; each statement below is one durable transaction.
         self._db = sqlite3.connect(
@@ -138,6 +147,7 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             _migrate(self._db)
+            _relocate(self._db, self.folder)
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('run_id', ?)",
                 (json.dumps(run_id or new_run_id()),),
@@ -211,7 +221,7 @@ class Journal:
 
     def _insert(self, **values: Any) -> int:
         now = utcnow()
-        values = _encode(values)
+        values = _encode(values, self.folder)
         values.update(run_id=self.run_id, started_at=now, updated_at=now)
         if values["status"] in TERMINAL:  # a one-shot row is over as soon as it is written
             values.setdefault("finished_at", now)
@@ -224,7 +234,7 @@ class Journal:
             return int(cur.lastrowid)
 
     def _update(self, row: int, values: dict[str, Any]) -> None:
-        values = _encode(values)
+        values = _encode(values, self.folder)
         values["updated_at"] = utcnow()
         sets = ", ".join(f"{c} = ?" for c in values)
         with self._lock:
@@ -243,7 +253,7 @@ class Journal:
             args = (shot_id,)
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
-        return [_decode(r) for r in rows]
+        return [_decode(r, self.folder) for r in rows]
 
     def get(self, row: int) -> Attempt:
         with self._lock:
@@ -252,7 +262,7 @@ class Journal:
             ).fetchone()
         if found is None:
             raise KeyError(f"journal {self.path}: no attempt row {row}")
-        return _decode(found)
+        return _decode(found, self.folder)
 
     def next_attempt(self, shot_id: str, take: int | None = None) -> int:
         """1 + the highest attempt number recorded for the shot (1 for a new shot); with
@@ -289,12 +299,36 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE attempts ADD COLUMN take INTEGER NOT NULL DEFAULT 1")
 
 
+def _relocate(db: sqlite3.Connection, folder: Path) -> None:
+    """Once per journal: paths written before they were stored relative to the run folder
+    are moved to the folder the journal is read from (flows.runfolder.migrate). A new journal
+    has no rows and is marked at once."""
+    if db.execute("SELECT 1 FROM meta WHERE key = 'paths'").fetchone() is not None:
+        return
+    db.execute("BEGIN IMMEDIATE")  # one migration, even with two openers at once
+    try:
+        if db.execute("SELECT 1 FROM meta WHERE key = 'paths'").fetchone() is None:
+            rows = db.execute(
+                f"SELECT id, {', '.join(_PATHS)} FROM attempts "
+                f"WHERE {' OR '.join(f'{c} IS NOT NULL' for c in _PATHS)}").fetchall()
+            for row_id, *paths in rows:
+                db.execute(f"UPDATE attempts SET {', '.join(f'{c} = ?' for c in _PATHS)} "
+                           "WHERE id = ?",
+                           (*(None if p is None else migrate(p, folder) for p in paths), row_id))
+            db.execute("INSERT INTO meta (key, value) VALUES ('paths', ?)",
+                       (json.dumps(PATHS_VERSION),))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
 def _check_status(status: str) -> None:
     if status not in STATUSES:
         raise ValueError(f"unknown attempt status {status!r}; one of {', '.join(sorted(STATUSES))}")
 
 
-def _encode(values: dict[str, Any]) -> dict[str, Any]:
+def _encode(values: dict[str, Any], folder: Path) -> dict[str, Any]:
     out = dict(values)
     if "job_data" in out and out["job_data"] is not None:
         out["job_data"] = json.dumps(out["job_data"], sort_keys=True)
@@ -304,14 +338,17 @@ def _encode(values: dict[str, Any]) -> dict[str, Any]:
     for key in _SECONDS & out.keys():
         if out[key] is not None:
             out[key] = round(float(out[key]), 3)
-    for key in ("clip_path", "conformed_path"):
+    for key in _PATHS:
         if out.get(key) is not None:
-            out[key] = str(out[key])
+            out[key] = stored(out[key], folder)
     return out
 
 
-def _decode(row: tuple[Any, ...]) -> Attempt:
+def _decode(row: tuple[Any, ...], folder: Path) -> Attempt:
     values = dict(zip(_COLUMNS, row, strict=True))
     if values["job_data"] is not None:
         values["job_data"] = json.loads(values["job_data"])
+    for key in _PATHS:
+        if values[key] is not None:
+            values[key] = str(resolved(values[key], folder))
     return Attempt(**values)

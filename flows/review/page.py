@@ -181,9 +181,14 @@ class PageRefresher:
 
 
 def _rel(path: Path | None, run_dir: Path) -> str | None:
+    """A link relative to the run folder; a file outside it (none the run makes) by its URI."""
     if path is None:
         return None
-    return Path(path).resolve().relative_to(run_dir.resolve()).as_posix()
+    full = Path(path).resolve()
+    try:
+        return full.relative_to(run_dir.resolve()).as_posix()
+    except ValueError:
+        return full.as_uri()
 
 
 # -- HTML -------------------------------------------------------------------------------------

@@ -9,8 +9,9 @@ spent + reserved never passes a limit whatever number of runs, processes or host
 once. A refusal is a BudgetError naming the window, handled like the run's own cap
 (`budget.on_exhausted`).
 
-Each reservation is a row too, with an owner (run id, host, pid), a lease renewed by a
-heartbeat thread while the run lives, and a state:
+Each reservation is a row too: one job, identified once committed by (run id, shot, take,
+attempt) (attempts are numbered per take, so the take is part of it), with an owner (host,
+pid), a lease renewed by a heartbeat thread while the run lives, and a state:
     open      -> counts as reserved
     settled   -> counts as spent, at the vendor's actual cost
     released  -> counts nothing (the vendor surely did not charge)
@@ -21,8 +22,11 @@ the journal's intent row). That is what makes a dead run safe to clean up:
   releases uncommitted reservations (nothing was sent) and abandons committed ones
   (unconfirmed, in flight, lost: never released, counted at their estimate);
 - its run folder resumed (`storyreel run --out` again, same run id): the new ledger adopts the
-  reservations of jobs still at a vendor (hold), settles what its journal knows was charged,
-  releases what never reached a vendor, and abandons what may have;
+  reservations of jobs still at a vendor (hold, by the job's identity: holding a job twice,
+  as a retried task does, adopts the same reservation), settles what its journal knows was
+  charged, releases what never reached a vendor, and abandons what may have;
+- `storyreel reconcile DIR`: whatever their state, the reservations whose journal rows now
+  have the vendor's final answer are settled (or released), lease or no lease;
 - the run's end: what is still open (unconfirmed submits, lost jobs) is abandoned.
 Every transition recomputes the window rows from the reservation's old and new state, so a
 repeated or late settle/release (an expired lease, a resumed run) never counts twice.

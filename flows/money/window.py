@@ -51,6 +51,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from flows.money.ledger import to_money, usd
+from flows.money.status import SUCCEEDED, Status
 from flows.money.window_sql import Store, Tx
 from providers.errors import BudgetError
 
@@ -170,9 +171,9 @@ def _ensure(tx: Tx, spec: WindowSpec, periods: list[tuple[str, str, int | None]]
                    (spec.scope, period, start, spec.timezone, limit))
 
 
-# journal statuses (flows/money/status.py) in which the vendor's answer is known and booked:
-# what the row's actual_usd says was charged is all that ever will be
-_ANSWERED = frozenset({"succeeded", "downloaded", "done", "failed", "canceled", "skipped"})
+# journal statuses in which the vendor's answer is known and booked: what the row's
+# actual_usd says was charged is all that ever will be
+_ANSWERED = SUCCEEDED | {Status.FAILED, Status.CANCELED, Status.SKIPPED}
 
 
 def _final(a: _Attempt | None) -> tuple[str, int | None] | None:

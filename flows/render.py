@@ -286,7 +286,7 @@ async def _send(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, base: di
     journal, ledger = ctx.journal, ctx.ledger
     provider = ctx.provider(opt.provider)
     req = shot.request(opt, ctx.plan)
-    await ledger.commit(reservation, base["attempt"])  # a spend window counts it from here on
+    await ledger.commit(reservation, base["attempt"], take=base["take"])  # counted from here on
     row = journal.intent(**base, cache_key=key, estimated_usd=opt.estimate_usd,
                          reserved_usd=reservation.amount_usd)
     started = time.monotonic()
@@ -559,7 +559,8 @@ async def _resume(ctx: RunContext, shot: ShotPlan, keys: list[str], conformed: P
                                        done, last.id, conformed, reasons)
             # committed money: held since the ledger was made (run.ledger_for)
             reservation = ctx.ledger.held(last.id) or ctx.ledger.hold(
-                shot.shot_id, last.reserved_usd or 0.0, attempt=last.attempt)
+                shot.shot_id, last.reserved_usd or 0.0, row=last.id, attempt=last.attempt,
+                take=last.take)
             return await _complete(ctx, shot, opt, last.cache_key or keys[0], provider, job,
                                    last.id, reservation, conformed, reasons, time.monotonic())
     return None
@@ -584,7 +585,8 @@ async def _settle_other(ctx: RunContext, a: Attempt) -> None:
     """A job this session does not continue (an earlier plan of the shot, or one abandoned
     before a later try): wait for it, settle its money at the real outcome, and cache its
     clip under its own key."""
-    reservation = ctx.ledger.held(a.id) or ctx.ledger.hold(a.shot_id, a.reserved_usd or 0.0)
+    reservation = ctx.ledger.held(a.id) or ctx.ledger.hold(
+        a.shot_id, a.reserved_usd or 0.0, row=a.id, attempt=a.attempt, take=a.take)
     try:
         provider = ctx.provider(a.provider)
     except KeyError:  # no adapter any more: the money stays held and reported

@@ -105,7 +105,8 @@ def ledger_for(plan: Plan, journal: Journal) -> Ledger:
     ledger = Ledger(budget.max_usd, budget.max_usd_per_shot, window=window)
     for a in journal.attempts():
         if a.status in AT_VENDOR and a.job_id:
-            ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id, attempt=a.attempt)
+            ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id, attempt=a.attempt,
+                        take=a.take)
         elif a.status in (Status.INTENT, Status.UNCONFIRMED):  # may have been charged
             ledger.book(a.shot_id, a.actual_usd if a.actual_usd is not None
                         else a.reserved_usd or 0.0)

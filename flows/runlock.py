@@ -2,19 +2,30 @@
 
 Two runs on one folder would work one journal with two ledgers, each with the whole cap, and
 could submit a shot twice. `own(run_dir)` takes an exclusive `flock` on `<run_dir>/.lock` and
-writes who holds it (pid, host, start time) for the message a second run prints. The lock is
-re-entrant inside one process (the CLI takes it before early submits, the flow again) and is
+writes who holds it (pid, host, start time) for the message a second run prints. It is
 released by the kernel when the process dies, so a `kill -9` never leaves a stale lock.
 flock needs a local filesystem: keep run folders (the SQLite journal) off NFS/SMB.
+
+One process may host several owners (a worker serving flow runs, a test, a library caller),
+so the process does not own the folder: the owner does. The owner is the execution context
+that took the lock (a contextvars.ContextVar: the thread or asyncio task, and the tasks and
+`asyncio.run` it starts, which copy its context). Only the owner re-enters (the CLI takes
+the lock before its early submits, the flow it runs takes it again); any other caller in the
+process is refused exactly like another process (BusyError naming the holder), or waits with
+`wait`. The kernel alone would refuse it too (flock locks belong to an open file
+description, and each `own` opens its own), but the lock is kept open by the owner, so the
+process-wide table below answers first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,48 +33,75 @@ from pathlib import Path
 
 from providers.errors import BusyError
 
-_HELD: dict[Path, list[int]] = {}  # resolved lock path -> [fd, depth]
+_HELD: dict[Path, list[int]] = {}  # resolved lock path -> [fd, depth], for the whole process
+_GUARD = threading.Lock()  # _HELD is read and changed by every thread
+_MINE: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar(
+    "storyreel_run_folders", default=frozenset())  # the folders the current owner holds
 
 
 @contextlib.contextmanager
 def own(run_dir: Path, *, wait: bool = False, poll_s: float = 0.5) -> Iterator[None]:
-    """Hold the run folder for this process; BusyError (or wait, with `wait`) if another has it."""
+    """Hold the run folder for this owner; BusyError (or wait, with `wait`) if another, in this
+    process or any other, has it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = (run_dir / ".lock").resolve()
-    if path in _HELD:
-        _HELD[path][1] += 1
+    while True:
+        with _GUARD:
+            held = _HELD.get(path)
+            if held is not None and path in _MINE.get():
+                held[1] += 1  # the owner again (the flow after the CLI's early submits)
+                fd = None
+                break
+            fd = _take(path) if held is None else None
+            if fd is not None:
+                _HELD[path] = [fd, 1]
+                break
+        if not wait:
+            raise BusyError(f"run folder {run_dir} is in use by {_holder(path)}; wait "
+                            "for it (storyreel run --wait) or use another --out")
+        time.sleep(poll_s)
+    if fd is None:
         try:
             yield
         finally:
-            _HELD[path][1] -= 1
+            with _GUARD:
+                if path in _HELD:  # (the owner's first `own` may have ended first)
+                    _HELD[path][1] -= 1
         return
+    token = _MINE.set(_MINE.get() | {path})
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):  # left in another context than it was entered
+            _MINE.reset(token)
+        with _GUARD:
+            del _HELD[path]
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def _take(path: Path) -> int | None:
+    """The lock file's descriptor, locked and stamped with this owner, or None if taken."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not wait:
-                    raise BusyError(f"run folder {run_dir} is in use by {_holder(path)}; wait "
-                                    "for it (storyreel run --wait) or use another --out") from None
-                time.sleep(poll_s)
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        _HELD[path] = [fd, 1]
-        try:
-            yield
-        finally:
-            del _HELD[path]
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    info = {"pid": os.getpid(), "host": socket.gethostname(),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(info).encode(), 0)
+    return fd
 
 
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text() or "{}")
-        return f"pid {info['pid']} on {info['host']} since {info['started_at']}"
+        here = " (another run in this process)" if info["pid"] == os.getpid() \
+            and info["host"] == socket.gethostname() else ""
+        return f"pid {info['pid']} on {info['host']} since {info['started_at']}{here}"
     except (OSError, ValueError, KeyError):
         return "another storyreel run"

@@ -170,7 +170,7 @@ def test_lapsed_lease_releases_what_was_never_sent_and_counts_what_may_be_charge
     dead = SpendWindow(store, spec, "dead-run", clock=clock, lease_s=30, pid=999_999)
     waiting = dead.reserve("queued", D("0.5"))  # reserved, never submitted
     sent = dead.reserve("sent", D("0.7"))
-    dead.commit(sent, attempt=1)  # its submit left: the vendor may charge it
+    dead.commit(sent, take=1, attempt=1)  # its submit left: the vendor may charge it
     held = window_of(ledger_url, "team", now=clock())
     assert held["reserved_usd"] == 1.2 and held["runs"][0]["run_id"] == "dead-run"
     clock.advance(20)
@@ -182,11 +182,11 @@ def test_lapsed_lease_releases_what_was_never_sent_and_counts_what_may_be_charge
     w = window_of(ledger_url, "team", now=clock())
     assert (w["spent_usd"], w["reserved_usd"], w["runs"]) == (0.7, 0.0, [])
     with pytest.raises(BudgetError, match="lapsed"):
-        dead.commit(waiting, attempt=1)  # a lapsed reservation can no longer be submitted
+        dead.commit(waiting, take=1, attempt=1)  # a lapsed reservation can no longer be submitted
     # the dead run's folder is resumed: its job is still at the vendor, so it is adopted
     # (abandoned -> open) and settled at what the vendor charged
     again = SpendWindow(store, spec, "dead-run", clock=clock, lease_s=30)
-    rid = again.hold("sent", 1, D("0.7"))
+    rid = again.hold("sent", 1, 1, D("0.7"))
     assert rid == sent
     assert window_of(ledger_url, "team", now=clock())["reserved_usd"] == 0.7
     again.settle(rid, D("0.65"))
@@ -209,12 +209,12 @@ def test_resume_recovers_by_the_journal(ledger_url: str) -> None:
                          ("charged", "1")):
         ids[shot] = first.reserve(shot, D(amount))
         if shot != "queued":
-            first.commit(ids[shot], attempt=1)
+            first.commit(ids[shot], take=1, attempt=1)
     # what the journal says when the process died (gone: killed between commit and intent)
     attempts = [_Att("unconf", 1, "unconfirmed", None), _Att("atvendor", 1, "submitted", None),
                 _Att("charged", 1, "succeeded", 0.8)]
     second = SpendWindow(store, spec, "run-1", clock=clock, lease_s=600)
-    second.hold("atvendor", 1, D(1))
+    second.hold("atvendor", 1, 1, D(1))
     second.recover(attempts)
     w = window_of(ledger_url, "team", now=clock())
     # open: the adopted job; spent: unconfirmed at its estimate + the settled 0.8
@@ -235,7 +235,7 @@ def test_reconcile_settles_what_a_window_counted_at_its_estimate(ledger_url: str
     store = open_store(ledger_url)
     run = SpendWindow(store, spec, "run-r", clock=clock, lease_s=600)
     for shot in ("paid", "refused", "unknown"):
-        run.commit(run.reserve(shot, D(1)), attempt=1)
+        run.commit(run.reserve(shot, D(1)), take=1, attempt=1)
     run.close()  # the run ends with all three at risk: counted at their estimate
     assert D(window_of(ledger_url, "team", now=clock())["spent_usd"]) == D(3)
     changed = reconcile_run(store, "run-r", [_Att("paid", 1, "succeeded", 0.4),
@@ -248,8 +248,10 @@ def test_reconcile_settles_what_a_window_counted_at_its_estimate(ledger_url: str
 
 
 class _Att:
-    def __init__(self, shot_id: str, attempt: int, status: str, actual: float | None) -> None:
+    def __init__(self, shot_id: str, attempt: int, status: str, actual: float | None,
+                 take: int = 1) -> None:
         self.shot_id, self.attempt, self.status, self.actual_usd = shot_id, attempt, status, actual
+        self.take = take
 
 
 # -- declaring windows -------------------------------------------------------------------------
@@ -532,7 +534,8 @@ def test_reconcile_settles_the_window_at_the_vendors_price(emu_env: Any, prefect
             [row] = cost_rows(out)
             assert row["status"] == "abandoned", row
             w = window_of(url, "r")
-            assert D(w["spent_usd"]) == D(row["actual_usd"]) == D(row["estimated_usd"])
+            # counted at what was reserved for it (the estimate + budget.estimate_margin)
+            assert D(w["spent_usd"]) == D(row["actual_usd"]) == D(row["reserved_usd"])
             assert charged(emu, "runware") != D(w["spent_usd"])  # the estimate was off
             continue
         proc = cli(args, env, tmp_path / log)

@@ -56,6 +56,7 @@ class Reservation:
     state: str = "open"
     actual: Decimal | None = None
     window_id: str | None = None  # its twin in the spend window, if the run has one
+    job: tuple[int, int] | None = None  # (take, attempt) once committed to a journal attempt
 
     @property
     def amount_usd(self) -> float:
@@ -88,6 +89,7 @@ class Ledger:
         self._shots: dict[str, _Shot] = {}
         self._open: dict[int, Reservation] = {}
         self._held: dict[int, Reservation] = {}  # by journal row: jobs already at a vendor
+        self._rows: dict[int, Reservation] = {}  # every hold by its journal row (never popped)
         self.stop_reason: str | None = None
         self._ids = itertools.count(1)
         self._alock = asyncio.Lock()
@@ -165,30 +167,47 @@ class Ledger:
                 self._open[r.id] = r
                 return r
 
-    async def commit(self, r: Reservation, attempt: int) -> None:
-        """The submit for `r` (journal attempt `attempt`) is about to leave: tell the spend
-        window, so that a dead run's reservation is counted, not given back (BudgetError when
-        its lease lapsed: do not submit)."""
+    async def commit(self, r: Reservation, attempt: int, *, take: int = 1) -> None:
+        """The submit for `r` (journal attempt `attempt` of the shot's `take`) is about to
+        leave: tell the spend window, so that a dead run's reservation is counted, not given
+        back (BudgetError when its lease lapsed: do not submit)."""
+        r.job = (take, attempt)
         if self.window is not None and r.window_id is not None:
-            await asyncio.wrap_future(self.window.later(self.window.commit, r.window_id, attempt))
+            await asyncio.wrap_future(self.window.later(self.window.commit, r.window_id, take,
+                                                        attempt))
 
     def hold(self, shot_id: str, amount: float, row: int | None = None,
-             attempt: int | None = None) -> Reservation:
+             attempt: int | None = None, *, take: int = 1) -> Reservation:
         """Reserve money already committed at a vendor (a resumed in-flight job), with no cap
         check: refusing it would not un-spend it, only hide it from the cap. With `row` (its
         journal row) the hold is kept for `held(row)`: holds are made when the ledger is, so
-        that no other shot can reserve that money first."""
+        that no other shot can reserve that money first.
+        Idempotent per job: while this ledger still has that journal row's money open (held
+        for `row`, or reserved and committed for the same take and attempt of the shot), that
+        reservation is returned instead of a second one (a retried task holds its job again)."""
         money = _amount(amount)
-        # sync window call: holds are made while the run starts, before any shot runs
-        wid = self.window.hold(shot_id, attempt, money) if self.window is not None and money \
-            else None
         with self._tlock:
-            r = Reservation(id=next(self._ids), shot_id=shot_id, amount=money, window_id=wid)
+            same = self._rows.get(row) if row is not None else None
+            if same is None and attempt is not None:
+                same = next((r for r in self._open.values() if r.shot_id == shot_id
+                             and r.job == (take, attempt)), None)
+            if same is not None and same.state == "open":
+                if row is not None:
+                    self._rows[row] = same
+                return same
+        # sync window call: holds are made while the run starts, before any shot runs (or
+        # when a retried task resumes a job); the window adopts its reservation for that job
+        wid = self.window.hold(shot_id, take, attempt, money) \
+            if self.window is not None and money else None
+        with self._tlock:
+            r = Reservation(id=next(self._ids), shot_id=shot_id, amount=money, window_id=wid,
+                            job=None if attempt is None else (take, attempt))
             self._reserved += money
             self._shots.setdefault(shot_id, _Shot()).reserved += money
             self._open[r.id] = r
             if row is not None:
                 self._held[row] = r
+                self._rows[row] = r
             return r
 
     def book(self, shot_id: str, amount: float) -> None:

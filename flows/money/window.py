@@ -9,8 +9,9 @@ spent + reserved never passes a limit whatever number of runs, processes or host
 once. A refusal is a BudgetError naming the window, handled like the run's own cap
 (`budget.on_exhausted`).
 
-Each reservation is a row too, with an owner (run id, host, pid), a lease renewed by a
-heartbeat thread while the run lives, and a state:
+Each reservation is a row too: one job, identified once committed by (run id, shot, take,
+attempt) (attempts are numbered per take, so the take is part of it), with an owner (host,
+pid), a lease renewed by a heartbeat thread while the run lives, and a state:
     open      -> counts as reserved
     settled   -> counts as spent, at the vendor's actual cost
     released  -> counts nothing (the vendor surely did not charge)
@@ -21,8 +22,11 @@ the journal's intent row). That is what makes a dead run safe to clean up:
   releases uncommitted reservations (nothing was sent) and abandons committed ones
   (unconfirmed, in flight, lost: never released, counted at their estimate);
 - its run folder resumed (`storyreel run --out` again, same run id): the new ledger adopts the
-  reservations of jobs still at a vendor (hold), settles what its journal knows was charged,
-  releases what never reached a vendor, and abandons what may have;
+  reservations of jobs still at a vendor (hold, by the job's identity: holding a job twice,
+  as a retried task does, adopts the same reservation), settles what its journal knows was
+  charged, releases what never reached a vendor, and abandons what may have;
+- `storyreel reconcile DIR`: whatever their state, the reservations whose journal rows now
+  have the vendor's final answer are settled (or released), lease or no lease;
 - the run's end: what is still open (unconfirmed submits, lost jobs) is abandoned.
 Every transition recomputes the window rows from the reservation's old and new state, so a
 repeated or late settle/release (an expired lease, a resumed run) never counts twice.
@@ -47,6 +51,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from flows.money.ledger import to_money, usd
+from flows.money.status import SUCCEEDED, Status
 from flows.money.window_sql import Store, Tx
 from providers.errors import BudgetError
 
@@ -96,9 +101,17 @@ def _lim(value: Decimal | None) -> int | None:
 
 class _Attempt(Protocol):  # flows.money.journal.Attempt, as far as recovery reads it
     shot_id: str
+    take: int
     attempt: int
     status: str
     actual_usd: float | None
+
+
+Key = tuple[str, int, int]  # (shot, take, attempt): with the run id, a reservation's identity
+
+
+def _by_key(attempts: Iterable[_Attempt]) -> dict[Key, _Attempt]:
+    return {(a.shot_id, a.take, a.attempt): a for a in attempts}
 
 
 # -- transitions (inside a transaction) ------------------------------------------------------
@@ -158,37 +171,52 @@ def _ensure(tx: Tx, spec: WindowSpec, periods: list[tuple[str, str, int | None]]
                    (spec.scope, period, start, spec.timezone, limit))
 
 
+# journal statuses in which the vendor's answer is known and booked: what the row's
+# actual_usd says was charged is all that ever will be
+_ANSWERED = SUCCEEDED | {Status.FAILED, Status.CANCELED, Status.SKIPPED}
+
+
+def _final(a: _Attempt | None) -> tuple[str, int | None] | None:
+    """The state the journal row's final answer puts its reservation in (settled at what was
+    charged, released when nothing was), or None while the outcome is unknown."""
+    if a is None or a.status not in _ANSWERED:
+        return None
+    if a.actual_usd:
+        return "settled", micros(a.actual_usd)
+    return "released", None
+
+
 def _truth(a: _Attempt | None) -> tuple[str, int | None]:
     """The state a dead run's reservation belongs in, by its journal row (None: no row)."""
     if a is None:  # no intent row: the submit never left (the intent precedes it)
         return "released", None
-    if a.status in ("intent", "unconfirmed"):
-        return "abandoned", None
-    if a.actual_usd is not None:
-        return "settled", micros(a.actual_usd)
-    if a.status in ("failed", "canceled", "skipped"):
-        return "released", None  # the vendor refused the submit
-    return "abandoned", None  # at a vendor, lost: counted at the estimate
+    # otherwise intent, unconfirmed, or at a vendor / lost / abandoned at its deadline: it
+    # may be charged and nobody knows what, so it is counted at the estimate
+    return _final(a) or ("abandoned", None)
 
 
 def reconcile_run(store: Store, run_id: str, attempts: Iterable[_Attempt],
                   now: datetime | None = None) -> int:
-    """After `storyreel reconcile` settled a run folder's at-risk jobs in its journal: settle
-    or release, in whatever window they are, the reservations of that run that were counted
-    at their estimate (abandoned). Returns how many changed."""
-    journal = {(a.shot_id, a.attempt): a for a in attempts}
+    """After `storyreel reconcile` settled a run folder's jobs in its journal: every
+    reservation of that run whose journal row now has a final answer is settled at what the
+    vendor charged (or released when it charged nothing), whatever state it is in, in
+    whatever window: abandoned (counted at its estimate), or still open under the lease of a
+    run killed moments ago (which the sweep would otherwise abandon at its estimate). Rows
+    without a final answer are left alone, so a run still working its jobs is undisturbed
+    (the run folder's lock keeps reconcile and a live run apart anyway). Returns how many
+    changed."""
+    journal = _by_key(attempts)
     ts = (now or utc_now()).timestamp()
 
     def step(tx: Tx) -> int:
-        rows = tx.execute("SELECT id, shot_id, attempt FROM spend_reservations WHERE run_id = ? "
-                          "AND state = 'abandoned' AND committed = 1 ORDER BY id" + tx.for_update,
-                          (run_id,))
+        rows = tx.execute("SELECT id, state, actual_micros, shot_id, take, attempt FROM "
+                          "spend_reservations WHERE run_id = ? AND committed = 1 ORDER BY id"
+                          + tx.for_update, (run_id,))
         changed = 0
-        for rid, shot_id, attempt in rows:
-            a = journal.get((shot_id, attempt))
-            new, actual = _truth(a)
-            if a is not None and new != "abandoned":
-                _move(tx, rid, new, actual, ts)
+        for rid, state, old_actual, shot_id, take, attempt in rows:
+            final = _final(journal.get((shot_id, take, attempt)))
+            if final is not None and final != (state, old_actual):
+                _move(tx, rid, *final, now=ts)
                 changed += 1
         return changed
 
@@ -281,34 +309,37 @@ class SpendWindow:
         self._heartbeat()
         return out
 
-    def commit(self, rid: str, attempt: int) -> None:
-        """The submit is about to leave: from now on the money may be charged, so a lapsed
-        lease abandons (counts) it instead of releasing it. Refuses a reservation whose lease
-        already lapsed (it was given back: submitting now could pass the limit)."""
+    def commit(self, rid: str, take: int, attempt: int) -> None:
+        """The submit of the shot's `take`, journal `attempt`, is about to leave: from now on
+        the money may be charged, so a lapsed lease abandons (counts) it instead of releasing
+        it. Refuses a reservation whose lease already lapsed (it was given back: submitting
+        now could pass the limit)."""
         def step(tx: Tx) -> None:
             ts = self._now()
-            tx.execute("UPDATE spend_reservations SET committed = 1, attempt = ?, "
+            tx.execute("UPDATE spend_reservations SET committed = 1, take = ?, attempt = ?, "
                        "lease_until = ?, updated_at = ? WHERE id = ? AND state = 'open'",
-                       (attempt, ts + self.lease_s, ts, rid))
+                       (take, attempt, ts + self.lease_s, ts, rid))
             if tx.rowcount() != 1:
                 raise BudgetError(f"spend window {self.spec.scope}: the reservation's lease "
                                   f"({self.lease_s:g} s) lapsed before its submit; not sent")
 
         self.store.atomic(step)
 
-    def hold(self, shot_id: str, attempt: int | None, amount: Decimal) -> str:
-        """Money already at a vendor (a resumed job): adopt this run's reservation for that
-        attempt (re-opened if a lapsed lease abandoned it), or reserve anew without a limit
-        check (refusing would not un-spend it)."""
+    def hold(self, shot_id: str, take: int, attempt: int | None, amount: Decimal) -> str:
+        """Money already at a vendor (a resumed job, or a retried task's): adopt this run's
+        reservation for that (shot, take, attempt), re-opened if a lapsed lease abandoned it,
+        so holding the same job twice counts it once; or reserve anew without a limit check
+        (refusing would not un-spend it). Without `attempt` (unknown) it always reserves."""
         need = micros(amount)
 
         def step(tx: Tx) -> str:
             now = self.clock()
             ts = now.timestamp()
             found = tx.execute("SELECT id, state FROM spend_reservations WHERE run_id = ? AND "
-                               "shot_id = ? AND attempt = ? AND committed = 1 "
+                               "shot_id = ? AND take = ? AND attempt = ? AND committed = 1 "
                                "ORDER BY created_at DESC LIMIT 1",
-                               (self.run_id, shot_id, attempt)) if attempt is not None else []
+                               (self.run_id, shot_id, take, attempt)) \
+                if attempt is not None else []
             if found:
                 rid, state = found[0]
                 if state in ("open", "abandoned"):
@@ -321,11 +352,11 @@ class SpendWindow:
             _ensure(tx, self.spec, periods)
             day, month = periods[0][1], periods[1][1]
             tx.execute("INSERT INTO spend_reservations (id, scope, day, month, amount_micros, "
-                       "state, committed, run_id, shot_id, attempt, host, pid, lease_until, "
-                       "created_at, updated_at) "
-                       "VALUES (?, ?, ?, ?, ?, 'open', 1, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (rid, self.spec.scope, day, month, need, self.run_id, shot_id, attempt,
-                        self.host, self.pid, ts + self.lease_s, ts, ts))
+                       "state, committed, run_id, shot_id, take, attempt, host, pid, "
+                       "lease_until, created_at, updated_at) "
+                       "VALUES (?, ?, ?, ?, ?, 'open', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (rid, self.spec.scope, day, month, need, self.run_id, shot_id, take,
+                        attempt, self.host, self.pid, ts + self.lease_s, ts, ts))
             _shift(tx, self.spec.scope, day, month, need, 0)
             return rid
 
@@ -344,17 +375,18 @@ class SpendWindow:
     def recover(self, attempts: Iterable[_Attempt]) -> None:
         """A resumed run folder: put this run's earlier reservations (those `hold` did not
         adopt) in the state its journal proves. Call after the holds."""
-        journal = {(a.shot_id, a.attempt): a for a in attempts}
+        journal = _by_key(attempts)
 
         def step(tx: Tx) -> None:
             ts = self._now()
-            rows = tx.execute("SELECT id, state, committed, shot_id, attempt FROM "
+            rows = tx.execute("SELECT id, state, committed, shot_id, take, attempt FROM "
                               "spend_reservations WHERE run_id = ? AND state IN "
                               "('open', 'abandoned') ORDER BY id" + tx.for_update, (self.run_id,))
-            for rid, state, committed, shot_id, attempt in rows:
+            for rid, state, committed, shot_id, take, attempt in rows:
                 if rid in self._adopted:
                     continue
-                new, actual = _truth(journal.get((shot_id, attempt)) if committed else None)
+                new, actual = _truth(journal.get((shot_id, take, attempt)) if committed
+                                     else None)
                 if (new, state) != ("abandoned", "abandoned"):
                     _move(tx, rid, new, actual, ts)
 

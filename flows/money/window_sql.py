@@ -51,6 +51,7 @@ SCHEMA = [
         committed INTEGER NOT NULL DEFAULT 0,
         run_id TEXT NOT NULL,
         shot_id TEXT NOT NULL,
+        take INTEGER NOT NULL DEFAULT 1,
         attempt INTEGER,
         host TEXT NOT NULL,
         pid INTEGER NOT NULL,
@@ -60,6 +61,9 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS spend_reservations_open ON spend_reservations (state, lease_until)",
     "CREATE INDEX IF NOT EXISTS spend_reservations_run ON spend_reservations (run_id, shot_id)",
 ]
+# Columns added since a store was first created: (table, column, SQL type and default). A store
+# made before takes existed gets `take` = 1 on every reservation (attempts were per shot then).
+COLUMNS = [("spend_reservations", "take", "INTEGER NOT NULL DEFAULT 1")]
 
 
 class Tx(Protocol):
@@ -112,7 +116,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA busy_timeout = 60000")
             _retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
             self._db.execute("PRAGMA synchronous=FULL")
-            self.atomic(lambda tx: [tx.execute(sql) for sql in SCHEMA])
+            self.atomic(_create_sqlite)
         except BaseException:
             self._db.close()
             raise
@@ -131,6 +135,14 @@ class SQLiteStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _create_sqlite(tx: Tx) -> None:
+    for sql in SCHEMA:
+        tx.execute(sql)
+    for table, column, decl in COLUMNS:  # SQLite has no ADD COLUMN IF NOT EXISTS
+        if column not in {row[1] for row in tx.execute(f"PRAGMA table_info({table})")}:
+            tx.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
 
 def _retry_locked(step: Callable[[], Any], tries: int = 20) -> Any:
@@ -178,7 +190,9 @@ class PostgresStore:
         # concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog: serialise
         # first use across workers with a transaction-scoped advisory lock
         self.atomic(lambda tx: [tx.execute("SELECT pg_advisory_xact_lock(7310421)")]
-                    + [tx.execute(sql) for sql in SCHEMA])
+                    + [tx.execute(sql) for sql in SCHEMA]
+                    + [tx.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}")
+                       for table, column, decl in COLUMNS])
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:

@@ -1,5 +1,14 @@
-"""Which spend window a run spends from: the storyboard's `budget.window`, overridden by the
-operators' budgets file named by STORYREEL_BUDGETS (operators set limits, authors name scopes).
+"""Which spend window a run spends from, and its limits.
+
+With an operators' budgets file (named by STORYREEL_BUDGETS) the file is the only authority on
+limits: operators set them, authors only name a scope. A storyboard's `budget.window` limits
+are then ignored (it cannot raise, lower or set a cap); a scope the file does not list spends
+from the file's `default_scope`, or is refused (SpecError at `budget.window.scope`) when the
+file declares none. So every run of a scope enforces the same limits.
+
+Without a budgets file the storyboard's `budget.window` is the window, limits included; the
+window row keeps the limits of the latest run that reserved in it (runs of one scope should
+agree; a budgets file makes them).
 
     # budgets.yaml
     version: 1
@@ -80,22 +89,31 @@ def _issues(exc: ValidationError, lines: dict[tuple[Any, ...], int]) -> list[tup
 
 
 def window_spec(board: Storyboard, env: dict[str, str] | None = None) -> WindowSpec | None:
-    """The window a run of `board` spends from, or None. The operators' file wins over the
-    storyboard for any scope it lists; a storyboard naming no window spends from the file's
-    default_scope, if any."""
+    """The window a run of `board` spends from, or None. With an operators' file, limits come
+    from the file only: the storyboard's scope if the file lists it, else the file's
+    default_scope (also for a storyboard naming no window), else a SpecError. Without one,
+    the storyboard's `budget.window` as written."""
     env = os.environ if env is None else env
     declared = board.budget.window
     path = env.get(ENV)
-    ops = load_budgets(path) if path else None
-    scope = declared.scope if declared else (ops.default_scope if ops else None)
+    if not path:
+        if declared is None:
+            return None
+        return _spec(declared.scope, declared, "storyboard")
+    ops = load_budgets(path)
+    scope = declared.scope if declared else None
+    if scope not in ops.scopes:
+        if scope is not None and ops.default_scope is None:
+            raise SpecError([("budget.window.scope", (
+                f"scope '{scope}' is not in the operators' budgets file {path} ({ENV}), which "
+                f"lists: {', '.join(ops.scopes)} (and no default_scope); name one of those"))])
+        scope = ops.default_scope
     if scope is None:
         return None
-    if ops is not None and scope in ops.scopes:
-        limits: WindowLimits = ops.scopes[scope]
-        source = str(path)
-    else:
-        assert declared is not None
-        limits, source = declared, "storyboard"
+    return _spec(scope, ops.scopes[scope], str(path))
+
+
+def _spec(scope: str, limits: WindowLimits, source: str) -> WindowSpec:
     return WindowSpec(scope=scope, daily_usd=_dec(limits.daily_usd),
                       monthly_usd=_dec(limits.monthly_usd), timezone=limits.timezone,
                       source=source)

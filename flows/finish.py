@@ -27,10 +27,9 @@ from flows.deliverable import cut_for
 from flows.media.conform import OutputFormat, conform
 from flows.media.finishing import make_cut
 from flows.money.journal import Journal
-from flows.redaction import redact
 from flows.runfolder import resolved, stored
 from flows.storyboard.plan import Plan
-from providers.errors import SpecError, StoryreelError
+from providers.errors import SpecError, StoryreelError, redact
 
 T = TypeVar("T")
 RECORD_KEY = "storyboard"  # journal meta: what `recorded_plan` plans from

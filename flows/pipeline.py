@@ -48,7 +48,7 @@ from flows.storyboard.files import check_run_params
 from flows.storyboard.keys import env_key
 from flows.storyboard.plan import Plan, ShotPlan
 from flows.storyboard.prices import price_plan
-from providers.errors import BudgetError, ContentPolicyError, PlanError, SpecError
+from providers.errors import BudgetError, ContentPolicyError, PlanError, SpecError, redact
 from providers.http import new_client
 
 
@@ -297,5 +297,5 @@ async def _artifacts(plan: Plan, summary: RunSummary) -> None:
     if summary.failures():
         lines += ["", "## Missing shots"] + [f"- {r.shot_id}: {r.status}: {r.reason}"
                                             for r in summary.failures()]
-    await acreate_markdown_artifact(redaction.redact("\n".join(lines)), key=f"summary-{key}",
+    await acreate_markdown_artifact(redact("\n".join(lines)), key=f"summary-{key}",
                                     description="spend vs cap, failures, where the cut is")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flows import runlock
-from flows.money.atomic import write_text_atomic
+from flows.files.atomic import write_text_atomic
 from flows.money.ledger import Ledger
 from flows.money.status import AT_RISK, AT_VENDOR
 from flows.render import settle_job

@@ -14,20 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from flows.deliverable import summary_lines
+from flows.files.atomic import write_text_atomic
 from flows.finish import finish_cut, output_format, slate
 from flows.media.ffmpeg_exec import ffmpeg_exe
-from flows.money.atomic import write_text_atomic
 from flows.money.cache import ClipCache, default_cache_dir
 from flows.money.journal import Journal
 from flows.money.ledger import Ledger
 from flows.money.status import AT_VENDOR, GOOD, Status
 from flows.money.window import SpendWindow
-from flows.redaction import redact, redact_data
+from flows.redaction import redact_data
 from flows.render import RunContext, ShotResult
 from flows.runfolder import stored
 from flows.storyboard.keys import require_keys
 from flows.storyboard.plan import Plan, plan_file
-from providers.errors import BudgetError, MediaError, StoryreelError
+from providers.errors import BudgetError, MediaError, StoryreelError, redact
 
 
 @dataclass

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flows.money.atomic import write_text_atomic
+from flows.files.atomic import write_text_atomic
 from flows.money.cache import cache_key
 from flows.money.journal import Attempt, Journal
 from flows.money.status import AT_RISK, AT_VENDOR

@@ -302,10 +302,6 @@ class _OutOfTime(Exception):
 _RECEIVED: weakref.WeakKeyDictionary[httpx.AsyncClient, list[int]] = weakref.WeakKeyDictionary()
 
 
-def received_bytes(client: httpx.AsyncClient) -> int:
-    return _RECEIVED.get(client, [0])[0]
-
-
 async def download(
     client: httpx.AsyncClient,
     url: str,

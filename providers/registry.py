@@ -31,10 +31,6 @@ def register(cls: type[Provider]) -> None:
     _extra[cls.name] = cls
 
 
-def unregister(name: str) -> None:
-    _extra.pop(name, None)
-
-
 def provider_names() -> list[str]:
     return sorted(set(BUILTIN) | set(_extra))
 

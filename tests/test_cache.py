@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.money.cache import ClipCache, cache_key, default_cache_dir, file_sha256
+from flows.files.digest import file_sha256
+from flows.money.cache import ClipCache, cache_key, default_cache_dir
 
 BASE = dict(
     provider="fal",

@@ -121,7 +121,7 @@ def record_path(dest: Path) -> Path:
 
 def remember(dest: Path, parts: Sequence[Piece]) -> None:
     """Record the pieces `dest`'s audio was made of, with `dest`'s identity as written now."""
-    from flows.money.atomic import write_text_atomic
+    from flows.files.atomic import write_text_atomic
 
     st = Path(dest).stat()
     write_text_atomic(record_path(dest), json.dumps({

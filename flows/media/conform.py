@@ -216,7 +216,7 @@ def _cache_path(cache_dir: Path, src: Path, fmt: OutputFormat, frames: int,
     """Where the intermediate of `src` lives in a conform cache: keyed by the source's bytes
     (`sha256`, when the caller has hashed them already) and the exact ffmpeg arguments, so a
     change of settings never reuses a stale clip."""
-    from flows.money.cache import file_sha256
+    from flows.files.digest import file_sha256
 
     digest = sha256 or file_sha256(src)
     material = json.dumps([digest, _argv_template(fmt, frames, reading)])

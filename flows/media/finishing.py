@@ -1,6 +1,6 @@
 """The deliverable cut: the joined clips plus what makes them publishable (music bed, loudness,
 captions as sidecars and burned in, a logo). Everything the cut depends on is one value, `Cut`,
-so that a content key of the cut can be computed from it (`Cut.material()`).
+so that one object says everything the cut is made of.
 
 Speed: with no caption to burn and no logo, the picture is stream-copied exactly as in
 `assemble` and only the audio goes through one filter graph, encoded once to AAC. Burned
@@ -34,8 +34,6 @@ from flows.media.ffmpeg_exec import run_ffmpeg
 from flows.media.overlay import Logo, logo_filter, logo_input
 from flows.media.probe import VideoInfo, probe
 from flows.runfolder import stored
-
-CUT_VERSION = 1  # bump when the way a cut is made changes: a cut key then changes too
 
 
 @dataclass(frozen=True)
@@ -71,18 +69,6 @@ class Cut:
         if self.music:
             out.append(self.music.path)
         return out
-
-    def material(self) -> dict[str, Any]:
-        """A JSON-able description of the cut; with the bytes of `files()` it decides the cut."""
-        def plain(x: Any) -> Any:
-            if isinstance(x, Path):
-                return str(x)
-            if isinstance(x, tuple | list):
-                return [plain(v) for v in x]
-            if hasattr(x, "__dataclass_fields__"):
-                return {k: plain(getattr(x, k)) for k in x.__dataclass_fields__}
-            return x
-        return {"v": CUT_VERSION, **plain(self)}
 
 
 @dataclass
@@ -187,7 +173,7 @@ def _picture(cut: Cut, cue_list: list[Cue], work: Path, next_input: int,
 
 def _sidecars(cue_list: list[Cue], fps: int, dest: Path) -> tuple[Path | None, Path | None]:
     """final.srt / final.vtt beside the cut; none (and no stale ones) without captions."""
-    from flows.money.atomic import write_text_atomic
+    from flows.files.atomic import write_text_atomic
 
     base = dest.with_suffix("")
     paths = base.with_name(base.name + ".srt"), base.with_name(base.name + ".vtt")

@@ -29,7 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flows.money.atomic import write_text_atomic
+from flows.files.atomic import write_text_atomic
+from flows.files.digest import file_sha256
 from flows.money.usd import as_float
 
 KEY_VERSION = 1  # bump when the key's material changes meaning
@@ -90,14 +91,6 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cache key material cannot hold {type(value).__name__}: {value!r}")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_cache_dir() -> Path:

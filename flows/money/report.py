@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from flows.money.atomic import write_text_atomic
+from flows.files.atomic import write_text_atomic
 from flows.money.journal import Journal
 from flows.money.spend import VENDOR_SOURCES, priced
 from flows.money.status import AT_RISK, NOT_ATTEMPTS, SUCCEEDED, Status

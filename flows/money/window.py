@@ -50,8 +50,8 @@ from decimal import Decimal
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from flows.money.ledger import to_money, usd
 from flows.money.status import SUCCEEDED, Status
+from flows.money.usd import to_money, usd
 from flows.money.window_sql import Store, Tx
 from providers.errors import BudgetError
 

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flows.files.atomic import write_text_atomic
 from flows.finish import finish_cut, recorded_plan
-from flows.money.atomic import write_text_atomic
 from flows.money.journal import Attempt, Journal
-from flows.redaction import redact
 from flows.review.page import booked
 from flows.review.picks import by_take, good_clip, load_review, select_take
 from flows.storyboard.plan import Plan
 from flows.uptodate import conformed_name
-from providers.errors import SpecError
+from providers.errors import SpecError, redact
 
 
 @dataclass

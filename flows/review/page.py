@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.money.atomic import write_text_atomic
+from flows.files.atomic import write_text_atomic
 from flows.money.journal import Attempt
 from flows.money.spend import totals_of
 from flows.review.picks import ShotReview, by_take, good_clip, select_take

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from flows.money.atomic import write_text_atomic
+from flows.files.atomic import write_text_atomic
 from flows.money.journal import Attempt
 from providers.errors import SpecError
 

@@ -6,7 +6,7 @@
 At exit (after Prefect's own exit handlers, which were registered later and run first) the
 report gets: this process's CPU (user, system) and peak RSS, its reaped children's CPU
 (ffmpeg, an ephemeral Prefect server), and monotonic stamps: start, when `prefect` began to
-import, when flows.pipeline was ready, end.
+import, when flows.orchestration.flow was ready, end.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _watch_imports() -> None:
         mods = sys.modules
         if "prefect_import" not in stamps and "prefect" in mods:
             stamps["prefect_import"] = time.monotonic()
-        pipe = mods.get("flows.pipeline")
+        pipe = mods.get("flows.orchestration.flow")
         if pipe is not None and hasattr(pipe, "run_plan"):
             stamps["pipeline_ready"] = time.monotonic()
         if time.monotonic() - T0 > 600:
@@ -64,7 +64,7 @@ def main() -> int:
     root = Path(__file__).resolve().parent.parent
     sys.path[:0] = [str(root), str(root / "bench")]
     if mode == "cli":
-        from flows.cli import main as cli_main
+        from flows.cli.commands import main as cli_main
 
         return cli_main(args)
     if mode == "plain":

@@ -1,6 +1,6 @@
 """The storyreel pipeline without Prefect, to measure what Prefect itself costs (P2).
 
-The same plain modules the flow calls (flows.run, flows.render), sequenced the way
+The same plain modules the flow calls (flows.run.session, flows.run.shot), sequenced the way
 flows/pipeline.py's `run_plan` does, minus the flow, the task per shot, the progress and
 summary artifacts and the run logger. Not a product path: a benchmark control.
 
@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from flows.render import RunContext, ShotResult, render_shot
-from flows.run import (
+from flows.run.session import (
     RunOptions,
     cache_for,
     finish,
@@ -24,6 +23,7 @@ from flows.run import (
     preflight,
     run_dir_for,
 )
+from flows.run.shot import RunContext, ShotResult, render_shot
 from flows.storyboard.keys import env_key
 from providers.http import new_client
 

@@ -10,7 +10,7 @@ Modes (each a fresh `storyreel run` process, the real CLI):
              not counted)
   server-noearly   the same with `--no-early-submit` (does early submit still pay
              once the server is running?)
-  reused     no PREFECT_API_URL: storyreel's own background server (flows/server.py), started
+  reused     no PREFECT_API_URL: storyreel's own background server (flows/orchestration/server.py), started
              by a first run that is not counted, then reused, as a user's second run has it
   reused-noearly   the same with `--no-early-submit`
 Baseline: bench/floor.py --shots 1, a bare Python script doing the same submit, poll and
@@ -148,7 +148,7 @@ def report(out: dict[str, Any]) -> str:
     return "\n".join([
         f"P0 start-up, 1 shot, vendor latency {out['args']['latency']} s (seconds from the "
         "command; medians)", h.table(rows, head),
-        "imports = until flows.pipeline (and Prefect) is imported; ready->submit = from there "
+        "imports = until flows.orchestration.flow (and Prefect) is imported; ready->submit = from there "
         "to the first vendor submit (server start or connect, flow run, task run).",
         f"machine: {out['machine']['cpu']}, {out['machine']['cores']} cores; "
         f"{out['load_at_end']}"])

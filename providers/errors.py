@@ -26,7 +26,7 @@
     + UnsafeURLError             a vendor named a URL we refuse to fetch (file:, private
                                  address, plain http, too big): never retried
   x MediaError                   ffmpeg failed or produced a wrong file; .argv .stderr_tail
-  x BusyError                    the run folder is another run's (flows/runlock.py)
+  x BusyError                    the run folder is another run's (flows/run/lock.py)
 
 Messages never contain API keys: adapters put keys only in headers and
 error text is built from vendor bodies, which are scrubbed by `redact`.
@@ -251,4 +251,4 @@ class BusyError(StoryreelError):
 
 
 class OrchestratorError(StoryreelError):
-    """The local Prefect server (flows/server.py) could not be started or reached."""
+    """The local Prefect server (flows/orchestration/server.py) could not be started or reached."""

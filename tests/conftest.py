@@ -42,7 +42,7 @@ def emu_env(monkeypatch: pytest.MonkeyPatch, emu: Emulator) -> Emulator:
 @pytest.fixture
 def run(emu_env, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Render a storyboard through the Prefect flow; returns (result, rows)."""
-    from flows.pipeline import render_storyboard
+    from flows.orchestration.flow import render_storyboard
 
     monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
     emu_env.configure(latency=0.2)

@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-# no test leaves storyreel's background Prefect server running (flows/server.py); the test of
+# no test leaves storyreel's background Prefect server running (flows/orchestration/server.py); the test of
 # that server asks for it explicitly
 os.environ.setdefault("STORYREEL_SERVER", "ephemeral")
 

@@ -13,7 +13,7 @@ import pytest
 @pytest.fixture
 def review_run(emu_env, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Render a storyboard through the Prefect flow against the emulator; returns its result."""
-    from flows.pipeline import render_storyboard
+    from flows.orchestration.flow import render_storyboard
 
     monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
     emu_env.configure(latency=0.2)

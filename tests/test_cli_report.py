@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
+from flows.cli.commands import main
 from flows.money.report import write_cost_csv
 
 

@@ -20,7 +20,7 @@ from flows.media.audio import Music
 from flows.media.conform import OutputFormat, conform
 from flows.media.ffmpeg_exec import ffmpeg_exe
 from flows.media.finishing import Cut, make_cut
-from flows.run import make_plan
+from flows.run.session import make_plan
 from providers.errors import SpecError
 
 FPS = 24
@@ -135,7 +135,7 @@ LENGTH = 8.5
 @pytest.mark.e2e
 async def test_deliverable_storyboard(tmp_path: Path, prefect_api: str,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.pipeline import render_storyboard
+    from flows.orchestration.flow import render_storyboard
 
     monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
     make_music(tmp_path / "music.wav")
@@ -250,8 +250,8 @@ def slices(path: Path) -> list[bytes]:
 async def test_silent_cut_with_a_loudness_target(tmp_path: Path) -> None:
     """Nothing to normalise: the cut is made, and its report says so instead of -inf; no
     captions: no sidecar files."""
-    from flows.deliverable import summary_lines
     from flows.media.audio import Loudness
+    from flows.run.deliverable import summary_lines
 
     fmt = OutputFormat(W, H, FPS)
     raw = tmp_path / "raw.mp4"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from flows.media.probe import probe
-from flows.run import make_plan
+from flows.run.session import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_SPECS = [p for p in sorted((ROOT / "specs").glob("*.yaml"))
@@ -32,7 +32,7 @@ def expected_length(spec: Path) -> float:
 @pytest.mark.parametrize("spec", LOCAL_SPECS, ids=lambda p: p.stem)
 async def test_local_spec_renders(spec: Path, tmp_path: Path, prefect_api: str,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.pipeline import render_storyboard
+    from flows.orchestration.flow import render_storyboard
 
     monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "run"

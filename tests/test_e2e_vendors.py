@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flows.media.probe import probe
-from flows.run import make_plan
+from flows.run.session import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "vendors-demo.yaml"
@@ -29,7 +29,7 @@ def money(rows: list[dict[str, str]], provider: str | None = None) -> Decimal:
 @pytest.mark.e2e
 async def test_vendor_tour_renders_and_costs_match(emu_env, prefect_api: str, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.pipeline import render_storyboard
+    from flows.orchestration.flow import render_storyboard
 
     emu = emu_env
     emu.configure(latency=0.3, price_multiplier={"runway": 1.1, "runware": 0.9})

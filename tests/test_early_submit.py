@@ -1,4 +1,4 @@
-"""Early submits (flows/early.py): the CLI's first attempts count exactly as the flow's own,
+"""Early submits (flows/run/early.py): the CLI's first attempts count exactly as the flow's own,
 through the real flow and the emulator; and the CLI path end to end."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from flows.early import submit_early
 from flows.money.journal import Journal
-from flows.run import RunOptions, ledger_for, make_plan
+from flows.run.early import submit_early
+from flows.run.session import RunOptions, ledger_for, make_plan
 from tests.storyboards import charged, cost_rows, total, write_board
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +27,7 @@ def fal_shot(i: int, **extra: Any) -> dict[str, Any]:
 @pytest.fixture
 def render(emu_env, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """What `storyreel run` does: early submits, then the flow on the same folder."""
-    from flows.pipeline import render_storyboard
+    from flows.orchestration.flow import render_storyboard
 
     monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
     emu_env.configure(latency=0.3)

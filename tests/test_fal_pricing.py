@@ -210,8 +210,8 @@ async def test_a_run_books_what_fal_charged_at_the_accounts_price(priced_env: Em
     """Plan with live prices, render each shot on a RunContext (no Prefect), write cost.csv:
     every fal row is the emulator's charge to the cent, labelled vendor_units."""
     from flows.money.report import rows_from_journal, write_cost_csv
-    from flows.render import render_shot
-    from flows.run import RunOptions, make_plan, new_context, open_journal
+    from flows.run.session import RunOptions, make_plan, new_context, open_journal
+    from flows.run.shot import render_shot
     from flows.storyboard.prices import price_plan
     from providers.http import new_client
 
@@ -245,7 +245,7 @@ async def test_a_run_books_what_fal_charged_at_the_accounts_price(priced_env: Em
 
 def test_plan_shows_live_prices_and_json_names_the_source(priced_env: Emulator, tmp_path: Path,
                                                           capsys) -> None:
-    from flows.cli import main
+    from flows.cli.commands import main
 
     spec = write_board(tmp_path, fal_shots())
     assert main(["plan", "--json", str(spec)]) == 0
@@ -261,7 +261,7 @@ def test_plan_shows_live_prices_and_json_names_the_source(priced_env: Emulator, 
 def test_plan_offline_or_without_key_labels_catalog_estimates(
         priced_env: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys,
         env: dict[str, str | None]) -> None:
-    from flows.cli import main
+    from flows.cli.commands import main
 
     for name, value in env.items():
         if value is None:
@@ -280,7 +280,7 @@ def test_plan_offline_or_without_key_labels_catalog_estimates(
 
 
 def test_prices_command_shows_what_differs(priced_env: Emulator, capsys) -> None:
-    from flows.cli import main
+    from flows.cli.commands import main
 
     assert main(["prices"]) == 0
     out = capsys.readouterr().out
@@ -291,7 +291,7 @@ def test_prices_command_shows_what_differs(priced_env: Emulator, capsys) -> None
 
 def test_prices_command_without_key_says_so_in_one_line(priced_env: Emulator, capsys,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.cli import main
+    from flows.cli.commands import main
 
     monkeypatch.delenv("FAL_KEY")
     assert main(["prices"]) == 1

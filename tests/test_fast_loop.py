@@ -1,7 +1,7 @@
 """The edit loop: a finished folder with an unchanged storyboard is "up to date" without
 touching a vendor, ffmpeg or Prefect; an edited shot is the only one generated again; an
 unchanged cut is not joined again; storyreel's background Prefect server starts once, is
-reused, and stops (flows/uptodate.py, flows/server.py)."""
+reused, and stops (flows/run/uptodate.py, flows/orchestration/server.py)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def dead_api() -> str:
 # Runs the CLI in-process and reports which heavy modules it imported.
 PROBE = (
     "import json, sys\n"
-    "from flows.cli import main\n"
+    "from flows.cli.commands import main\n"
     "rc = main(sys.argv[1:])\n"
     "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'pandas', 'av'))\n"
     "print('MODULES ' + json.dumps(heavy))\n"
@@ -138,8 +138,8 @@ def test_noop_rerun_touches_no_vendor_ffmpeg_or_prefect(loop: Loop) -> None:
 
 def test_noop_check_is_exact(loop: Loop) -> None:
     """Anything the cut depends on makes it not up to date (checked without running)."""
-    from flows.run import make_plan
-    from flows.uptodate import check
+    from flows.run.session import make_plan
+    from flows.run.uptodate import check
 
     spec = loop.tmp / "board.yaml"
     assert check(make_plan(spec), loop.out).final is not None
@@ -167,9 +167,9 @@ def test_noop_check_is_exact(loop: Loop) -> None:
 
 def test_unchanged_cut_is_not_joined_again(loop: Loop) -> None:
     """finish() on the same clips and settings keeps final.mp4 (no ffmpeg for the cut)."""
-    from flows.context import ShotResult
     from flows.money.journal import Journal
-    from flows.run import finish, ledger_for, make_plan
+    from flows.run.context import ShotResult
+    from flows.run.session import finish, ledger_for, make_plan
 
     plan = make_plan(loop.current)
     stamp = loop.final_stamp()
@@ -210,7 +210,7 @@ def test_edited_shot_alone_is_generated_again(loop: Loop) -> None:
     proc = loop.run(spec)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert loop.emu.stats("fal")["submits"] == 1
-    # sent before Prefect started (flows/early.py), although the shot has attempts here
+    # sent before Prefect started (flows/run/early.py), although the shot has attempts here
     assert "1 shot(s) submitted before the flow started" in proc.stderr
     # at most s1's conform (the emulator serves equal bytes, which conform's cache may know)
     conforms = [a for a in calls(loop.log) if any("/raw/" in x for x in a)]
@@ -231,8 +231,8 @@ def test_edited_shot_alone_is_generated_again(loop: Loop) -> None:
 def test_failed_shot_is_not_up_to_date(loop: Loop, tmp_path: Path) -> None:
     """A shot that ended as a slate is tried again: the folder is not up to date."""
     from flows.money.journal import Journal
-    from flows.run import make_plan
-    from flows.uptodate import check
+    from flows.run.session import make_plan
+    from flows.run.uptodate import check
 
     out = tmp_path / "copy"
     shutil.copytree(loop.out, out)

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flows import cli
+from flows.cli import commands as cli
 from flows.storyboard import spec as spec_models
 from flows.storyboard.loading import _model_at
 
@@ -302,7 +302,7 @@ def test_the_last_resort_names_the_error_and_masks_keys(board_dir: Path,
                                                           ) -> None:
     """An error nobody planned for: one line with its type, a registered key masked, exit 1;
     STORYREEL_DEBUG=1 lets it through with its traceback."""
-    from flows import cli
+    from flows.cli import commands as cli
     from providers.errors import register_secret
 
     secret = "sk-fuzz-0123456789abcdef"

@@ -21,7 +21,7 @@ from tests.storyboards import charged, cost_rows, total, write_board
 
 pytestmark = pytest.mark.e2e
 SHOTS = 4
-# longer than Prefect's start-up: the CLI submits before the flow starts (flows/early.py), and
+# longer than Prefect's start-up: the CLI submits before the flow starts (flows/run/early.py), and
 # the jobs must still be running when the flow begins to poll them
 LATENCY = 5.0
 

@@ -37,7 +37,7 @@ async def test_cap_holds_under_concurrency_with_random_failures(run, emu_env, tm
     spec = write_board(tmp_path, shots, budget={"max_usd": 6.0, "on_exhausted": "skip"},
                        title=f"cap {seed}")
     # fallbacks must accept the shot's duration: planning refuses otherwise, so keep only fits
-    from flows.run import make_plan
+    from flows.run.session import make_plan
     from providers.errors import SpecError
 
     try:

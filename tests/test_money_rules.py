@@ -120,9 +120,9 @@ async def test_a_resubmitted_intent_stays_priced(run, emu_env, tmp_path) -> None
     --resubmit-unconfirmed, that row is still reported at its estimate (it may have billed)."""
     from types import SimpleNamespace
 
-    from flows.context import clip_key
     from flows.money.journal import Journal
-    from flows.run import make_plan
+    from flows.run.context import clip_key
+    from flows.run.session import make_plan
 
     emu = emu_env
     spec = write_board(tmp_path, [{"id": "a", "prompt": "a kite", **FAL}], budget={"max_usd": 2})
@@ -156,7 +156,7 @@ async def test_a_resubmitted_intent_stays_priced(run, emu_env, tmp_path) -> None
     ({}, {"max_usd_per_shot": float("inf")}, "budget.max_usd_per_shot"),
 ])
 def test_bad_prices_and_caps_are_spec_errors(tmp_path, pricing, budget, place) -> None:
-    from flows.run import make_plan
+    from flows.run.session import make_plan
     from providers.errors import SpecError
 
     spec = write_board(tmp_path, [{"id": "a", "prompt": "a kite", **FAL}], budget=budget,
@@ -178,7 +178,7 @@ def test_budget_flag_is_checked_without_traceback(tmp_path, value) -> None:
 # -- one owner per run folder --------------------------------------------------------------------
 
 def test_a_run_folder_has_one_owner(tmp_path) -> None:
-    from flows import runlock
+    from flows.run import lock as runlock
     from providers.errors import BusyError
 
     out = tmp_path / "out"
@@ -202,7 +202,7 @@ def test_a_run_folder_has_one_owner(tmp_path) -> None:
 
 
 def test_default_run_folders_never_collide(tmp_path, monkeypatch) -> None:
-    from flows.run import make_plan, run_dir_for
+    from flows.run.session import make_plan, run_dir_for
 
     monkeypatch.chdir(tmp_path)
     spec = write_board(tmp_path, [{"id": "a", "prompt": "a kite", "provider": "local"}])

@@ -20,9 +20,9 @@ import pytest
 
 from flows.money.report import rows_from_journal, write_cost_csv
 from flows.money.spend import totals
-from flows.reconcile import reconcile
-from flows.render import render_shot
-from flows.run import RunOptions, make_plan, new_context, open_journal
+from flows.run.reconcile import reconcile
+from flows.run.session import RunOptions, make_plan, new_context, open_journal
+from flows.run.shot import render_shot
 from flows.storyboard.keys import env_key
 from providers.http import new_client
 from tests.money_kit import cents, shot, wait_idle
@@ -119,7 +119,7 @@ async def test_estimates_are_labelled_and_never_summed_as_charged(fast, tmp_path
 
 
 def test_the_cli_money_line_calls_an_estimate_an_estimate() -> None:
-    from flows.cli import spent_line
+    from flows.cli.commands import spent_line
 
     line = spent_line({"confirmed_usd": 1.5, "estimated_spend_usd": 24.0, "at_risk_usd": 0.6,
                        "total_usd": 26.1}, "$30.00")
@@ -129,7 +129,7 @@ def test_the_cli_money_line_calls_an_estimate_an_estimate() -> None:
 
 
 def test_plan_json_shows_the_reservation_with_its_margin(tmp_path, capsys) -> None:
-    from flows.cli import main
+    from flows.cli.commands import main
 
     spec = write_board(tmp_path, [{"id": "l", "prompt": "a lake", **LUMA},
                                   {"id": "x", "prompt": "free", "provider": "local",

@@ -141,7 +141,7 @@ async def deployed(server: Server) -> dict[str, Any]:
 async def test_deployments_from_prefect_yaml(server: Server, deployed: dict[str, Any]) -> None:
     daily, demand = deployed["daily-recap"], deployed["on-demand"]
     for d in (daily, demand):
-        assert d.entrypoint == "flows.pipeline.render_storyboard"
+        assert d.entrypoint == "flows.orchestration.flow.render_storyboard"
         assert d.work_pool_name == POOL
         # the pull step was resolved at deploy time to this checkout
         assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory":

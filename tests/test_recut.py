@@ -23,7 +23,7 @@ import av
 import numpy as np
 import pytest
 
-from flows.cli import main
+from flows.cli.commands import main
 from tests.review_kit import difference, frame_at
 from tests.test_deliverable import MUSIC_HZ, audio, band_db, cues, make_logo, make_music
 

@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-# imported here, not in the test: the first `from prefect import flow` (flows.pipeline) runs
+# imported here, not in the test: the first `from prefect import flow` (flows.orchestration.flow) runs
 # Prefect's logging setup, which would drop pytest's capture handlers (caplog) mid-test
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, LogFilter
 from prefect.logging.handlers import APILogHandler
 
-from flows import redaction
-from flows.pipeline import render_storyboard
+from flows.orchestration.flow import render_storyboard
+from flows.run import redaction
 from providers.errors import register_secret
 from tests.emulator.core import FAKE_KEYS
 from tests.storyboards import cost_rows, write_board

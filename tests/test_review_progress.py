@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import progress
-from flows.context import ShotEvent
+from flows.cli import progress
+from flows.run.context import ShotEvent
 from tests.storyboards import write_board
 
 

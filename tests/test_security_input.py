@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from flows.cli import main
-from flows.run import make_plan
+from flows.cli.commands import main
+from flows.run.session import make_plan
 from flows.storyboard.files import check_out_dir, check_run_params, check_storyboard_path
 from flows.storyboard.loading import MAX_FILE_BYTES, parse_storyboard
 from providers.errors import SpecError
@@ -267,7 +267,7 @@ async def test_a_deployment_run_checks_its_parameters(prefect_api: str, tmp_path
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """The flow itself (what a deployment runs): a storyboard outside the project and an `out`
     that is a file are refused with the CLI's messages, before anything is planned."""
-    import flows.pipeline as pipeline
+    import flows.orchestration.flow as pipeline
 
     spec = write_board(tmp_path, [{"id": "a", "prompt": "p", "provider": "local",
                                    "duration": 1}])

@@ -11,9 +11,9 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from flows import redaction
-from flows.context import ShotResult
-from flows.run import make_plan, placeholder, write_run_json
+from flows.run import redaction
+from flows.run.context import ShotResult
+from flows.run.session import make_plan, placeholder, write_run_json
 from providers.errors import ProviderError, StoryreelError, redact, register_secret
 from tests.storyboards import write_board
 
@@ -122,7 +122,7 @@ class _Drawn(Exception):
 async def test_a_path_like_job_id_writes_nothing_outside_the_run(
         emu_env, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         vendor: str, model: str | None, seconds: int) -> None:
-    from flows.pipeline import render_storyboard
+    from flows.orchestration.flow import render_storyboard
 
     emu = emu_env
     monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))

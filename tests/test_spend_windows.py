@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from flows.cli import main
+from flows.cli.commands import main
 from flows.money.ledger import Ledger
 from flows.money.window import SpendWindow, WindowSpec, status
 from flows.money.window_sql import open_store

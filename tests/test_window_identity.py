@@ -1,5 +1,5 @@
 """Spend windows stay exact (flows/money/window.py) and a run folder has one owner even
-inside one process (flows/runlock.py):
+inside one process (flows/run/lock.py):
 - a reservation's identity is (run, shot, take, attempt): takes of a shot number their
   attempts alike, and a resume must adopt each take's own job;
 - a store made before takes existed gets the column on open (SQLite and PostgreSQL);
@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from flows import runlock
-from flows.cli import main
+from flows.cli.commands import main
 from flows.money.ledger import Ledger
 from flows.money.window import SpendWindow, WindowSpec, reconcile_run
 from flows.money.window_sql import open_store
+from flows.run import lock as runlock
 from flows.storyboard.budgets import window_spec
 from flows.storyboard.loading import parse_storyboard
 from providers.errors import BudgetError, BusyError, SpecError
@@ -249,9 +249,9 @@ async def test_a_retried_task_holds_its_job_once(emu_env: Any, tmp_path: Path,
     journal row, as a Prefect task retry does after the first try died while polling: the
     job's money is held once, in the ledger and in the window, and settled at the vendor's
     charge."""
-    from flows.early import submit_early
-    from flows.render import _settle_other
-    from flows.run import RunOptions, close_window, make_plan, new_context, open_journal
+    from flows.run.early import submit_early
+    from flows.run.session import RunOptions, close_window, make_plan, new_context, open_journal
+    from flows.run.shot import _settle_other
     from flows.storyboard.keys import env_key
     from providers.http import new_client
 

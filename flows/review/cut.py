@@ -1,6 +1,6 @@
 """`storyreel cut DIR`: re-make a run folder's finished film from its picks, with no vendor call.
 
-The film is the one `storyreel run` makes with the same picks: the same finish (flows/finish.py:
+The film is the one `storyreel run` makes with the same picks: the same finish (flows/run/finish.py:
 title and end cards, captions, music bed, loudness, logo, cut.json, contact sheet, review.html).
 Everything comes from the folder: the storyboard the run recorded (its journal), the takes and
 their conformed clips (journal.sqlite), the picks and rejections (review.yaml). A folder made
@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from flows.files.atomic import write_text_atomic
-from flows.finish import finish_cut, recorded_plan
 from flows.money.journal import Attempt, Journal
 from flows.review.page import booked
 from flows.review.picks import by_take, good_clip, load_review, select_take
+from flows.run.finish import finish_cut, recorded_plan
+from flows.run.uptodate import conformed_name
 from flows.storyboard.plan import Plan
-from flows.uptodate import conformed_name
 from providers.errors import SpecError, redact
 
 
@@ -107,7 +107,7 @@ def _update_run_json(run_dir: Path, data: dict[str, Any], plan: Plan, cut: list[
                      cut_json: dict[str, Any]) -> None:
     """run.json describes the cut that is in the folder now; its money figures are the
     journal's, which a cut does not change."""
-    from flows.runfolder import stored
+    from flows.run.folder import stored
 
     clips = {c.shot_id: c.clip for c in cut}
     for entry in data.get("results") or []:

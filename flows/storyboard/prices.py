@@ -1,6 +1,6 @@
 """Live vendor prices for a plan: fal's Platform API unit prices for the fal endpoints the
 plan may use, asked once per run (and per `storyreel plan`), kept a day in the cache
-directory (providers/fal_pricing.py). Never on the up-to-date path (flows/uptodate.py): that
+directory (providers/fal_pricing.py). Never on the up-to-date path (flows/run/uptodate.py): that
 check makes no network call. Offline, without a key or on any error the plan keeps its
 catalog estimates, labelled so, and says why in `Plan.price_note`."""
 

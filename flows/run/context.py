@@ -16,9 +16,9 @@ from flows.media.conform import OutputFormat
 from flows.money.cache import ClipCache
 from flows.money.journal import Journal
 from flows.money.ledger import Ledger
+from flows.run.uptodate import plan_clip_key
 from flows.storyboard.keys import env_key
 from flows.storyboard.plan import Option, Plan, ShotPlan
-from flows.uptodate import plan_clip_key
 from providers.base import Provider
 from providers.registry import get_provider_class
 
@@ -36,7 +36,7 @@ class ShotResult:
 
 @dataclass(frozen=True)
 class ShotEvent:
-    """What just happened to one take of a shot, for a live display (flows/progress.py).
+    """What just happened to one take of a shot, for a live display (flows/cli/progress.py).
     take 0 is the shot's own ending: state is then its ShotResult status."""
 
     shot_id: str

@@ -4,7 +4,7 @@ money spent and reserved against the cap.
 
 On a terminal the table is redrawn in place (rich, which comes with Prefect); otherwise each
 change of a shot's state is one plain line, so logs and CI output stay readable. Shots report
-through RunContext.events (flows/render.py emits ShotEvents); the CLI installs the display
+through RunContext.events (flows/run/shot.py emits ShotEvents); the CLI installs the display
 with `use()`, and the flow binds it to its ledger with `sink()`. Runs started by a deployment
 or a worker have no display: events go nowhere.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from flows.context import ShotEvent
+from flows.run.context import ShotEvent
 
 FINAL = {"done", "cached", "failed", "skipped", "unconfirmed"}  # a shot's ending (take 0)
 _STYLE = {"queued": "dim", "submitted": "cyan", "running": "blue", "downloading": "magenta",

@@ -42,7 +42,7 @@ def _vars(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flows.run import make_plan
+    from flows.run.session import make_plan
 
     plan = make_plan(args.spec, _vars(args.var))
     print(f"{args.spec}: ok ({len(plan.shots)} shots, {plan.total_duration:g} s, "
@@ -51,7 +51,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from flows.run import make_plan
+    from flows.run.session import make_plan
     from flows.storyboard.keys import missing_keys
     from flows.storyboard.prices import price_plan_sync
 
@@ -104,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     variables = _vars(args.var)
     plan = plan_file(args.spec, variables, args.budget)
     if args.out is not None and not args.regenerate:  # nothing to do: say so, start nothing
-        from flows.uptodate import check  # (no vendor, key, ffmpeg or Prefect: flows/uptodate.py)
+        from flows.run.uptodate import check  # (no vendor, key, ffmpeg or Prefect: flows/run/uptodate.py)
 
         verdict = check(plan, args.out)
         if verdict.final is not None:
@@ -112,8 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return _settle_at_risk(args.out, verdict.at_risk, verdict.askable)
         if os.environ.get("STORYREEL_DEBUG"):
             print(f"storyreel: not up to date: {verdict.why}", file=sys.stderr)
-    from flows import runlock
-    from flows.run import preflight, run_dir_for
+    from flows.run import lock as runlock
+    from flows.run.session import preflight, run_dir_for
     from flows.storyboard.files import check_out_dir
     from flows.storyboard.prices import price_plan_sync
 
@@ -135,7 +135,7 @@ def _settle_at_risk(out: Path, at_risk: int, askable: int) -> int:
     if askable:
         import asyncio
 
-        from flows.reconcile import reconcile
+        from flows.run.reconcile import reconcile
 
         print(f"{askable} job(s) still at a vendor: asking about them")
         totals, unsettled = asyncio.run(reconcile(out))
@@ -147,7 +147,7 @@ def _settle_at_risk(out: Path, at_risk: int, askable: int) -> int:
 
 
 def _run_locked(args: argparse.Namespace, plan: Any, variables: dict[str, str], out: Path) -> int:
-    from flows import progress
+    from flows.cli import progress
 
     live = progress.Progress()  # one line per shot, redrawn in place on a terminal
     progress.use(live)
@@ -178,9 +178,9 @@ def _run(args: argparse.Namespace, variables: dict[str, str], plan: Any, out: Pa
     import asyncio  # here, not at the top: "up to date" needs no event loop (nor ssl)
 
     server = _start_server(args)  # a local Prefect server boots while the vendors start
-    if not args.no_early_submit:  # vendors start while Prefect starts (flows/early.py)
-        from flows.early import submit_early
-        from flows.run import RunOptions
+    if not args.no_early_submit:  # vendors start while Prefect starts (flows/run/early.py)
+        from flows.run.early import submit_early
+        from flows.run.session import RunOptions
 
         early = asyncio.run(submit_early(plan, out, RunOptions(
             no_cache=args.no_cache, regenerate=set(args.regenerate))))
@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace, variables: dict[str, str], plan: Any, out: Pa
         _use_server(server)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    from flows.pipeline import render_storyboard
+    from flows.orchestration.flow import render_storyboard
 
     result: dict[str, Any] = asyncio.run(render_storyboard(
         storyboard=str(args.spec), vars=variables, budget=args.budget,
@@ -217,7 +217,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     and rewrite cost.csv and run.json."""
     import asyncio
 
-    from flows.reconcile import DEFAULT_TIMEOUT_S, reconcile
+    from flows.run.reconcile import DEFAULT_TIMEOUT_S, reconcile
 
     timeout = DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout
     totals, unsettled = asyncio.run(reconcile(args.dir, timeout_s=timeout))
@@ -317,10 +317,10 @@ def _window_used(w: dict[str, Any]) -> str:
 
 def _start_server(args: argparse.Namespace) -> Any:
     """With no PREFECT_API_URL: find or start storyreel's background Prefect server
-    (flows/server.py), unless --ephemeral-server / STORYREEL_SERVER=ephemeral."""
+    (flows/orchestration/server.py), unless --ephemeral-server / STORYREEL_SERVER=ephemeral."""
     if os.environ.get("PREFECT_API_URL"):
         return None
-    from flows import server
+    from flows.orchestration import server
 
     if server.mode(args.ephemeral_server) != "local":
         return None
@@ -337,7 +337,7 @@ def _start_server(args: argparse.Namespace) -> Any:
 
 
 def _use_server(pending: Any) -> None:
-    from flows import server
+    from flows.orchestration import server
 
     try:
         os.environ["PREFECT_API_URL"] = pending.wait()
@@ -347,7 +347,7 @@ def _use_server(pending: Any) -> None:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from flows import server
+    from flows.orchestration import server
 
     if args.action == "start":
         url = server.ensure()
@@ -506,8 +506,8 @@ def cmd_reject(args: argparse.Namespace) -> int:
 def cmd_cut(args: argparse.Namespace) -> int:
     import asyncio
 
-    from flows import runlock
     from flows.review.cut import open_run, recut
+    from flows.run import lock as runlock
 
     open_run(args.dir)[1].close()  # a wrong folder is named before anything is made in it
     plan = None

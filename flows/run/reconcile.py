@@ -17,12 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flows import runlock
 from flows.files.atomic import write_text_atomic
 from flows.money.ledger import Ledger
 from flows.money.status import AT_RISK, AT_VENDOR
-from flows.render import settle_job
-from flows.run import RunOptions, cache_for, open_journal
+from flows.run import lock as runlock
+from flows.run.session import RunOptions, cache_for, open_journal
+from flows.run.shot import settle_job
 from flows.storyboard.keys import env_key
 from flows.storyboard.prices import lookup_fal
 from providers.base import Provider

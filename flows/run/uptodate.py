@@ -54,7 +54,7 @@ DONE = ("done", "cached")
 
 
 def plan_clip_key(plan: Plan, shot: ShotPlan, opt: Option) -> str:
-    """The content address of the clip `opt` would make for `shot` (flows.context.clip_key)."""
+    """The content address of the clip `opt` would make for `shot` (flows.run.context.clip_key)."""
     req = shot.request(opt, plan)
     return cache_key(provider=req.provider, model=req.model, vendor_model=req.vendor_model,
                      prompt=req.prompt, negative_prompt=req.negative_prompt,

@@ -13,18 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.deliverable import summary_lines
 from flows.files.atomic import write_text_atomic
-from flows.finish import finish_cut, output_format, slate
 from flows.media.ffmpeg_exec import ffmpeg_exe
 from flows.money.cache import ClipCache, default_cache_dir
 from flows.money.journal import Journal
 from flows.money.ledger import Ledger
 from flows.money.status import AT_VENDOR, GOOD, Status
 from flows.money.window import SpendWindow
-from flows.redaction import redact_data
-from flows.render import RunContext, ShotResult
-from flows.runfolder import stored
+from flows.run.deliverable import summary_lines
+from flows.run.finish import finish_cut, output_format, slate
+from flows.run.folder import stored
+from flows.run.redaction import redact_data
+from flows.run.shot import RunContext, ShotResult
 from flows.storyboard.keys import require_keys
 from flows.storyboard.plan import Plan, plan_file
 from providers.errors import BudgetError, MediaError, StoryreelError, redact
@@ -198,7 +198,7 @@ class RunSummary:
 async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
                  results: list[ShotResult], contact_sheet: bool = True) -> RunSummary:
     """Placeholders for missing shots, the finished cut, cost.csv, run.json, review.html: the
-    finish `storyreel cut` shares (flows/finish.py)."""
+    finish `storyreel cut` shares (flows/run/finish.py)."""
     final = run_dir / "final.mp4"
 
     async def reports(cut_json: dict[str, Any]) -> RunSummary:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from flows.context import RunContext, ShotResult, clip_key
 from flows.media.conform import conform
 from flows.media.probe import VideoInfo, verify_clip
 from flows.money.cache import ClipCache
@@ -31,8 +30,9 @@ from flows.money.journal import Attempt, Journal
 from flows.money.ledger import Ledger, Reservation
 from flows.money.status import AT_VENDOR, FINAL, NOT_ATTEMPTS, ShotStatus, Status
 from flows.review.picks import by_take, good_clip, select_take, takes_to_make
+from flows.run.context import RunContext, ShotResult, clip_key
+from flows.run.uptodate import conformed_name
 from flows.storyboard.plan import Option, ShotPlan
-from flows.uptodate import conformed_name
 from providers.base import Provider
 from providers.catalog import find_model
 from providers.errors import (
@@ -239,7 +239,7 @@ async def _attempt(ctx: RunContext, shot: ShotPlan, opt: Option, key: str, confo
 
 
 async def submit_first(ctx: RunContext, shot: ShotPlan) -> list[str] | None:
-    """Only the first attempt's submit, for flows/early.py: None when nothing was sent (the
+    """Only the first attempt's submit, for flows/run/early.py: None when nothing was sent (the
     budget said no: the flow decides and records that), else the reasons it failed (empty:
     the job is at the vendor, journaled as submitted, for the flow to poll). The journal
     rows it writes are what the flow counts as this option's first try."""

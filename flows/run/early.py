@@ -4,11 +4,11 @@ start-up (1.5-4 s with a running server, 7-25 s with a temporary one) instead of
 (bench/README.md, P0 and P4).
 
 It does only what the flow would do first anyway, with the same money rules (reserve ->
-journal intent -> submit -> journal job id, flows/render.py), and only where nothing on the
+journal intent -> submit -> journal job id, flows/run/shot.py), and only where nothing on the
 Prefect side could change that first step:
 - a fresh shot whose options have no cached clip: no attempt in this run folder, or its last
   attempt made the clip of what the shot asked before an edit (the producer's loop: edit a
-  prompt, run the same --out again; flows/render.py's resume starts a new attempt for it too);
+  prompt, run the same --out again; flows/run/shot.py's resume starts a new attempt for it too);
 - its first option's key is in the environment (a Secret block needs Prefect to read);
 - that provider has no `limits:` entry (limits are shared across runs through Prefect's
   global concurrency limits, which only the flow holds);
@@ -33,14 +33,15 @@ import os
 import sys
 from pathlib import Path
 
-from flows import progress, redaction
-from flows.context import RunContext, clip_key
+from flows.cli import progress
 from flows.money.journal import Attempt
-from flows.render import submit_first
-from flows.run import RunOptions, close_window, new_context, open_journal
+from flows.run import redaction
+from flows.run.context import RunContext, clip_key
+from flows.run.session import RunOptions, close_window, new_context, open_journal
+from flows.run.shot import submit_first
+from flows.run.uptodate import DONE, row_is_current
 from flows.storyboard.keys import env_key, key_env
 from flows.storyboard.plan import Plan, ShotPlan
-from flows.uptodate import DONE, row_is_current
 from providers.errors import redact
 from providers.http import new_client
 

@@ -12,7 +12,7 @@ from flows.media.cards import render_card
 from flows.media.conform import OutputFormat
 from flows.media.finishing import Cut
 from flows.money.cache import default_cache_dir
-from flows.runfolder import resolved
+from flows.run.folder import resolved
 from flows.storyboard.plan import Plan
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,6 +67,23 @@ def test_cli_run_demo(tmp_path: Path, prefect_api: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"cut:    {out / 'final.mp4'}" in proc.stdout
     assert (out / "final.mp4").stat().st_size > 10_000
+    before = rendered(out)
+    assert before["final.mp4"] and any(k.startswith("clips/") for k in before), before
     # second run of the same folder: everything is already done, nothing is rendered again
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == f"up to date: {out / 'final.mp4'}", proc.stdout[-2000:]
+    assert rendered(out) == before  # the same files, untouched: no clip, slate or cut made anew
+
+
+def rendered(out: Path) -> dict[str, Any]:
+    """What a render leaves: each media file's (inode, mtime, size), and the journal's rows
+    (one per attempt: a shot rendered again would add one)."""
+    found: dict[str, Any] = {}
+    for path in sorted([out / "final.mp4", *out.glob("clips/*"), *out.glob("raw/*")]):
+        st = path.stat()
+        found[str(path.relative_to(out))] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    with sqlite3.connect(f"file:{out / 'journal.sqlite'}?mode=ro", uri=True) as db:
+        found["journal"] = db.execute(
+            "SELECT id, shot_id, status, finished_at FROM attempts ORDER BY id").fetchall()
+    return found

@@ -4,11 +4,15 @@
 its metadata (so a clip the browser cannot play shows up as an error, not a silent black
 box), and returns the console errors, failed requests, what the page's videos report, the
 DOM and a PNG screenshot. No browser download: the websockets client comes with Prefect.
+
+One browser per test session (started at the first page, killed at exit): each page gets its
+own browser context (an incognito-like profile, nothing shared) and connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import json
 import os
@@ -16,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,16 +103,50 @@ _VIDEOS_JS = """
 """
 
 
-async def _load(url: str, width: int, height: int) -> PageReport:
+_browser: tuple[subprocess.Popen[str], str, str] | None = None  # (process, ws URL, profile)
+
+
+def _endpoint() -> str:
+    """The session browser's DevTools URL, starting it if needed (or again, if it died)."""
+    global _browser
+    if _browser is not None and _browser[0].poll() is None:
+        return _browser[1]
     profile = tempfile.mkdtemp(prefix="storyreel-chromium-")
     proc = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}",
-                             f"--window-size={width},{height}", "about:blank"],
+                             "--window-size=1366,900", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        ws_url = await asyncio.to_thread(_devtools_url, proc)
-        async with websockets.connect(ws_url, max_size=64 * 2**20) as ws:
-            cdp = _Cdp(ws)
-            target = (await cdp.call("Target.createTarget", url="about:blank"))["targetId"]
+        ws_url = _devtools_url(proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+        raise
+    # its log goes on (a full pipe would stall the browser): drained for as long as it runs
+    threading.Thread(target=proc.stderr.read, daemon=True).start()  # type: ignore[union-attr]
+    _browser = (proc, ws_url, profile)
+    return ws_url
+
+
+@atexit.register
+def _close_browser() -> None:
+    global _browser
+    if _browser is not None:
+        proc, _, profile = _browser
+        _browser = None
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def _load(url: str, width: int, height: int) -> PageReport:
+    ws_url = await asyncio.to_thread(_endpoint)
+    async with websockets.connect(ws_url, max_size=64 * 2**20) as ws:
+        cdp = _Cdp(ws)
+        context = (await cdp.call("Target.createBrowserContext"))["browserContextId"]
+        try:
+            target = (await cdp.call("Target.createTarget", url="about:blank",
+                                     browserContextId=context))["targetId"]
             session = (await cdp.call("Target.attachToTarget", targetId=target,
                                       flatten=True))["sessionId"]
             for domain in ("Page", "Runtime", "Log", "Network"):
@@ -130,12 +169,10 @@ async def _load(url: str, width: int, height: int) -> PageReport:
                                 html=dom["result"]["value"], text=text["result"]["value"],
                                 screenshot=base64.b64decode(shot["data"]))
             report.errors = _errors(cdp.events)
-            cdp.reader.cancel()
             return report
-    finally:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(profile, ignore_errors=True)
+        finally:
+            await cdp.call("Target.disposeBrowserContext", browserContextId=context)
+            cdp.reader.cancel()
 
 
 def _devtools_url(proc: subprocess.Popen[str]) -> str:

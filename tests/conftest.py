@@ -11,7 +11,7 @@ import pytest
 from tests.emulator.core import Emulator
 from tests.storyboards import cost_rows
 
-pytest_plugins = ["tests.prefect_fixtures", "tests.review_kit"]
+pytest_plugins = ["tests.prefect_fixtures", "tests.review_kit", "tests.pg"]
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +52,14 @@ def run(emu_env, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         return result, cost_rows(out)
 
     return go
+
+
+@pytest.fixture
+def shot_run(emu_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Like `run`, without Prefect and without the finish (tests/shot_kit.py): for money
+    rules of the shot code, whose flow-level twin stays on `run`."""
+    from tests.shot_kit import render_shots
+
+    monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
+    emu_env.configure(latency=0.2)
+    return render_shots

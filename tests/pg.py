@@ -1,6 +1,7 @@
 """Child processes for tests, and a throw-away PostgreSQL cluster (initdb + postgres on a free
-port of 127.0.0.1, as an unprivileged user when the tests run as root). Used by the Prefect
-server test and the spend-window tests.
+port of 127.0.0.1, as an unprivileged user when the tests run as root), started once per
+session (`pg_server`, ~5-10 s) and shared: the Prefect server test and the spend-window tests
+each take fresh databases in it.
 
 Debian's postgresql package puts initdb/postgres in /usr/lib/postgresql/<version>/bin, not on
 PATH: both places are searched. `.ci/run` installs the package when it is missing.
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,3 +125,24 @@ def pg_cluster(initdb: str, postgres: str) -> Iterator[str]:
         if proc is not None:
             stop(proc, signal.SIGINT)  # "fast" shutdown; SIGTERM would wait for clients
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """The session's PostgreSQL cluster: postgresql://postgres@127.0.0.1:PORT/postgres."""
+    found = pg_binaries()
+    if found is None:
+        missing_postgres("PostgreSQL server binaries (initdb, postgres) not found")
+    assert found is not None
+    with pg_cluster(*found) as url:
+        yield url
+
+
+def fresh_pg_database(server: str, prefix: str = "w") -> str:
+    """A new, empty database in the cluster `server` names; returns its URL."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return server.rsplit("/", 1)[0] + f"/{name}"

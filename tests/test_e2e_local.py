@@ -1,12 +1,17 @@
-"""End to end under Prefect: every local storyboard in specs/ renders into a verified cut."""
+"""End to end under Prefect: every local storyboard in specs/ renders into a verified cut.
+specs/demo.yaml is rendered once, by the README's command (`demo_run`), and checked as the
+other specs are and as a second run of its folder."""
 
 from __future__ import annotations
 
 import csv
 import os
+import sqlite3
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,16 +33,45 @@ def expected_length(spec: Path) -> float:
     return plan.total_duration - junctions + extra
 
 
+DEMO = ROOT / "specs" / "demo.yaml"
+
+
+@dataclass
+class DemoRun:
+    cmd: list[str]
+    env: dict[str, str]
+    out: Path
+    first: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> DemoRun:
+    """The README's command, as a user types it (sharing the harness's API to skip a cold start)."""
+    tmp = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "STORYREEL_CACHE_DIR": str(tmp / "cache")}
+    out = tmp / "demo"
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(DEMO), "--out", str(out),
+           "--var", "day=a calm day"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return DemoRun(cmd, env, out, proc)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("spec", LOCAL_SPECS, ids=lambda p: p.stem)
 async def test_local_spec_renders(spec: Path, tmp_path: Path, prefect_api: str,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.orchestration.flow import render_storyboard
+                                  monkeypatch: pytest.MonkeyPatch,
+                                  request: pytest.FixtureRequest) -> None:
+    if spec == DEMO:  # rendered by the CLI (below), checked the same way
+        demo: DemoRun = request.getfixturevalue("demo_run")
+        assert demo.first.returncode == 0, demo.first.stderr[-3000:]
+        out = demo.out
+    else:
+        from flows.orchestration.flow import render_storyboard
 
-    monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
-    out = tmp_path / "run"
-    result = await render_storyboard(storyboard=str(spec), out=str(out))
-    assert result["ok"], result
+        monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
+        out = tmp_path / "run"
+        result = await render_storyboard(storyboard=str(spec), out=str(out))
+        assert result["ok"], result
     plan = make_plan(spec)
     info = probe(out / "final.mp4")
     assert (info.width, info.height) == (plan.width, plan.height)
@@ -54,17 +88,29 @@ async def test_local_spec_renders(spec: Path, tmp_path: Path, prefect_api: str,
 
 
 @pytest.mark.e2e
-def test_cli_run_demo(tmp_path: Path, prefect_api: str) -> None:
-    """The README's command, as a user types it (sharing the harness's API to skip a cold start)."""
-    env = {**os.environ, "PREFECT_API_URL": prefect_api,
-           "STORYREEL_CACHE_DIR": str(tmp_path / "cache")}
-    out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "flows.cli", "run", str(ROOT / "specs" / "demo.yaml"),
-           "--out", str(out), "--var", "day=a calm day"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+def test_cli_run_demo(demo_run: DemoRun) -> None:
+    """The README's command twice on one folder: a cut, then nothing to do."""
+    cmd, env, out, proc = demo_run.cmd, demo_run.env, demo_run.out, demo_run.first
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"cut:    {out / 'final.mp4'}" in proc.stdout
     assert (out / "final.mp4").stat().st_size > 10_000
+    before = rendered(out)
+    assert before["final.mp4"] and any(k.startswith("clips/") for k in before), before
     # second run of the same folder: everything is already done, nothing is rendered again
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == f"up to date: {out / 'final.mp4'}", proc.stdout[-2000:]
+    assert rendered(out) == before  # the same files, untouched: no clip, slate or cut made anew
+
+
+def rendered(out: Path) -> dict[str, Any]:
+    """What a render leaves: each media file's (inode, mtime, size), and the journal's rows
+    (one per attempt: a shot rendered again would add one)."""
+    found: dict[str, Any] = {}
+    for path in sorted([out / "final.mp4", *out.glob("clips/*"), *out.glob("raw/*")]):
+        st = path.stat()
+        found[str(path.relative_to(out))] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    with sqlite3.connect(f"file:{out / 'journal.sqlite'}?mode=ro", uri=True) as db:
+        found["journal"] = db.execute(
+            "SELECT id, shot_id, status, finished_at FROM attempts ORDER BY id").fetchall()
+    return found

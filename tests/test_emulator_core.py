@@ -133,6 +133,25 @@ def test_state_follows_the_clock(ex: Emulator, client: httpx.Client) -> None:
     assert ex.stats("example")["polls"] == 5
 
 
+def test_advance_moves_the_clock_for_every_job(ex: Emulator, client: httpx.Client) -> None:
+    """A test finishes long jobs by advancing the emulator's clock, not by sleeping."""
+    ex.configure(latency=60.0)
+    ids = [submit(client) for _ in range(2)]
+    assert {client.get(f"/videos/{i}").json()["status"] for i in ids} == {"queued"}
+    assert ex.stats("example")["in_flight"] == 2 and ex.stats("example")["charged_usd"] == 0
+    ex.advance(30.0)
+    assert {client.get(f"/videos/{i}").json()["status"] for i in ids} == {"running"}
+    ex.advance(30.5)
+    assert {client.get(f"/videos/{i}").json()["status"] for i in ids} == {"succeeded"}
+    assert ex.stats("example")["in_flight"] == 0 and ex.stats("example")["charged_usd"] > 0
+    late = ex.get_job("example", submit(client))  # a job submitted now starts at the new time
+    assert late is not None and ex.state(late) == "queued"
+    with pytest.raises(ValueError):
+        ex.advance(-1.0)
+    ex.reset()
+    assert abs(ex.now() - time.monotonic()) < 1.0  # reset rewinds the clock
+
+
 def test_job_finishes_in_real_time_and_is_charged(ex: Emulator, client: httpx.Client) -> None:
     ex.latency = 0.6
     job_id = submit(client)

@@ -21,9 +21,10 @@ from tests.storyboards import charged, cost_rows, total, write_board
 
 pytestmark = pytest.mark.e2e
 SHOTS = 4
-# longer than Prefect's start-up: the CLI submits before the flow starts (flows/run/early.py), and
-# the jobs must still be running when the flow begins to poll them
-LATENCY = 5.0
+# the jobs run until the test advances the emulator's clock: still running when the flow
+# begins to poll them however slowly Prefect starts (the CLI submits before the flow starts,
+# flows/run/early.py), finished at once when the test says so
+LATENCY = 600.0
 
 
 def board(folder: Path) -> Path:
@@ -56,12 +57,17 @@ def journal_count(out: Path, where: str) -> int:
         return 0
 
 
-def kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], limit: float = 120) -> None:
+def kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], limit: float = 180,
+              kill: bool = True) -> None:
+    """Wait for a state of the run (journal, emulator, files), then SIGKILL its process group
+    (or, kill=False, just return)."""
     deadline = time.monotonic() + limit
     while not ready():
         assert proc.poll() is None, f"run ended before the kill point:\n{proc.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline, "kill point never reached"
         time.sleep(0.02)
+    if not kill:
+        return
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 
@@ -91,16 +97,23 @@ def reference(tmp_path_factory: pytest.TempPathFactory, emulator, prefect_api: s
     return frame_digest(tmp / "out" / "final.mp4")
 
 
+def submitted(out: Path) -> bool:
+    """Every shot's job is journaled as at the vendor (none has finished: the clock stands)."""
+    return journal_count(out, "job_id IS NOT NULL AND status IN ('submitted', 'running')") == SHOTS
+
+
 KILL_POINTS = {
     # every job id is journaled, no job has finished
     "after-submit": lambda emu, out: journal_count(out, "job_id IS NOT NULL") == SHOTS,
-    # the jobs are being polled
-    "mid-poll": lambda emu, out: emu.stats("fal")["polls"] >= SHOTS + 2,
+    # the journal has every job at the vendor and the flow is polling them
+    "mid-poll": lambda emu, out: submitted(out) and emu.stats("fal")["polls"] >= SHOTS + 2,
     # a download request is hanging in the emulator (a `slow` fault fired)
     "mid-download": lambda emu, out: emu.stats("fal")["errors_injected"] >= 1,
     # every clip conformed, the cut not yet written
     "mid-assembly": lambda emu, out: len(list((out / "clips").glob("*.mov"))) == SHOTS,
 }
+# kill points past the vendors' work: the jobs finish once they are all journaled
+AFTER_JOBS = ("mid-download", "mid-assembly")
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
@@ -111,9 +124,14 @@ def test_sigkill_then_resume_pays_once(point: str, env: dict[str, str], emu_env,
     if point == "mid-download":
         emu.inject("fal", "download", "slow", delay=3.0, times=SHOTS)
     spec, out = board(tmp_path), tmp_path / "out"
-    kill_when(cli(spec, out, env), lambda: KILL_POINTS[point](emu, out))
+    proc = cli(spec, out, env)
+    if point in AFTER_JOBS:
+        kill_when(proc, lambda: submitted(out), kill=False)
+        emu.advance(LATENCY)
+    kill_when(proc, lambda: KILL_POINTS[point](emu, out))
     assert not (out / "final.mp4").exists() or point == "mid-assembly"
 
+    emu.advance(LATENCY)  # whatever the killed run left at the vendor has finished
     log = finish(cli(spec, out, env))
     assert emu.stats("fal")["submits"] == SHOTS, log[-3000:]  # never twice
     rows = cost_rows(out)

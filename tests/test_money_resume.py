@@ -17,12 +17,12 @@ from tests.storyboards import write_board
 pytestmark = pytest.mark.e2e
 
 
-async def test_per_shot_cap_holds_across_reruns_of_the_folder(run, emu_env,
+async def test_per_shot_cap_holds_across_reruns_of_the_folder(shot_run, emu_env,
                                                               tmp_path: Path) -> None:
     """NanoGPT bills every accepted job, failed or not ($1.40 for 5 s of kling-video-v2 in the
     emulator's table). With a $2.00 per-shot cap one job fits, two do not: not in one run,
     and not in two runs of the same folder either."""
-    emu = emu_env
+    emu, run = emu_env, shot_run
     emu.inject("nanogpt", "job", "fail", times=-1)
     spec = write_board(tmp_path, [shot("a", "nanogpt", retries=3)],
                        budget={"max_usd": 10, "max_usd_per_shot": 2.0, "on_exhausted": "skip"})
@@ -91,9 +91,9 @@ def test_second_run_with_wait_runs_after_the_first(emu_env, prefect_api: str,
     assert total(cost_rows(out)) == charged(emu)
 
 
-async def test_edited_shot_is_regenerated_when_the_folder_is_resumed(run, emu_env,
+async def test_edited_shot_is_regenerated_when_the_folder_is_resumed(shot_run, emu_env,
                                                                      tmp_path: Path) -> None:
-    emu = emu_env
+    emu, run = emu_env, shot_run
     shots = [shot(f"s{i}", "fal") for i in range(2)]
     spec = write_board(tmp_path, shots, budget={"max_usd": 5}, defaults={"retries": 0})
     out = tmp_path / "out"
@@ -109,8 +109,8 @@ async def test_edited_shot_is_regenerated_when_the_folder_is_resumed(run, emu_en
 
 
 async def test_local_placeholder_never_hides_the_paid_option_on_a_later_run(
-        run, emu_env, tmp_path: Path) -> None:
-    emu = emu_env
+        shot_run, emu_env, tmp_path: Path) -> None:
+    emu, run = emu_env, shot_run
     board = [shot("a", "fal", retries=0, fallback=["local:animatic"])]
     spec = write_board(tmp_path, board, budget={"max_usd": 2})
     emu.inject("fal", "job", "fail")

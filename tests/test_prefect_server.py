@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from flows.media.probe import probe
-from tests.pg import free_port, pg_binaries, pg_cluster, start, stop, tail
+from tests.pg import free_port, fresh_pg_database, missing_postgres, pg_binaries, start, stop, tail
 from tests.storyboards import write_board
 
 pytestmark = pytest.mark.server
@@ -38,14 +38,15 @@ SHOTS = 3  # per run; two runs, `limits: {fal: 2}`: 4 jobs could be in flight wi
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str | None]:
-    """A throw-away PostgreSQL cluster on a free port; None (SQLite) without the binaries."""
-    found = pg_binaries()
-    if found is None:
-        yield None
-        return
-    with pg_cluster(*found) as url:
-        yield url.replace("postgresql://", "postgresql+asyncpg://", 1)
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """A fresh database in the session's PostgreSQL cluster (tests/pg.py); None (SQLite)
+    without the binaries, which fails in CI (.ci/run installs them)."""
+    if pg_binaries() is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            missing_postgres("PostgreSQL binaries (initdb, postgres) not installed")
+        return None
+    url = fresh_pg_database(request.getfixturevalue("pg_server"), "prefect")
+    return url.replace("postgresql://", "postgresql+asyncpg://", 1)
 
 
 # -- Prefect server --------------------------------------------------------------------------
@@ -274,8 +275,8 @@ def _job_span(emu: Any, name: str) -> tuple[float, float]:
 
 
 async def test_server_stores_in_postgresql(server: Server, deployed: dict[str, Any]) -> None:
-    if not server.database_url:
-        pytest.skip("PostgreSQL binaries (initdb, postgres) not installed: the server used SQLite")
+    if not server.database_url:  # skips on a machine without PostgreSQL, fails in CI
+        missing_postgres("PostgreSQL binaries (initdb, postgres) not installed: the server used SQLite")
     import asyncpg
 
     conn = await asyncpg.connect(server.database_url.replace("postgresql+asyncpg", "postgresql"))

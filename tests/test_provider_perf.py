@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import httpx
@@ -49,7 +48,7 @@ async def test_submit_keeps_estimate_and_poll_reports_progress(emu) -> None:
         assert job.data["estimated_cost_usd"] == pytest.approx(0.268)
         first = await p.poll(job)
         assert first.state == "queued"
-        await asyncio.sleep(0.35)
+        emu.advance(0.35)
         running = await p.poll(job)
     assert running.state == "running"
     assert 0 < running.progress < 1

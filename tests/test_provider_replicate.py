@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import time
@@ -126,7 +125,7 @@ async def test_progress_is_read_from_logs_while_processing(emu):
         p = make_provider("replicate", emu, client)
         job = await p.submit(request_for("replicate"))
         first = await p.poll(job)
-        await asyncio.sleep(0.5)
+        emu.advance(0.5)  # half-way through on the vendor's clock
         mid = await p.poll(job)
         assert await p.cancel(job)
     assert first.state == "queued"  # "starting"
@@ -150,7 +149,7 @@ async def test_deadline_passed_before_start_is_aborted_not_charged(emu):
     async with httpx.AsyncClient() as client:
         p = make_provider("replicate", emu, client, poll=PollSettings(deadline=1.0))
         job = await p.submit(request_for("replicate"))
-        await asyncio.sleep(1.1)
+        emu.advance(1.1)  # past the deadline on the vendor's clock, still "starting"
         status = await p.poll(job)
     assert emu.jobs("replicate")[0].data["headers"]["cancel-after"] == "1s"
     assert status.state == "canceled" and status.raw["status"] == "aborted"

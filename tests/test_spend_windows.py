@@ -12,6 +12,8 @@ What a window promises, and what is checked here:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -20,8 +22,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from flows.money.window_sql import open_store
 from flows.storyboard.budgets import window_spec
 from flows.storyboard.loading import parse_storyboard
 from providers.errors import BudgetError, SpecError
-from tests.pg import missing_postgres, pg_binaries, pg_cluster, stop
+from tests.pg import fresh_pg_database, stop
 from tests.storyboards import charged, cost_rows, total, write_board
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,25 +44,6 @@ PARIS = "Europe/Paris"
 
 
 # -- stores ----------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[str]:
-    found = pg_binaries()
-    if found is None:
-        missing_postgres("PostgreSQL server binaries (initdb, postgres) not found")
-    assert found is not None
-    with pg_cluster(*found) as url:
-        yield url
-
-
-def fresh_pg_database(server: str) -> str:
-    import psycopg
-
-    name = f"w_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return server.rsplit("/", 1)[0] + f"/{name}"
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -435,6 +416,18 @@ def test_eight_concurrent_runs_never_pass_a_shared_daily_window(
 
 # -- a run killed mid-flight -----------------------------------------------------------------
 
+def _forget_concurrency_limit(name: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async def forget() -> None:
+        async with get_client() as client:
+            with contextlib.suppress(ObjectNotFound):
+                await client.delete_global_concurrency_limit_by_name(name)
+
+    asyncio.run(forget())
+
+
 def journal_rows(out: Path) -> list[dict[str, Any]]:
     db = out / "journal.sqlite"
     if not db.exists():
@@ -450,14 +443,12 @@ def journal_rows(out: Path) -> list[dict[str, Any]]:
 @pytest.mark.e2e
 @pytest.mark.parametrize("comeback", ["lease-expiry", "resume"])
 def test_killed_run_gives_back_what_it_held_but_counts_what_may_be_charged(
-        comeback: str, emu_env: Any, tmp_path: Path) -> None:
+        comeback: str, emu_env: Any, prefect_api: str, tmp_path: Path) -> None:
     emu = emu_env
-    emu.configure(latency=8.0)
+    emu.configure(latency=600.0)  # the jobs run until the test advances the emulator's clock
     url = f"sqlite:///{tmp_path / 'budgets.sqlite'}"
     lease = "3" if comeback == "lease-expiry" else "600"
-    # each run on its own temporary Prefect server: on a shared one, `limits:` become global
-    # concurrency slots that the killed run would hold until Prefect's own lease ran out
-    env = run_env(emu, None, tmp_path, url, STORYREEL_WINDOW_LEASE_S=lease)
+    env = run_env(emu, prefect_api, tmp_path, url, STORYREEL_WINDOW_LEASE_S=lease)
     # limits: fal 2 -> the third shot has reserved its money and waits for a slot
     spec = write_board(tmp_path, [{"id": f"s{i}", "prompt": f"take {i}"} for i in range(3)],
                        defaults={"provider": "fal", "model": "kling-2.5-turbo-pro",
@@ -474,6 +465,9 @@ def test_killed_run_gives_back_what_it_held_but_counts_what_may_be_charged(
             time.sleep(0.05)
     finally:
         stop(proc, sig=9)
+    # on the shared Prefect server `limits:` are global concurrency slots, which the killed run
+    # holds until Prefect's own lease runs out: an operator's reset, so the resume can start
+    _forget_concurrency_limit("vendor:fal")
     sent = [r for r in journal_rows(out) if r["job_id"]]
     at_vendor = sum(D(r["reserved_usd"]) for r in sent)
     w = window_of(url, "k")
@@ -486,13 +480,16 @@ def test_killed_run_gives_back_what_it_held_but_counts_what_may_be_charged(
         w = window_of(url, "k")  # `storyreel budget` sweeps lapsed leases, as any reserve does
         # the queued reservation came back; the two submitted jobs are counted at their estimate
         assert (D(w["reserved_usd"]), D(w["spent_usd"]), w["runs"]) == (0, at_vendor, [])
-        # the vendor finishes and charges them: the window had them counted all along (at
-        # their reservations: the estimate plus budget.estimate_margin)
-        deadline = time.monotonic() + 30
-        while emu.stats("fal")["in_flight"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        assert 0 < charged(emu, "fal") <= at_vendor
+        assert charged(emu, "fal") == 0
+        # the vendor finishes and charges them: the window had them counted all along
+        emu.advance(600.0)
+        # (at their reservations: the estimate plus budget.estimate_margin, or fal's live
+        # price, at or above the bill)
+        assert emu.stats("fal")["in_flight"] == 0 and 0 < charged(emu, "fal") <= at_vendor
+    else:
+        emu.advance(600.0)  # the jobs at the vendor finish while nobody watches
+
+    emu.configure(latency=0.5)  # the third shot's job, submitted by the resumed run
 
     # the folder is resumed: the jobs at the vendor are polled (not resubmitted) and settled
     # at what the vendor charged; the third shot reserves and submits anew
@@ -516,7 +513,7 @@ def test_reconcile_settles_the_window_at_the_vendors_price(emu_env: Any, prefect
     """A job abandoned at its deadline is counted in the window at its estimate; once
     `storyreel reconcile` has asked the vendor, the window holds the vendor's price."""
     emu = emu_env
-    emu.configure(latency=3.0)
+    emu.configure(latency=600.0)  # running past the deadline, until the clock is advanced
     url = f"sqlite:///{tmp_path / 'budgets.sqlite'}"
     env = run_env(emu, prefect_api, tmp_path, url, STORYREEL_JOB_DEADLINE_S="1.0")
     spec = write_board(tmp_path, [{"id": "a", "prompt": "harbour at dawn", "provider": "runware",
@@ -527,10 +524,8 @@ def test_reconcile_settles_the_window_at_the_vendors_price(emu_env: Any, prefect
     for args, log in ((["run", str(spec), "--out", str(out), "--no-early-submit"], "run.log"),
                       (None, None), (["reconcile", str(out)], "reconcile.log")):
         if args is None:  # the vendor finishes the job we stopped waiting for
-            deadline = time.monotonic() + 30
-            while emu.stats("runware")["in_flight"]:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            emu.advance(600.0)
+            assert emu.stats("runware")["in_flight"] == 0
             [row] = cost_rows(out)
             assert row["status"] == "abandoned", row
             w = window_of(url, "r")

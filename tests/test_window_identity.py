@@ -31,17 +31,15 @@ from flows.run import lock as runlock
 from flows.storyboard.budgets import window_spec
 from flows.storyboard.loading import parse_storyboard
 from providers.errors import BudgetError, BusyError, SpecError
-from tests.pg import stop
+from tests.pg import fresh_pg_database, stop
 from tests.storyboards import charged, write_board
-from tests.test_spend_windows import (  # noqa: F401  (pg_server: a fixture store_url uses)
+from tests.test_spend_windows import (
     PARIS,
     Clock,
     D,
     _Att,
     cli,
-    fresh_pg_database,
     journal_rows,
-    pg_server,
     run_env,
     window_of,
 )

@@ -4,10 +4,14 @@ Vendor modules (tests/emulator/vendors/*.py) implement each vendor's wire
 protocol on top of this; server.py serves it all over real HTTP. The contract
 is tests/emulator/INTERFACE.md.
 
-Job state is derived from time (time.monotonic) rather than advanced by
+Job state is derived from the emulator's clock rather than advanced by
 events, so a job finishes, and is charged, whether or not anyone polls it,
-as on a real vendor. State is shared by the server thread (handlers) and the
-test thread (inject/stats/reset), hence one lock.
+as on a real vendor. The clock is time.monotonic() plus whatever a test has
+`advance()`d it by: a test that needs a job still running at some point and
+finished later gives it a long latency and advances the clock past it,
+instead of sleeping through it (the benchmarks keep real latencies). State is
+shared by the server thread (handlers) and the test thread
+(inject/stats/reset), hence one lock.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class EmuJob:
     height: int
     resolution: str
     request: dict
-    created: float  # time.monotonic()
+    created: float  # Emulator.now()
     price_usd: float
     outcome: str  # "success" | "fail" | "policy" | "never"
     canceled: bool = False
@@ -204,6 +208,7 @@ class Emulator:
             # job its own look, as two generations of a real vendor never match
             self.distinct_clips = False
             self._rng = random.Random(seed)
+            self._skew = 0.0  # seconds advance() added to time.monotonic()
             self._jobs: dict[tuple[str, str], EmuJob] = {}
             self._by_token: dict[str, EmuJob] = {}
             self._active: dict[str, set[EmuJob]] = {v: set() for v in self.vendors}
@@ -231,6 +236,18 @@ class Emulator:
                 self.jitter = float(jitter)
             if price_multiplier is not None:
                 self.price_multiplier.update({k: float(v) for k, v in price_multiplier.items()})
+
+    def now(self) -> float:
+        """The emulator's clock: time.monotonic() plus every advance() since the last reset."""
+        return time.monotonic() + self._skew
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock on: jobs whose latency ends within `seconds` are finished (and
+        billed) at once, as if that much time had passed at the vendor."""
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        with self._lock:
+            self._skew += float(seconds)
 
     def stats(self, vendor: str | None = None) -> dict:
         with self._lock:
@@ -352,7 +369,7 @@ class Emulator:
             job = EmuJob(
                 id=job_id or str(uuid.uuid4()), vendor=vendor, model=model,
                 duration=float(duration), width=int(width), height=int(height),
-                resolution=resolution, request=request, created=time.monotonic(),
+                resolution=resolution, request=request, created=self.now(),
                 price_usd=float(price_usd), outcome=outcome, ready_after=ready,
                 token=secrets.token_urlsafe(12),
                 error=(fault.params.get("message") if fault else None)
@@ -386,7 +403,7 @@ class Emulator:
     def state(self, job: EmuJob) -> str:
         if job.canceled:
             return "canceled"
-        elapsed = time.monotonic() - job.created
+        elapsed = self.now() - job.created
         if elapsed < 0.2 * job.ready_after:
             return "queued"
         if job.outcome == "never" or elapsed < job.ready_after:
@@ -399,7 +416,7 @@ class Emulator:
             return 1.0
         if job.ready_after <= 0:
             return 0.0 if job.outcome == "never" else 1.0
-        frac = min(1.0, (time.monotonic() - job.created) / job.ready_after)
+        frac = min(1.0, (self.now() - job.created) / job.ready_after)
         return round(min(frac, 0.99) if job.outcome == "never" else frac, 3)
 
     def cancel(self, job: EmuJob) -> bool:

@@ -23,7 +23,6 @@ import hashlib
 import re
 import secrets
 import string
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -191,7 +190,7 @@ async def _json(request: Request) -> dict | Response:
 
 def _apply_deadline(emu: Emulator, job: EmuJob) -> None:
     limit = job.data.get("cancel_after")
-    if limit is None or time.monotonic() - job.created < limit:
+    if limit is None or emu.now() - job.created < limit:
         return
     state = emu.state(job)
     if state in ("queued", "running") and emu.cancel(job):

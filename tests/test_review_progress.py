@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import progress
+from flows.run import progress
 from flows.run.context import ShotEvent
 from tests.storyboards import write_board
 

@@ -147,7 +147,7 @@ def _settle_at_risk(out: Path, at_risk: int, askable: int) -> int:
 
 
 def _run_locked(args: argparse.Namespace, plan: Any, variables: dict[str, str], out: Path) -> int:
-    from flows.cli import progress
+    from flows.run import progress
 
     live = progress.Progress()  # one line per shot, redrawn in place on a terminal
     progress.use(live)
@@ -479,8 +479,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
-    from flows.review.cut import open_run
     from flows.review.picks import pick
+    from flows.run.recut import open_run
 
     _, journal = open_run(args.dir)
     with journal:
@@ -491,8 +491,8 @@ def cmd_pick(args: argparse.Namespace) -> int:
 
 
 def cmd_reject(args: argparse.Namespace) -> int:
-    from flows.review.cut import open_run
     from flows.review.picks import reject
+    from flows.run.recut import open_run
 
     _, journal = open_run(args.dir)
     with journal:
@@ -506,8 +506,8 @@ def cmd_reject(args: argparse.Namespace) -> int:
 def cmd_cut(args: argparse.Namespace) -> int:
     import asyncio
 
-    from flows.review.cut import open_run, recut
     from flows.run import lock as runlock
+    from flows.run.recut import open_run, recut
 
     open_run(args.dir)[1].close()  # a wrong folder is named before anything is made in it
     plan = None

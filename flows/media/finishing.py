@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flows.files.folder import stored
 from flows.media import aac
 from flows.media.assemble import Transition, assemble, layout, segments_list, verify_cut
 from flows.media.audio import (
@@ -33,7 +34,6 @@ from flows.media.conform import OutputFormat, as_argv, temp_name, video_codec_ar
 from flows.media.ffmpeg_exec import run_ffmpeg
 from flows.media.overlay import Logo, logo_filter, logo_input
 from flows.media.probe import VideoInfo, probe
-from flows.run.folder import stored
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class CutReport:
 
     def to_json(self) -> dict[str, Any]:
         """For run.json and cut.json: files in the cut's folder by their path relative to
-        it (flows/run/folder.py), so that the folder can be moved."""
+        it (flows/files/folder.py), so that the folder can be moved."""
         def name(p: Path | str | None) -> str | None:
             if p is None:
                 return None

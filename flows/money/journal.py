@@ -10,7 +10,7 @@ an answer (report it as "unconfirmed"; never resubmit it blindly).
 Paths: clip_path and conformed_path are stored relative to the journal's folder (the run
 folder) when the file is in it, absolute otherwise (the clip cache), and read back absolute,
 resolved against the folder the journal is in now: a run folder can be moved or copied
-(flows/run/folder.py has the rule, and how a journal written before it is migrated on open).
+(flows/files/folder.py has the rule, and how a journal written before it is migrated on open).
 
 Durability: WAL mode with synchronous=FULL, and every write is its own
 committed transaction, so a row that a call returned for survives SIGKILL
@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flows.files.folder import absolute, migrate, resolved, stored
 from flows.money.status import STATUSES, TERMINAL, Status
 from flows.money.usd import as_float
-from flows.run.folder import absolute, migrate, resolved, stored
 
 STATUS_FIELDS = frozenset(
     {
@@ -51,7 +51,7 @@ RECORD_FIELDS = STATUS_FIELDS | {"cache_key", "job_id", "job_data", "estimated_u
                                  "take"}
 _MONEY = {"estimated_usd", "reserved_usd", "actual_usd"}
 _PATHS = ("clip_path", "conformed_path")
-PATHS_VERSION = 1  # meta "paths": the journal's paths follow flows/run/folder.py
+PATHS_VERSION = 1  # meta "paths": the journal's paths follow flows/files/folder.py
 _SECONDS = {"queued_s", "generation_s", "download_s"}
 
 _SCHEMA = """
@@ -301,7 +301,7 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 def _relocate(db: sqlite3.Connection, folder: Path) -> None:
     """Once per journal: paths written before they were stored relative to the run folder
-    are moved to the folder the journal is read from (flows.run.folder.migrate). A new journal
+    are moved to the folder the journal is read from (flows.files.folder.migrate). A new journal
     has no rows and is marked at once."""
     if db.execute("SELECT 1 FROM meta WHERE key = 'paths'").fetchone() is not None:
         return

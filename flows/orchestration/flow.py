@@ -26,10 +26,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from prefect.utilities.annotations import quote
 
-from flows.cli.progress import sink as progress_sink
 from flows.review.page import PageRefresher
 from flows.run import lock as runlock
 from flows.run import redaction
+from flows.run.progress import sink as progress_sink
 from flows.run.session import (
     RunOptions,
     RunSummary,

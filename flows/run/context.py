@@ -36,7 +36,7 @@ class ShotResult:
 
 @dataclass(frozen=True)
 class ShotEvent:
-    """What just happened to one take of a shot, for a live display (flows/cli/progress.py).
+    """What just happened to one take of a shot, for a live display (flows/run/progress.py).
     take 0 is the shot's own ending: state is then its ShotResult status."""
 
     shot_id: str

@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from flows.files.folder import resolved
 from flows.media.assemble import Transition
 from flows.media.cards import render_card
 from flows.media.conform import OutputFormat
 from flows.media.finishing import Cut
 from flows.money.cache import default_cache_dir
-from flows.run.folder import resolved
 from flows.storyboard.plan import Plan
 
 

@@ -33,9 +33,8 @@ import os
 import sys
 from pathlib import Path
 
-from flows.cli import progress
 from flows.money.journal import Attempt
-from flows.run import redaction
+from flows.run import progress, redaction
 from flows.run.context import RunContext, clip_key
 from flows.run.session import RunOptions, close_window, new_context, open_journal
 from flows.run.shot import submit_first

@@ -1,5 +1,5 @@
 """The end of a run, one code path for `storyreel run` (flows/run/session.py `finish`) and `storyreel
-cut` (flows/review/cut.py), so that a re-cut of picks is the film a run with those picks makes:
+cut` (flows/run/recut.py), so that a re-cut of picks is the film a run with those picks makes:
 slates for missing shots, the finished cut (title and end cards, captions, music bed,
 loudness, logo: flows/run/deliverable.py) unless cut.json says the same cut is already there
 (flows/run/uptodate.py), the contact sheet, the take previews and review.html. The caller's
@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from flows.files.folder import resolved, stored
 from flows.media.conform import OutputFormat, conform
 from flows.media.finishing import make_cut
 from flows.money.journal import Journal
 from flows.run import uptodate
 from flows.run.deliverable import cut_for
-from flows.run.folder import resolved, stored
 from flows.storyboard.plan import Plan
 from providers.errors import SpecError, StoryreelError, redact
 
@@ -64,7 +64,7 @@ async def draw_contact_sheet(final: Path, run_dir: Path) -> None:
 def placed(cut_json: dict[str, Any], run_dir: Path) -> dict[str, tuple[float, float]]:
     """Where each clip plays in the cut (`CutReport.spans`), by resolved path. A record
     from before paths were stored relative names its clips where the folder was then."""
-    from flows.run.folder import migrate
+    from flows.files.folder import migrate
 
     def path(c: str) -> Path:
         return resolved(migrate(c, run_dir) if Path(c).is_absolute() else c, run_dir).resolve()

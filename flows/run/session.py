@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.files.atomic import write_text_atomic
+from flows.files.folder import stored
 from flows.media.ffmpeg_exec import ffmpeg_exe
 from flows.money.cache import ClipCache, default_cache_dir
 from flows.money.journal import Journal
@@ -22,7 +23,6 @@ from flows.money.status import AT_VENDOR, GOOD, Status
 from flows.money.window import SpendWindow
 from flows.run.deliverable import summary_lines
 from flows.run.finish import finish_cut, output_format, slate
-from flows.run.folder import stored
 from flows.run.redaction import redact_data
 from flows.run.shot import RunContext, ShotResult
 from flows.storyboard.keys import require_keys

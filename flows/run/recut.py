@@ -107,7 +107,7 @@ def _update_run_json(run_dir: Path, data: dict[str, Any], plan: Plan, cut: list[
                      cut_json: dict[str, Any]) -> None:
     """run.json describes the cut that is in the folder now; its money figures are the
     journal's, which a cut does not change."""
-    from flows.run.folder import stored
+    from flows.files.folder import stored
 
     clips = {c.shot_id: c.clip for c in cut}
     for entry in data.get("results") or []:

@@ -9,6 +9,12 @@ waiting for without a confirmed cancel is `abandoned`; a job we lost contact wit
 Each keeps its reservation and is reported at its estimate until a later run of the folder
 (or `storyreel reconcile`) learns what the vendor did. Attempts and per-shot spend are counted
 from the journal, so a resumed folder never gets fresh retries or a fresh per-shot cap.
+
+A `Take` is one take of a shot in this session: it resumes, asks the cache, then makes a `Try`
+per attempt on the options in order. Each step of a `Try` (send, complete, download) returns
+the shot's `ShotResult` when that decides it, else a `Failed` whose `Verdict` (from the
+error's kind) says whether the same request would fail again. `Held` books a job's money and
+journal row; `settle_job` settles jobs outside a take's own tries (and for reconcile).
 """
 
 from __future__ import annotations

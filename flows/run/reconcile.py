@@ -22,7 +22,7 @@ from flows.money.ledger import Ledger
 from flows.money.status import AT_RISK, AT_VENDOR
 from flows.run import lock as runlock
 from flows.run.session import RunOptions, cache_for, open_journal
-from flows.run.shot import settle_job
+from flows.run.shot import Books, settle_job
 from flows.storyboard.keys import env_key
 from flows.storyboard.prices import lookup_fal
 from providers.base import Provider
@@ -61,10 +61,11 @@ async def reconcile(run_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S
                                                                    key=env_key(name), **extra)
                     return providers[name]
 
+                books = Books(journal, ledger, cache, run_dir, log=print)
                 await asyncio.gather(*(
-                    settle_job(a, ledger.hold(a.shot_id, a.reserved_usd or 0.0),
-                               provider=provider_for(a.provider), journal=journal, ledger=ledger,
-                               cache=cache, run_dir=run_dir, log=print,
+                    settle_job(a, ledger.hold(a.shot_id, a.reserved_usd or 0.0, row=a.id,
+                                              attempt=a.attempt, take=a.take),
+                               provider=provider_for(a.provider), books=books,
                                deadline=max(0.01, timeout_s))
                     for a in asked))
             _reconcile_windows(journal.run_id, journal.attempts())

@@ -179,7 +179,9 @@ def assembled(run_dir: Path, key: str) -> Path | None:
 # -- the whole check ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Verdict:
+class Freshness:
+    """Whether a run folder's cut is up to date with the storyboard (`check`)."""
+
     final: Path | None  # set when up to date
     why: str  # what is not up to date (for --explain / debugging)
     at_risk: int = 0  # journal rows whose money has no final answer from their vendor
@@ -214,13 +216,13 @@ def done_clips(plan: Plan, run_dir: Path, journal: Journal) -> tuple[list[dict[s
     return clips, ""
 
 
-def check(plan: Plan, run_dir: Path) -> Verdict:
+def check(plan: Plan, run_dir: Path) -> Freshness:
     """Up to date when every take the storyboard wants is done (`done_clips`) and the last
     assembly recorded the cut key of exactly these clips and settings. A shot that failed or
     was a slate last time is not done, so the run tries it again."""
     run_dir = Path(run_dir)
     if not (run_dir / "journal.sqlite").is_file() or read_record(run_dir) is None:
-        return Verdict(None, "no finished cut in this folder")
+        return Freshness(None, "no finished cut in this folder")
     journal = Journal(run_dir / "journal.sqlite")
     try:
         clips, why = done_clips(plan, run_dir, journal)
@@ -228,7 +230,7 @@ def check(plan: Plan, run_dir: Path) -> Verdict:
     finally:
         journal.close()
     if clips is None:
-        return Verdict(None, why)
+        return Freshness(None, why)
     final = assembled(run_dir, cut_key(plan, clips, run_dir))
     askable = sum(1 for a in risky if a.status in AT_VENDOR and a.job_id)
-    return Verdict(final, "" if final else "the cut's inputs changed", len(risky), askable)
+    return Freshness(final, "" if final else "the cut's inputs changed", len(risky), askable)

@@ -38,7 +38,8 @@ async def render_shots(spec: Path, out: Path, *, regenerate: list[str] | None = 
                        resubmit_unconfirmed: bool = False, no_cache: bool = False
                        ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """(result, cost.csv rows) like the `run` fixture's; result has ok, failed and the totals."""
-    from flows.money.report import rows_from_journal, totals, write_cost_csv
+    from flows.money.report import rows_from_journal, write_cost_csv
+    from flows.money.spend import totals
 
     plan = make_plan(spec)
     preflight(plan)

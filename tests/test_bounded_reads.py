@@ -1,4 +1,4 @@
-"""Every network read is bounded (issue 21): error bodies, API answers, reference images and
+"""Every network read is bounded: error bodies, API answers, reference images and
 downloads that never end. A tiny HTTP server on 127.0.0.1 (real sockets) serves bodies far
 larger than any cap and counts the bytes it got to send on each connection; what a client
 did not read stays in the kernel's socket buffers (a few MiB at most), so a count far below

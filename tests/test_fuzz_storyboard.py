@@ -1,4 +1,4 @@
-"""Mutated storyboards never end in a traceback (issue 21).
+"""Mutated storyboards never end in a traceback.
 
 The example storyboards in specs/ are mutated field by field, with a fixed seed: long and odd
 strings (5,000 characters, NUL, control and right-to-left characters, `../`, URLs), numbers as

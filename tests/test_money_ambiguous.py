@@ -1,4 +1,4 @@
-"""Money when the vendor's answer is ambiguous (issue 10), through the real flow and the
+"""Money when the vendor's answer is ambiguous, through the real flow and the
 emulator, whose prices and billing rules are its own (tests/emulator/prices.py):
 
 * a submit the vendor took and then answered badly (HTTP error, 2xx without the job's id,

@@ -1,4 +1,4 @@
-"""Money across runs of one folder (issue 10): the per-shot cap survives a rerun, a folder has
+"""Money across runs of one folder: the per-shot cap survives a rerun, a folder has
 one owner at a time, and a resumed run sees the storyboard's edits."""
 
 from __future__ import annotations

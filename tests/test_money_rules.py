@@ -1,5 +1,5 @@
 """Money rules across sessions of one run folder: edits, resumes, cached placeholders, prices,
-one owner per folder. Each test failed on the code before issue 10's fixes."""
+one owner per folder. Each test failed on the code before these rules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NanoGPT adapter against the emulator over real sockets (protocol: seed 003)."""
+"""NanoGPT adapter against the emulator over real sockets (protocol: docs.nano-gpt.com "Video Generation")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Perf adapter against the emulator over real sockets (protocol: seed 002)."""
+"""Perf adapter against the emulator over real sockets (protocol: docs.withperf.pro "Video Generation")."""
 
 from __future__ import annotations
 

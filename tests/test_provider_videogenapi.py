@@ -1,4 +1,4 @@
-"""VideoGenAPI adapter against the emulator over real sockets (protocol: seed 004)."""
+"""VideoGenAPI adapter against the emulator over real sockets (protocol: videogenapi.com API docs)."""
 
 from __future__ import annotations
 

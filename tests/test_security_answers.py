@@ -1,4 +1,4 @@
-"""Hostile vendor answers (issue 11): ids that look like paths, follow-up URLs and redirects
+"""Hostile vendor answers: ids that look like paths, follow-up URLs and redirects
 that lead to other hosts, and video URLs we must not fetch. Every adapter here talks to the
 emulator over real HTTP; "another host" is the same emulator reached as `localhost`, and
 `emu.offhost_credentials` lists every credential header that arrived there."""

@@ -1,4 +1,4 @@
-"""Hostile storyboards and parameters (issue 11): YAML bombs and other nasty files end
+"""Hostile storyboards and parameters: YAML bombs and other nasty files end
 `storyreel validate` quickly with exit 0/1/2 and no traceback; reference images stay inside the
 storyboard's tree, are real images under the cap, and are read once; run parameters get the
 same checks from a deployment as from the CLI."""

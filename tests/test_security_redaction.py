@@ -1,4 +1,4 @@
-"""One scrubber (issue 11): a key is masked in its plain, URL-encoded, JSON-escaped and base64
+"""One scrubber: a key is masked in its plain, URL-encoded, JSON-escaped and base64
 forms, longest key first, in everything that leaves the process; and a path-like vendor job id
 never writes outside the run folder."""
 

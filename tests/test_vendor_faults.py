@@ -60,8 +60,8 @@ class Quirks:
 
 
 VENDOR_QUIRKS: dict[str, Quirks] = {
-    # fal answers an exhausted balance as 403 "User is locked" (research/vendors.md §1 and
-    # fal-ai/fal #1147); result URLs are re-read from response_url (providers/fal.py fetch)
+    # fal answers an exhausted balance as 403 "User is locked" (fal-ai/fal issues
+    # #1147, #1162, #1163); result URLs are re-read from response_url (providers/fal.py fetch)
     "fal": Quirks(credit=(403, "User is locked. Reason: Exhausted balance. Top up your "
                                "balance at fal.ai/dashboard/billing."), refreshes_urls=True),
     # the HF router speaks fal's queue (providers/huggingface.py subclasses FalProvider), so it
@@ -77,10 +77,10 @@ VENDOR_QUIRKS: dict[str, Quirks] = {
     # Luma's credit status is UNCONFIRMED: the adapter reads the detail text on a 400
     "luma": Quirks(credit=(400, "Insufficient credits: please add credits to your account.")),
     "perf": Quirks(credit=(402, "Insufficient credits")),
-    # seed 003: {"error": "Insufficient balance", "status": 402}
+    # docs.nano-gpt.com "Video Generation": {"error": "Insufficient balance", "status": 402}
     "nanogpt": Quirks(credit=(402, "Insufficient balance")),
-    # seed 004: 429 means a rate limit *or* the monthly usage limit (the latter is not
-    # something a retry fixes)
+    # videogenapi.com API docs: 429 means a rate limit *or* the monthly usage limit (the
+    # latter is not something a retry fixes)
     "videogenapi": Quirks(credit=(429, "Monthly usage limit exceeded")),
     # Runware codes classify errors (runware-python errors.py); we pick the taskUUID
     "runware": Quirks(credit=(402, "Insufficient credits to run this task"), own_job_id=True),
@@ -311,7 +311,8 @@ async def test_submit_5xx_is_unconfirmed_and_not_resent(fast, vendor, status):
 async def test_fal_503_from_fals_own_servers_is_not_resent(fast, vendor):
     """fal_client retries a 502/503/504 only without `x-fal-request-id` (an ingress page):
     with it, fal's servers answered and may hold the request, so a paid submit is not resent
-    (research/vendors.md addendum). The HF router passes fal's answer through."""
+    (fal_client/client.py `_is_ingress_error`, `_should_retry_response`). The HF router
+    passes fal's answer through."""
     rid = "0193-from-fal"
     fast.inject(vendor, "submit", "http", status=503, headers={"x-fal-request-id": rid})
     async with client() as http:

@@ -1,10 +1,11 @@
 """What each emulated vendor charges, and when: the emulator's own price list.
 
-Written by hand for the tests from the vendors' public pricing (research/vendors.md, the
-seeds in shared/seeds/), never read from providers/catalog: the product estimates a job's
-cost from its catalog and the emulator bills from this table, so "cost.csv == what the vendor
-charged" is something a test can find false. Where no public figure exists the entry says so
-and the figure is the emulator's own (a vendor's price is whatever it bills).
+Written by hand for the tests from the vendors' public pricing (model pages, pricing docs, API
+documentation; each entry names its source, or says "unsourced"), never read from
+providers/catalog: the product estimates a job's cost from its catalog and the emulator bills
+from this table, so "cost.csv == what the vendor charged" is something a test can find false.
+Where no public figure exists the entry says so and the figure is the emulator's own (a
+vendor's price is whatever it bills).
 
 `PRICES` is each vendor's list price, billed in the vendor's own units (Wan 2.2's frames at
 16 fps, Runway's whole credits, Runware's per-clip Hailuo price, Luma's per-5 s tiers) and at
@@ -18,8 +19,8 @@ Billing (`bills`):
 * "success": charged when the job succeeds (canceled, failed, filtered jobs are free).
 * "terminal": charged when the job succeeds or fails (not when canceled before it ran).
 * "submit": charged once the vendor accepts the job, whatever happens next (NanoGPT deducts
-  the cost from the balance in its submit answer: seed 003 "remainingBalance: Account balance
-  after deduction"; no refund is documented).
+  the cost from the balance in its submit answer: docs.nano-gpt.com "Video Generation",
+  "remainingBalance: Account balance after deduction"; no refund is documented).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Entry:
         return round(rule(seconds, resolution), 6)
 
 
-FAL_SUCCESS = "fal bills successful requests only (vendors.md §1.5, docs.fal.ai model-apis/pricing)"
+FAL_SUCCESS = "fal bills successful requests only (docs.fal.ai/documentation/model-apis/pricing)"
 
 _FAL: dict[str, Entry] = {
     "fal-ai/kling-video/v2.5-turbo/pro/text-to-video": Entry(
@@ -88,7 +89,8 @@ _FAL: dict[str, Entry] = {
         base_plus(0.35, 5, 0.07), "fal.ai model page (kling 2.5 turbo pro): $0.35 per 5 s + "
         "$0.07/s"),
     "fal-ai/kling-video/v2.5-turbo/standard/image-to-video": Entry(
-        base_plus(0.21, 5, 0.042), "vendors.md §1.5: $0.21 per 5 s + $0.042 per extra second"),
+        base_plus(0.21, 5, 0.042), "fal.ai/models/fal-ai/kling-video/v2.5-turbo/standard/"
+        "image-to-video/llms.txt: $0.21 per 5 s + $0.042 per extra second"),
     "fal-ai/kling-video/v3/pro/text-to-video": Entry(
         per_second(0.168), "fal.ai kling v3 pro: $0.112/s with audio off, $0.168/s on",
         silent=per_second(0.112)),
@@ -120,24 +122,27 @@ _FAL: dict[str, Entry] = {
     "fal-ai/wan/v2.7/image-to-video": Entry(per_second_by({"720p": 0.10, "1080p": 0.15}),
                                             "as the text-to-video one"),
     "fal-ai/hunyuan-video": Entry(
-        per_video(0.40), "seed 000: HunyuanVideo (fal.ai) $0.40 per 720p ~5 s video"),
-    "fal-ai/ltx-video": Entry(per_video(0.02), "seed 000: LTX Video (fal.ai) $0.02 per video"),
-    "fal-ai/ltx-video/image-to-video": Entry(per_video(0.02), "seed 000: LTX Video $0.02"),
+        per_video(0.40), "fal.ai/models/fal-ai/hunyuan-video-image-to-video/llms.txt: $0.40 "
+        "per video (the image-to-video sibling's page; this page unchecked)"),
+    "fal-ai/ltx-video": Entry(per_video(0.02), "unsourced: $0.02 per video (a third-party "
+                              "price survey; no fal page checked)"),
+    "fal-ai/ltx-video/image-to-video": Entry(per_video(0.02), "unsourced, as fal-ai/ltx-video"),
 }
 
 PRICES: dict[str, dict[str, Entry]] = {
     "fal": _FAL,
-    # the HF router passes provider prices through "with no markup" (vendors.md §5.5)
+    # the HF router passes provider prices through "with no markup"
+    # (huggingface.co/docs/inference-providers/pricing)
     "huggingface": {f"fal-ai:{model}": replace(e, source=f"fal's price, no markup: {e.source}")
                     for model, e in _FAL.items()},
     "replicate": {
-        # "official models are billed per second of output video"; no per-model figure was
-        # found on a Replicate page (vendors.md §2.5): these figures are the emulator's own,
+        # official models are billed per second of output video (replicate.com/pricing); no
+        # per-model figure was found on a Replicate page: these figures are the emulator's own,
         # near Google's rates without audio
         "google/veo-3.1-fast": Entry(per_second(0.10), "no Replicate figure; $0.10/s"),
         "google/veo-3.1": Entry(per_second(0.20), "no Replicate figure; $0.20/s"),
         "kwaivgi/kling-v2.5-turbo-pro": Entry(per_second(0.07), "no Replicate figure; fal's "
-                                              "$0.07/s per extra second (vendors.md §1.5 family)"),
+                                              "$0.07/s per extra second (its Kling 2.5 Turbo Pro page)"),
         "minimax/hailuo-02": Entry(per_second_by({"512p": 0.017, "768p": 0.045, "1080p": 0.08}),
                                    "no Replicate figure; emulator's own"),
         "bytedance/seedance-1-pro": Entry(per_second_by({"480p": 0.03, "720p": 0.06,
@@ -148,10 +153,12 @@ PRICES: dict[str, dict[str, Entry]] = {
                                            "no Replicate figure; emulator's own"),
     },
     "runway": {
-        # 1 credit = $0.01 (vendors.md §3.5); the task reports `cost.credits`
-        "gen4.5": Entry(credits_per_second(12), "vendors.md §3.5: third-party 12-25 credits/s; "
-                        "12 charged"),
-        "gen4_turbo": Entry(credits_per_second(5), "vendors.md §3.5: Gen-4 Turbo 5 credits/s"),
+        # 1 credit = $0.01 (help.runwayml.com "How do credits work"); the task reports
+        # `cost.credits` (runwayml/sdk-python types/task_retrieve_response.py)
+        "gen4.5": Entry(credits_per_second(12), "unsourced: third-party pages say 12-25 "
+                        "credits/s; 12 charged"),
+        "gen4_turbo": Entry(credits_per_second(5), "help.runwayml.com \"How do credits work\": "
+                            "Gen-4 Turbo 5 credits/s"),
         "veo3.1": Entry(credits_per_second(40), "Runway API table (third-party): 40 credits/s "
                         "with audio, 20 without", silent=credits_per_second(20),
                         audio_param="audio"),
@@ -161,38 +168,42 @@ PRICES: dict[str, dict[str, Entry]] = {
         "veo3": Entry(credits_per_second(40), "Runway API table (third-party): 40 credits/s"),
     },
     "luma": {
-        # Luma publishes no API price (vendors.md §4.5); its API reports none either
+        # no API price on a Luma-owned page; its API reports none either
         "ray-2": Entry(per_second_by({"540p": 0.10, "720p": 0.20, "1080p": 0.40, "4k": 1.274}),
-                       "seed 000: Luma 540p 5 s $0.50, 720p 5 s $1.00, 1080p 5 s $2.00; 4k from "
-                       "vendors.md §4.5 ($6.37 per 5 s)"),
+                       "unsourced (a third-party survey): 540p 5 s $0.50, 720p 5 s $1.00, "
+                       "1080p 5 s $2.00; 4k from Comfy-Org/docs PR #514 ($6.37 per 5 s)"),
         "ray-flash-2": Entry(per_second_by({"540p": 0.04, "720p": 0.08, "1080p": 0.16,
                                             "4k": 0.438}),
-                             "vendors.md §4.5: 4k 5 s $2.19; lower resolutions the emulator's "
-                             "own (halving per step down)"),
+                             "Comfy-Org/docs PR #514 (a resale table): 4k 5 s $2.19; lower "
+                             "resolutions the emulator's own (halving per step down)"),
     },
     "gemini": {
         "veo-3.1-generate-001": Entry(per_second_by({"720p": 0.40, "1080p": 0.40, "4k": 0.60}),
-                                      "vendors.md §7.5: Veo 3.1 $0.40/s, 4k higher"),
+                                      "unsourced, commonly cited: Veo 3.1 $0.40/s, 4k higher"),
         "veo-3.1-fast-generate-001": Entry(per_second_by({"720p": 0.10, "1080p": 0.12,
                                                           "4k": 0.30}),
                                            "ai.google.dev Gemini API pricing after the "
                                            "2026-04-07 cut, as quoted by reapi.ai (May 2026)"),
-        "veo-3.1-generate-preview": Entry(per_second(0.40), "vendors.md §7.5 (retired model)"),
-        "veo-3.1-fast-generate-preview": Entry(per_second(0.15), "vendors.md §7.5 (retired)"),
-        "veo-3.0-generate-001": Entry(per_second(0.40), "vendors.md §7.5 (retired model)"),
-        "veo-3.0-fast-generate-001": Entry(per_second(0.15), "vendors.md §7.5 (retired)"),
+        "veo-3.1-generate-preview": Entry(per_second(0.40), "unsourced, commonly cited (retired)"),
+        "veo-3.1-fast-generate-preview": Entry(per_second(0.15),
+                                               "unsourced, commonly cited (retired)"),
+        "veo-3.0-generate-001": Entry(per_second(0.40), "unsourced, commonly cited (retired)"),
+        "veo-3.0-fast-generate-001": Entry(per_second(0.15), "unsourced, commonly cited (retired)"),
         "veo-2.0-generate-001": Entry(per_second(0.35), "no figure; emulator's own (retired)"),
     },
     "perf": {
-        "veo-3": Entry(per_second(0.35), "seed 002 model table: $0.35/second"),
-        "runway-gen3": Entry(per_second(0.10), "seed 002: $0.10/second (example: 8 s = $0.80)"),
-        "luma-dream-machine": Entry(per_second(0.06), "seed 002: $0.06/second"),
-        "pika": Entry(per_second(0.067), "seed 002: $0.067/second"),
+        "veo-3": Entry(per_second(0.35), "docs.withperf.pro Video Generation: $0.35/second"),
+        "runway-gen3": Entry(per_second(0.10), "docs.withperf.pro: $0.10/second (example: 8 s = "
+                             "$0.80)"),
+        "luma-dream-machine": Entry(per_second(0.06), "docs.withperf.pro: $0.06/second"),
+        "pika": Entry(per_second(0.067), "docs.withperf.pro: $0.067/second"),
     },
     "nanogpt": {
-        # seed 003 gives one figure: veo2-video answered "cost": 2.5 (5 s). The rest have no
-        # public price; the vendor reports the charge in its submit answer.
-        "veo2-video": Entry(per_second(0.50), "seed 003 example: cost 2.5 for 5 s", "submit"),
+        # docs.nano-gpt.com "Video Generation" gives one figure: veo2-video answered
+        # "cost": 2.5 (5 s). The rest have no public price; the vendor reports the charge in
+        # its submit answer.
+        "veo2-video": Entry(per_second(0.50), "docs.nano-gpt.com example: cost 2.5 for 5 s",
+                            "submit"),
         "kling-video-v2": Entry(per_second(0.28), "no public figure; emulator's own", "submit"),
         "kling-v21-standard": Entry(per_second(0.056), "no public figure; emulator's own",
                                     "submit"),
@@ -203,25 +214,25 @@ PRICES: dict[str, dict[str, Entry]] = {
                                      "no public figure; emulator's own", "submit"),
     },
     "runware": {
-        # no Runware price table in the stored material; the task reports `cost`
+        # no Runware price found for most of these models; the task reports `cost`
         "klingai:6@1": Entry(base_plus(0.35, 5, 0.07), "fal's rate for Kling 2.5 Turbo Pro "
-                             "(vendors.md §1.5 family)"),
+                             "(fal.ai model page)"),
         "klingai:5@3": Entry(per_second(0.28), "no public figure; emulator's own"),
-        "google:3@3": Entry(per_second(0.15), "vendors.md §7.5: Veo 3.1 Fast $0.15/s"),
+        "google:3@3": Entry(per_second(0.15), "unsourced, commonly cited: Veo 3.1 Fast $0.15/s"),
         "bytedance:1@1": Entry(per_second(0.02), "no public figure; emulator's own"),
         "minimax:4@1": Entry(base_plus(0.28, 6, 0.07),
                              "runware.ai/docs/models/minimax-hailuo-2-3: 768p $0.28 for 6 s, "
                              "$0.56 for 10 s"),
     },
     "videogenapi": {
-        # seed 004: four free models (a monthly usage limit instead of money), two premium
-        # ones without a published price
-        "seedance_lite": Entry(per_video(0.0), "seed 004: free model"),
-        "kling_21": Entry(per_video(0.0), "seed 004: free model"),
-        "hailuo_2": Entry(per_video(0.0), "seed 004: free model"),
-        "higgsfield_v1": Entry(per_video(0.0), "seed 004: free model"),
-        "veo_3": Entry(per_second(0.40), "seed 004: premium, no price published; Google's "
-                       "Veo rate (vendors.md §7.5)"),
+        # videogenapi.com API documentation: four free models (a monthly usage limit instead
+        # of money), two premium ones without a published price
+        "seedance_lite": Entry(per_video(0.0), "videogenapi.com docs: free model"),
+        "kling_21": Entry(per_video(0.0), "videogenapi.com docs: free model"),
+        "hailuo_2": Entry(per_video(0.0), "videogenapi.com docs: free model"),
+        "higgsfield_v1": Entry(per_video(0.0), "videogenapi.com docs: free model"),
+        "veo_3": Entry(per_second(0.40), "videogenapi.com docs: premium, no price "
+                       "published; Google's commonly cited Veo rate (unsourced)"),
     },
 }
 

@@ -1,4 +1,5 @@
-"""fal.ai queue API emulator (research/vendors.md §1; fal_client/client.py).
+"""fal.ai queue API emulator (fal-ai/fal `projects/fal_client/src/fal_client/client.py`;
+fal.ai/docs/api-reference/inference-api and its queue pages).
 
   POST /{owner}/{app}[/{path}]                 submit -> {request_id, status_url, response_url,
                                                           cancel_url, status: IN_QUEUE}

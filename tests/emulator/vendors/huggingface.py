@@ -1,4 +1,5 @@
-"""Hugging Face Inference Providers router emulator, `fal-ai` route (research/vendors.md §5).
+"""Hugging Face Inference Providers router emulator, `fal-ai` route
+(huggingface/huggingface_hub `src/huggingface_hub/inference/_providers/fal_ai.py`).
 
 The router proxies fal's queue under /fal-ai with `?_subdomain=queue` on every call:
   POST /fal-ai/{fal model id}?_subdomain=queue                    submit (fal's answer)

@@ -1,4 +1,4 @@
-"""NanoGPT generate-video, per seed 003.
+"""NanoGPT generate-video, per docs.nano-gpt.com "Video Generation".
 
   POST /api/generate-video                 submit -> 202 {runId, status:"pending", model,
                                                     cost, paymentSource, remainingBalance}

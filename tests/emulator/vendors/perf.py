@@ -1,4 +1,4 @@
-"""Perf (withperf.pro) video generations, per seed 002.
+"""Perf (withperf.pro) video generations, per docs.withperf.pro "Video Generation".
 
   POST /v1/video/generations        submit  {prompt, model, duration_seconds, resolution,
                                              aspect_ratio} -> 202 {id, status:"pending",

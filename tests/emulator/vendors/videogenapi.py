@@ -1,4 +1,4 @@
-"""VideoGenAPI, per seed 004.
+"""VideoGenAPI, per videogenapi.com's API documentation.
 
   POST /api/v1/generate                    submit {model, prompt, image_url, duration, resolution,
                                                    aspect_ratio, seed, camera_fixed}

@@ -189,7 +189,8 @@ def test_a_run_folder_has_one_owner(tmp_path) -> None:
 
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from flows import runlock\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path\n"
+         "from flows.run import lock as runlock\n"
          "with runlock.own(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(30)",
          str(out)], stdout=subprocess.PIPE, text=True, env={**os.environ})
     try:

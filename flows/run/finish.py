@@ -74,7 +74,8 @@ def placed(cut_json: dict[str, Any], run_dir: Path) -> dict[str, tuple[float, fl
 # -- the storyboard a run folder was made with ---------------------------------------------
 
 def record_storyboard(journal: Journal, plan: Plan, run_dir: Path) -> None:
-    board = plan.storyboard.model_dump(mode="json")
+    # a re-cut needs no keys: the Secret block names stay out of the run folder
+    board = plan.storyboard.model_dump(mode="json", exclude={"keys"})
     rec = {"source": stored(plan.source, run_dir), "planned_on": dt.date.today().isoformat(),
            "board": board}
     if journal.meta_get(RECORD_KEY) != rec:

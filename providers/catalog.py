@@ -139,7 +139,9 @@ class ModelInfo(BaseModel):
     vendor_model: str
     vendor_model_image: str | None = None  # a separate image-to-video endpoint, where the vendor has one
     description: str = ""
-    inputs: list[Literal["text", "image"]] = ["text"]
+    # "reference": the model has a dedicated field for reference images (characters), apart
+    # from the first frame; adapters send ShotRequest.references there.
+    inputs: list[Literal["text", "image", "reference"]] = ["text"]
     durations: list[float] | DurationRange
     aspect_ratios: list[str] = ["16:9"]
     resolutions: list[str] = ["720p"]

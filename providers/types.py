@@ -64,7 +64,10 @@ class ShotRequest:
     fps: int = 24
     negative_prompt: str | None = None
     seed: int | None = None
-    image: ImageInput | None = None
+    image: ImageInput | None = None  # the first frame (image-to-video)
+    # Reference images (a storyboard's characters) for models whose catalog inputs list
+    # "reference"; sent in the vendor's dedicated reference field, never as the first frame.
+    references: tuple[ImageInput, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)  # vendor extras from the spec, passed through
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import os
 import random
@@ -32,7 +33,8 @@ from providers.errors import (
     UnconfirmedSubmitError,
     register_secret,
 )
-from providers.types import Clip, Job, Poll, ShotRequest
+from providers.types import Clip, ImageInput, Job, Poll, ShotRequest
+from providers.upload_store import UploadStore
 
 
 def segment(value: object) -> str:
@@ -44,6 +46,18 @@ def segment(value: object) -> str:
 
 
 MALFORMED_TRIES = 3  # garbled status answers in a row before a wait gives up
+# A local image at most this big goes inline (a data: URI, or base64 where that is the only
+# way); a bigger one through the vendor's upload. 256 KiB is Replicate's limit for data URLs
+# and keeps a submit's JSON small: a 1280x720 JPEG (about 100-200 KB) stays one request, a
+# lossless 720p PNG frame (1-2 MB) is uploaded once and named by URL in every request.
+INLINE_MAX = 256 * 1024
+UPLOAD_MARGIN_S = 900.0  # an uploaded URL is reused only while it has this long left
+
+
+@dataclass
+class _Uploaded:
+    url: str
+    until: float | None  # monotonic deadline for handing it out; None = does not expire
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,7 @@ class Provider:
         base_url: str | None = None,
         poll: PollSettings | None = None,
         retry: http.RetryPolicy | None = None,
+        uploads: UploadStore | None = None,
     ) -> None:
         self.client = client
         self.key = key
@@ -100,6 +115,9 @@ class Provider:
                                               self.credential_headers)
         self.poll_settings = poll or PollSettings.from_env()
         self.retry = retry or http.RetryPolicy()
+        self.uploads = uploads  # the run's S3-compatible store, where one is configured
+        # content hash -> the upload in flight or done: an image is uploaded once per run
+        self._uploaded: dict[str, asyncio.Task[_Uploaded]] = {}
 
     # -- the verbs an adapter implements -------------------------------------------------
 
@@ -143,6 +161,61 @@ class Provider:
         cancel or nothing was left to stop. Taking the request is not stopping the job (fal
         only signals a running app): callers poll until the vendor says the job ended."""
         return False
+
+    # -- images --------------------------------------------------------------------------
+
+    # local images past this many bytes go through `upload_image` instead of inline
+    inline_max: ClassVar[int] = INLINE_MAX
+
+    async def upload_image(self, data: bytes, mime: str, name: str) -> tuple[str, float | None]:
+        """Put a local image on the vendor's own storage: (URL or URI the vendor's requests
+        name it by, seconds it stays valid or None). Adapters with an upload API override;
+        the default has none, so callers inline the image."""
+        raise NotImplementedError
+
+    def uses_store(self) -> bool:
+        return self.uploads is not None and self.uploads.used_by(self.name)
+
+    async def image_ref(self, image: ImageInput) -> str:
+        """What a request names an image by: a URL as given; a local file through the run's
+        upload store (where one is configured for this vendor), inline as a data: URI when
+        small (or when the vendor has no upload), else through the vendor's upload. Uploads
+        are keyed by content hash, so the same image is uploaded once per run."""
+        if image.url:
+            return image.url
+        data, mime = image.read()
+        store = self.uploads if self.uses_store() else None
+        if store is None and (len(data) <= self.inline_max
+                              or type(self).upload_image is Provider.upload_image):
+            return image.data_uri()
+        name = image.path.name if image.path else "image"
+        return await self._once(data, mime, name, store)
+
+    async def _once(self, data: bytes, mime: str, name: str, store: UploadStore | None) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        task = self._uploaded.get(digest)
+        if task is not None and task.done() and (
+                task.cancelled() or task.exception() is not None or (
+                    (up := task.result()).until is not None
+                    and up.until - time.monotonic() < UPLOAD_MARGIN_S)):
+            task = None  # failed, or about to expire: upload (or presign) again
+        if task is None:
+            task = asyncio.ensure_future(self._upload(data, mime, name, store))
+            self._uploaded[digest] = task
+        try:
+            return (await asyncio.shield(task)).url
+        except ProviderError as exc:
+            if not exc.message.startswith("image upload"):  # one error, many awaiting shots
+                exc.message = f"image upload: {exc.message}"
+            raise
+
+    async def _upload(self, data: bytes, mime: str, name: str,
+                      store: UploadStore | None) -> _Uploaded:
+        if store is not None:
+            url, until = await store.url_for(data, mime)
+            return _Uploaded(url, until)
+        url, ttl = await self.upload_image(data, mime, name)
+        return _Uploaded(url, None if ttl is None else time.monotonic() + ttl)
 
     # -- vendor-specific hooks -----------------------------------------------------------
 

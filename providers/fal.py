@@ -27,9 +27,18 @@ and #1162 (403 "User is locked").
   units x unit price (`Poll.cost_source` "vendor_units"); without one
   `cost_usd` stays None and the caller books its estimate.
 
-Local images are sent inline as data URIs (fal accepts them in every
-`*_image_url` field); large files would be better uploaded to fal's CDN
-(not done). UNCONFIRMED: the exact `type` string of a content-policy model
+Local images up to 256 KiB go inline as data URIs; bigger ones are uploaded once per run to
+fal's storage, as fal_client's `upload` does (fal.ai/docs/documentation/model-apis/fal-cdn:
+"Some models also accept data URIs ... URLs are the universal format"):
+`POST {rest}/storage/auth/token?storage_type=fal-cdn-v3` (Key auth, body {}) ->
+{token, token_type, base_url, expires_at}, then `POST {base_url}/files/upload` with the bytes,
+Content-Type, X-Fal-File-Name, X-Fal-Object-Lifecycle and `Authorization: {token_type} {token}`
+-> {access_url}. If that fails, the storage fallback: `POST
+{rest}/storage/upload/initiate?storage_type=gcs` {file_name, content_type} (Key auth) ->
+{upload_url, file_url}, then `PUT upload_url` with the bytes (no key) -> file_url. fal_client
+posts single-part uploads to v3.fal.media and uses the token's base_url for multipart; we use
+base_url (a fal.media host) for both. Uploads expire after UPLOAD_TTL_S (the lifecycle header).
+UNCONFIRMED: the exact `type` string of a content-policy model
 error (we match `content_policy*` plus keywords); what a canceled request's
 status looks like (we treat `error_type` client_cancelled/request_cancelled
 as canceled); the HTTP code of each cancel answer (any 2xx means accepted).
@@ -37,9 +46,15 @@ as canceled); the HTTP code of each cancel answer (any 2xx means accepted).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
+import json
 import logging
 import math
+import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +63,7 @@ from urllib.parse import quote
 
 import httpx
 
+from providers import hosts as hostlib
 from providers import http
 from providers.base import Provider
 from providers.catalog import find_model
@@ -59,12 +75,16 @@ from providers.errors import (
     JobFailedError,
     NotFoundError,
     ProviderError,
+    register_secret,
 )
 from providers.fal_pricing import UnitPrice
 from providers.types import Clip, Job, Poll, ShotRequest
 
 log = logging.getLogger(__name__)
 UNITS_HEADER = "x-fal-billable-units"
+REST_URL = "https://rest.fal.ai"  # fal_client's REST_URL: storage tokens and uploads
+UPLOAD_TTL_S = 86400  # X-Fal-Object-Lifecycle: uploaded inputs expire after a day
+CDN_HOST = "fal.media"  # the token's base_url must be on it (v3.fal.media, v3b.fal.media)
 
 
 @dataclass(frozen=True)
@@ -105,9 +125,10 @@ def schema_for(model_id: str) -> Schema:
     return _DEFAULT
 
 
-def fal_body(req: ShotRequest, model_id: str) -> dict[str, Any]:
+def fal_body(req: ShotRequest, model_id: str, image: str | None = None) -> dict[str, Any]:
     """The JSON input for a fal model: common fields in its spelling, then catalog
-    `params`, then the shot's own `params` (last, so a storyboard can override)."""
+    `params`, then the shot's own `params` (last, so a storyboard can override). `image` is
+    what the first frame is named by (a URL or a data: URI; default: the image inline)."""
     s = schema_for(model_id)
     body: dict[str, Any] = {"prompt": req.prompt}
     seconds = int(round(req.duration_s))
@@ -120,7 +141,7 @@ def fal_body(req: ShotRequest, model_id: str) -> dict[str, Any]:
     elif s.duration == "frames":  # n frames at fps cover (n - 1) / fps seconds
         body["num_frames"] = int(round(req.duration_s * s.fps)) + 1
     if req.image is not None:
-        body[s.image_field] = req.image.data_uri()
+        body[s.image_field] = image or req.image.data_uri()
     if s.aspect and (req.image is None or s.aspect_image):
         body["aspect_ratio"] = req.aspect_ratio
     if s.resolution:
@@ -184,6 +205,12 @@ class FalProvider(Provider):
     def __init__(self, *, prices: Mapping[str, UnitPrice] | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.prices: dict[str, UnitPrice] = dict(prices or {})
+        self.rest_url = os.environ.get("STORYREEL_FAL_REST_URL", REST_URL).rstrip("/")
+        if self.name == "fal":  # fal's key also goes to its REST host (storage uploads)
+            self.hosts = hostlib.Hosts(self.hosts.origins | {hostlib.origin(self.rest_url)},
+                                       self.hosts.base_url, self.hosts.credentials)
+        self._token: tuple[dict[str, str], float] | None = None  # CDN token, monotonic expiry
+        self._token_lock = asyncio.Lock()
 
     def use_prices(self, prices: Mapping[str, UnitPrice]) -> None:
         """The account's unit price per endpoint id (providers/fal_pricing.py), which turns a
@@ -217,13 +244,92 @@ class FalProvider(Provider):
 
     async def submit(self, req: ShotRequest) -> Job:
         model_id = self.model_id(req)
+        image = await self.image_ref(req.image) if req.image is not None else None
         answer = await self.call_json("POST", self.submit_url(model_id), stage="submit",
-                                      json=fal_body(req, model_id))
+                                      json=fal_body(req, model_id, image))
         request_id = answer.get("request_id") if isinstance(answer, dict) else None
         if not request_id:  # accepted (2xx) but unnamed: it may run and bill, so say so
             raise self.unnamed("a request_id", answer)
         data = {"model": model_id, **self.followup_urls(answer, model_id)}
         return Job(provider=self.name, job_id=str(request_id), data=data)
+
+    # -- uploads ------------------------------------------------------------------------
+
+    async def upload_image(self, data: bytes, mime: str, name: str) -> tuple[str, float | None]:
+        lifecycle = json.dumps({"expiration_duration_seconds": UPLOAD_TTL_S})
+        try:
+            return await self._upload_cdn(data, mime, name, lifecycle), float(UPLOAD_TTL_S)
+        except ProviderError as exc:  # fal_client falls back on any failure, so do we
+            log.warning("fal: CDN upload failed (%s); trying the storage upload", exc.message)
+        return await self._upload_storage(data, mime, name, lifecycle), float(UPLOAD_TTL_S)
+
+    async def _cdn_token(self) -> dict[str, str]:
+        async with self._token_lock:
+            if self._token is not None and self._token[1] - time.monotonic() > 60:
+                return self._token[0]
+            answer = await self.call_json(
+                "POST", f"{self.rest_url}/storage/auth/token?storage_type=fal-cdn-v3",
+                stage="poll", json={})
+            if not isinstance(answer, dict) or not all(
+                    isinstance(answer.get(k), str) and answer[k]
+                    for k in ("token", "token_type", "base_url")):
+                raise self.error(ProviderError, "storage token answer lacks token/base_url")
+            register_secret(answer["token"])  # a credential too: never in a log or report
+            base = answer["base_url"].rstrip("/")
+            if not self._cdn_allowed(base):
+                raise self.error(ProviderError, f"storage token names an upload host outside "
+                                 f"{CDN_HOST}: {base[:80]}")
+            ttl = 600.0  # expires_at is an ISO time; unreadable -> assume ten minutes
+            with contextlib.suppress(ValueError, TypeError):
+                when = dt.datetime.fromisoformat(str(answer.get("expires_at")))
+                if when.tzinfo is not None:
+                    ttl = (when - dt.datetime.now(dt.UTC)).total_seconds()
+            token = {"auth": f"{answer['token_type']} {answer['token']}", "base": base}
+            self._token = (token, time.monotonic() + ttl)
+            return token
+
+    def _cdn_allowed(self, base: str) -> bool:
+        """The upload token goes only to a fal.media host over https (or, for a local
+        emulator or proxy, to the origin of our own configured fal URLs)."""
+        scheme, host, _ = hostlib.origin(base)
+        if scheme == "https" and (host == CDN_HOST or host.endswith("." + CDN_HOST)):
+            return True
+        return hostlib.origin(base) in {hostlib.origin(self.rest_url),
+                                         hostlib.origin(self.base_url)}
+
+    async def _upload_cdn(self, data: bytes, mime: str, name: str, lifecycle: str) -> str:
+        token = await self._cdn_token()
+        headers = {"Authorization": token["auth"], "Content-Type": mime,
+                   "X-Fal-File-Name": name, "X-Fal-Object-Lifecycle": lifecycle}
+        url = f"{token['base']}/files/upload"
+        resp = await http.send(self.client, "POST", url, stage="poll", provider=self.name,
+                               map_error=self.map_error, policy=self.retry,
+                               hosts=hostlib.for_url(url), content=data, headers=headers)
+        return self._named_url(resp, "access_url")
+
+    async def _upload_storage(self, data: bytes, mime: str, name: str, lifecycle: str) -> str:
+        slot = await self.call_json(
+            "POST", f"{self.rest_url}/storage/upload/initiate?storage_type=gcs", stage="poll",
+            json={"file_name": name, "content_type": mime},
+            headers={"X-Fal-Object-Lifecycle-Preference": lifecycle})
+        if not isinstance(slot, dict) or not all(
+                isinstance(slot.get(k), str) and slot[k] for k in ("upload_url", "file_url")):
+            raise self.error(ProviderError, f"upload initiate answered {str(slot)[:200]}")
+        # a signed storage URL: sent without the key (providers/hosts.py strips any)
+        await http.send(self.client, "PUT", slot["upload_url"], stage="poll",
+                        provider=self.name, map_error=self.map_error, policy=self.retry,
+                        hosts=self.hosts, content=data, headers={"Content-Type": mime})
+        return str(slot["file_url"])
+
+    def _named_url(self, resp: httpx.Response, key: str) -> str:
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = None
+        url = answer.get(key) if isinstance(answer, dict) else None
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise self.error(ProviderError, f"upload answered without {key}: {str(answer)[:200]}")
+        return url
 
     async def poll(self, job: Job) -> Poll:
         # 202 (queued/running) and 200 (completed) are both answers; the body decides

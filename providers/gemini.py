@@ -11,8 +11,15 @@ Protocol source: googleapis/python-genai `google/genai/models.py` (`generate_vid
   {"instances": [{"prompt", "image": {"bytesBase64Encoded", "mimeType"}}],
    "parameters": {"aspectRatio", "durationSeconds" (int), "resolution", "negativePrompt",
                   "sampleCount", ...}} -> {"name": "models/{model}/operations/{id}"}.
-  The Developer API takes images inline only, so URL images are fetched (without the key) and
-  inlined. It rejects `seed` (Vertex-only), so ShotRequest.seed is not sent. 1080p/4k need 8 s.
+  The Developer API takes images inline only (`gcs_uri` is Vertex-only), so URL images are
+  fetched (without the key) and inlined; a request carries at most 20 MB inline (the API's
+  limit for inline data), checked before sending. It rejects `seed` (Vertex-only), so
+  ShotRequest.seed is not sent. 1080p/4k need 8 s.
+* References (characters): Veo 3.1 takes `instances[0].referenceImages`: up to 3 of
+  {"image": {bytesBase64Encoded, mimeType}, "referenceType": "ASSET"} (python-genai
+  `_VideoGenerationReferenceImage_to_mldev`; STYLE is Vertex-only). The SDK's docs: with
+  reference images the prompt is required and `image`/`lastFrame` are not supported, so a
+  request with both a first frame and references is refused before sending.
 * Poll: GET /v1beta/{name}; `done` is absent until true. Then exactly one of `error`
   (google.rpc.Status) or `response.generateVideoResponse` {generatedSamples[].video.uri,
   raiMediaFilteredCount, raiMediaFilteredReasons}. THE trap: done with no samples and RAI
@@ -52,6 +59,7 @@ from providers.types import Clip, ImageInput, Job, Poll, ShotRequest
 
 GOOGLE_HOST = "generativelanguage.googleapis.com"
 IMAGE_MAX = 20 * 1024 * 1024  # inline request payload limit
+MAX_REFERENCES = 3  # Veo 3.1: up to three asset images
 INSTANCE_KEYS = {"lastFrame", "referenceImages", "video"}  # params that belong in the instance
 VERTEX_ONLY = {"seed", "fps", "generateAudio", "outputGcsUri", "pubsubTopic", "compressionQuality"}
 
@@ -87,8 +95,24 @@ class GeminiProvider(Provider):
         duration = int(round(req.duration_s))
         model = req.vendor_model
         instance: dict[str, Any] = {"prompt": req.prompt}
+        if req.image is not None and req.references:
+            raise self.error(InvalidRequestError, f"{req.model}: Veo takes reference images "
+                             "or a first frame, not both", shot_id=req.shot_id)
         if req.image is not None:
             instance["image"] = await self._inline_image(req.image)
+        if req.references:
+            if len(req.references) > MAX_REFERENCES:
+                raise self.error(InvalidRequestError, f"{req.model}: at most {MAX_REFERENCES} "
+                                 f"reference images, not {len(req.references)}",
+                                 shot_id=req.shot_id)
+            instance["referenceImages"] = [
+                {"image": await self._inline_image(r), "referenceType": "ASSET"}
+                for r in req.references]
+        inline = sum(len(i["bytesBase64Encoded"]) for i in _images(instance))
+        if inline > IMAGE_MAX:
+            raise self.error(InvalidRequestError, f"{req.model}: {inline} bytes of inline "
+                             f"images, over the {IMAGE_MAX} byte request limit",
+                             shot_id=req.shot_id)
         params: dict[str, Any] = {
             "aspectRatio": req.aspect_ratio,
             "durationSeconds": duration,
@@ -229,6 +253,12 @@ class GeminiProvider(Provider):
         if err.retry_after is None:
             err.retry_after = _retry_delay(resp)
         return err
+
+
+def _images(instance: dict[str, Any]) -> list[dict[str, str]]:
+    """The inline images of an instance: first frame and references."""
+    found = [instance["image"]] if "image" in instance else []
+    return found + [r["image"] for r in instance.get("referenceImages", [])]
 
 
 def _retry_delay(resp: httpx.Response) -> float | None:

@@ -48,6 +48,7 @@ import re
 from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
+from providers.base import Provider
 from providers.errors import InvalidRequestError
 from providers.fal import FalProvider
 from providers.types import ShotRequest
@@ -74,6 +75,8 @@ class HuggingFaceProvider(FalProvider):
     base_url_env: ClassVar[str | None] = "STORYREEL_HF_BASE_URL"
     supports_cancel: ClassVar[bool] = True
     api_hosts: ClassVar[tuple[str, ...]] = ("router.huggingface.co",)
+    # fal's storage takes a fal key, not an HF token: local images go inline
+    upload_image = Provider.upload_image
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}

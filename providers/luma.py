@@ -11,9 +11,11 @@ docs.lumalabs.ai/docs/video-generation and changelog/callbacks-and-credits-balan
   exists for video, so those are not sent.
 * Image to video: `keyframes.frame0 = {"type": "image", "url": ...}`. Luma takes image
   URLs only ("upload and use your own cdn image urls, currently this is the only way
-  to pass an image", docs.lumalabs.ai), so a local reference image is refused with
-  InvalidRequestError before anything is sent (nothing is paid). Planning can check
-  `LumaProvider.accepts_local_images` to refuse it earlier.
+  to pass an image", docs.lumalabs.ai), so a local image goes through the run's
+  S3-compatible upload store (providers/upload_store.py) as a presigned GET URL. Without
+  a store it is refused with InvalidRequestError before anything is sent (nothing is
+  paid); planning refuses it earlier (upload_store.URL_ONLY_PROVIDERS). Luma's video API
+  has no reference-image field (only `concepts`), so ShotRequest.references is not sent.
 * Poll `GET /generations/{id}`: queued -> queued, dreaming -> running, completed ->
   succeeded (`assets.video`), failed -> failed with `failure_reason`; moderation
   failures ("Advanced moderation failed") become ContentPolicyError.
@@ -46,6 +48,7 @@ from providers.errors import (
     ProviderError,
 )
 from providers.types import Job, Poll, ShotRequest
+from providers.upload_store import HOW_TO
 
 _STATES = {"queued": "queued", "dreaming": "running", "completed": "succeeded", "failed": "failed"}
 _POLICY = re.compile(r"moderation|content policy|nsfw|unsafe|safety", re.IGNORECASE)
@@ -62,13 +65,13 @@ class LumaProvider(Provider):
     accepts_local_images: ClassVar[bool] = False  # keyframes take URLs only
 
     async def submit(self, req: ShotRequest) -> Job:
-        body = self.build_body(req)
+        body = await self.build_body(req)
         gen = await self.call_json("POST", "generations/video", stage="submit", json=body)
         if not isinstance(gen, dict) or not gen.get("id"):
             raise self.unnamed("a generation id", gen)
         return Job(provider=self.name, job_id=str(gen["id"]), data={"model": req.vendor_model})
 
-    def build_body(self, req: ShotRequest) -> dict[str, Any]:
+    async def build_body(self, req: ShotRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
             "generation_type": "video",
             "model": req.vendor_model,
@@ -78,15 +81,15 @@ class LumaProvider(Provider):
             "resolution": req.resolution,
         }
         if req.image is not None:
-            if not req.image.url:
+            if not req.image.url and not self.uses_store():
                 raise self.error(
                     InvalidRequestError,
-                    "Luma accepts reference images only as URLs (keyframes.frame0.url), "
-                    f"not local files like {req.image.path}; host the image (https) and "
-                    "give its URL, or use another provider",
+                    "Luma accepts images only as URLs (keyframes.frame0.url), not local "
+                    f"files like {req.image.path}: {HOW_TO}",
                     shot_id=req.shot_id,
                 )
-            body["keyframes"] = {"frame0": {"type": "image", "url": req.image.url}}
+            body["keyframes"] = {"frame0": {"type": "image",
+                                            "url": await self.image_ref(req.image)}}
         info = find_model(self.name, req.model)
         if info is not None:
             body.update(info.params)

@@ -12,9 +12,12 @@ replicate.com/docs/reference/error-codes (E005).
   waiting for, even if this process died (aborted runs are not charged).
 * Input fields are per model: `SHAPES` says which of our fields each supported model
   takes and what it calls its first-frame image (`image`, `start_image`,
-  `first_frame_image`). Durations are integers. Local images go inline as `data:` URIs
-  up to 1 MB (Replicate recommends data URIs only below that) and through the files
-  API (`POST /v1/files`, multipart field `content`, then `urls.get`) above it.
+  `first_frame_image`) and, where it has one, its reference-image list (veo-3.1's
+  `reference_images`). Durations are integers. Local images go inline as `data:` URIs up
+  to 256 KiB (Replicate's API schema: data URLs only for small files; the input-files
+  guide says below 1 MB) and through the files API (`POST /v1/files`, multipart field
+  `content`, then `urls.get`, as replicate-python's encode_json does) above it, once per
+  image per run.
 * Poll `GET /v1/predictions/{id}`: starting -> queued, processing -> running,
   succeeded, failed (`(E005)` / "flagged as sensitive" -> ContentPolicyError),
   canceled, aborted (deadline passed before it started; not charged) -> canceled.
@@ -31,6 +34,7 @@ are charged for `canceled`, never for `aborted`).
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +46,7 @@ from providers import http
 from providers.base import Provider, segment
 from providers.catalog import find_model
 from providers.errors import ContentPolicyError, JobFailedError, NotFoundError, ProviderError
-from providers.types import Clip, ImageInput, Job, Poll, ShotRequest
-
-DATA_URI_LIMIT = 1024 * 1024  # replicate.com/docs/topics/predictions/input-files
+from providers.types import Clip, Job, Poll, ShotRequest
 
 _STATES = {"starting": "queued", "processing": "running", "succeeded": "succeeded",
            "failed": "failed", "canceled": "canceled", "aborted": "canceled"}
@@ -59,12 +61,14 @@ class InputShape:
 
     image: str = "image"
     fields: tuple[str, ...] = ("duration", "aspect_ratio", "resolution", "negative_prompt", "seed")
+    references: str | None = None  # a list of reference image URIs, where the model has one
 
 
 _VEO = InputShape()
 _SEEDANCE = InputShape(fields=("duration", "aspect_ratio", "resolution", "seed"))
 SHAPES: dict[str, InputShape] = {
-    "google/veo-3.1": _VEO,
+    # replicate.com/google/veo-3.1/api: reference_images, 1 to 3 URIs (16:9, 8 s only)
+    "google/veo-3.1": InputShape(references="reference_images"),
     "google/veo-3.1-fast": _VEO,
     "google/veo-3-fast": _VEO,
     "kwaivgi/kling-v2.5-turbo-pro": InputShape(
@@ -113,32 +117,25 @@ class ReplicateProvider(Provider):
         inputs: dict[str, Any] = {"prompt": req.prompt}
         inputs.update({k: ours[k] for k in shape.fields if ours.get(k) is not None})
         if req.image is not None:
-            inputs[shape.image] = await self.image_value(req.image)
+            inputs[shape.image] = await self.image_ref(req.image)
+        if req.references and shape.references:
+            inputs[shape.references] = [await self.image_ref(r) for r in req.references]
         info = find_model(self.name, req.model)
         if info is not None:
             inputs.update(info.params)
         inputs.update(req.params)
         return inputs
 
-    async def image_value(self, image: ImageInput) -> str:
-        """A URL as is; a small local file as a data URI; a large one uploaded first."""
-        if image.url:
-            return image.url
-        data, mime = image.read()
-        if len(data) <= DATA_URI_LIMIT:
-            return image.data_uri()
-        name = image.path.name if image.path else "image"
-        try:
-            # free and harmless to repeat (a stray upload just expires): idempotent retry rule
-            meta = await self.call_json("POST", "v1/files", stage="poll",
-                                        files={"content": (name, data, mime)})
-        except ProviderError as exc:
-            exc.message = f"image upload: {exc.message}"
-            raise
+    async def upload_image(self, data: bytes, mime: str, name: str) -> tuple[str, float | None]:
+        """`POST /v1/files` (multipart field `content`) -> File; requests name it by
+        `urls.get` (what the SDK's encode_json passes). Files expire: `expires_at` says when."""
+        # free and harmless to repeat (a stray upload just expires): idempotent retry rule
+        meta = await self.call_json("POST", "v1/files", stage="poll",
+                                    files={"content": (name, data, mime)})
         url = (meta.get("urls") or {}).get("get") if isinstance(meta, dict) else None
-        if not url:
+        if not isinstance(url, str) or not url:
             raise self.error(ProviderError, f"file upload answered without urls.get: {meta!r:.200}")
-        return str(url)
+        return url, _seconds_left(meta.get("expires_at"))
 
     # -- poll / fetch / cancel -----------------------------------------------------------
 
@@ -201,6 +198,19 @@ class ReplicateProvider(Provider):
         if err.retry_after is None and resp.status_code == 429:
             err.retry_after = _body_retry_after(resp)
         return err
+
+
+def _seconds_left(expires_at: Any) -> float | None:
+    """Seconds until an ISO 8601 `expires_at`; an hour when absent or unreadable (Replicate
+    removes API inputs and outputs after an hour)."""
+    if isinstance(expires_at, str) and expires_at:
+        try:
+            when = dt.datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+            if when.tzinfo is not None:
+                return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+        except ValueError:
+            pass
+    return 3600.0
 
 
 def _first_uri(output: Any) -> str | None:

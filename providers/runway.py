@@ -8,7 +8,14 @@ Protocol source: runwayml/sdk-python (`_client.py` default headers,
 * Auth: `Authorization: Bearer <key>` plus `X-Runway-Version: 2024-11-06` on every call.
 * Bodies are camelCase: `promptText`, `promptImage`, `ratio` as "W:H" pixels, `duration` int.
   `seed` only where the SDK types list it (gen4.5, gen4_turbo); `negativePrompt` only on Veo
-  text-to-video. Local images go inline as `data:` URIs, which Runway caps at 5 MB.
+  text-to-video. Local images go inline as `data:` URIs up to 256 KiB (Runway takes them up
+  to 5 MB, docs.dev.runwayml.com/assets/inputs) and above that through an ephemeral upload
+  (sdk-python `resources/uploads.py`): `POST /v1/uploads {filename, type: "ephemeral"}` ->
+  {uploadUrl, fields, runwayUri}, then a presigned multipart POST of `fields` plus the file
+  (field `file`, no key) to uploadUrl; requests name the image by `runwayUri`.
+* References (character images): seedance2* take `references: [{uri}]` (up to 9) on
+  text_to_video (`types/text_to_video_create_params.py`); on image_to_video a reference is a
+  promptImage without `position`, which the SDK says cannot be mixed with a first frame.
 * Tasks: PENDING / THROTTLED (over the org's concurrency, queued) / RUNNING (`progress`) /
   SUCCEEDED (`output[]`) / FAILED (`failure`, `failureCode`) / CANCELLED. `SAFETY.*` failure
   codes are moderation ("should not retry"). Finished tasks carry `cost.credits`
@@ -41,7 +48,10 @@ from providers.errors import (
 from providers.types import Clip, Job, JobState, Poll, ShotRequest
 
 API_VERSION = "2024-11-06"
-DATA_URI_MAX = 5 * 1024 * 1024  # Runway's cap on the encoded data: URI
+UPLOAD_MAX = 200 * 1024 * 1024  # ephemeral uploads (docs.dev.runwayml.com/assets/inputs)
+UPLOAD_TTL_S = 3600.0  # ephemeral uploads expire "after a period of time": assume an hour
+# models with a `references` list on text_to_video (the SDK's Seedance2* params)
+REFERENCE_MODELS = {"seedance2", "seedance2_fast", "seedance2_mini"}
 
 # (aspect, resolution) -> Runway's "W:H" pixel ratio
 RATIOS: dict[tuple[str, str], str] = {
@@ -90,7 +100,7 @@ class RunwayProvider(Provider):
 
     # -- submit -------------------------------------------------------------------------
 
-    def build_body(self, req: ShotRequest) -> tuple[str, dict[str, Any]]:
+    async def build_body(self, req: ShotRequest) -> tuple[str, dict[str, Any]]:
         """(endpoint path, JSON body) for a shot."""
         model = req.vendor_model
         body: dict[str, Any] = {
@@ -103,32 +113,48 @@ class RunwayProvider(Provider):
             body["seed"] = int(req.seed)
         if req.image is not None:
             path = "/v1/image_to_video"
-            body["promptImage"] = self._prompt_image(req)
+            body["promptImage"] = await self._prompt_image(req)
             if not req.prompt:  # promptText is optional for image-to-video, never empty
                 body.pop("promptText")
         else:
             path = "/v1/text_to_video"
             if req.negative_prompt and model in NEGATIVE_PROMPT_MODELS:
                 body["negativePrompt"] = req.negative_prompt
+        if req.references and model in REFERENCE_MODELS:
+            if req.image is not None:
+                raise self.error(InvalidRequestError, f"{model} takes reference images or a "
+                                 "first frame, not both", shot_id=req.shot_id)
+            body["references"] = [{"uri": await self.image_ref(r)} for r in req.references]
         info = find_model(self.name, req.model)
         if info is not None:
             body.update(info.params)
         body.update(req.params)
         return path, body
 
-    def _prompt_image(self, req: ShotRequest) -> str:
+    async def _prompt_image(self, req: ShotRequest) -> str:
         assert req.image is not None
-        uri = req.image.data_uri()
-        if req.image.url is None and len(uri) > DATA_URI_MAX:
-            raise self.error(
-                InvalidRequestError,
-                f"image {req.image.path} is {len(uri)} bytes as a data: URI; Runway accepts "
-                f"at most {DATA_URI_MAX} (host it at an https URL instead)",
-            )
-        return uri
+        return await self.image_ref(req.image)
+
+    async def upload_image(self, data: bytes, mime: str, name: str) -> tuple[str, float | None]:
+        if len(data) > UPLOAD_MAX:
+            raise self.error(InvalidRequestError, f"image {name} is {len(data)} bytes; Runway "
+                             f"uploads take at most {UPLOAD_MAX}")
+        # creating the upload slot is free and harmless to repeat: idempotent retry rule
+        slot = await self.call_json("POST", "/v1/uploads", stage="poll",
+                                    json={"filename": name, "type": "ephemeral"})
+        if not isinstance(slot, dict) or not all(
+                isinstance(slot.get(k), str) and slot[k] for k in ("uploadUrl", "runwayUri")):
+            raise self.error(ProviderError, f"upload answered {str(slot)[:200]}")
+        fields = slot.get("fields") if isinstance(slot.get("fields"), dict) else {}
+        # a presigned POST to the storage host: no key (providers/hosts.py strips any)
+        await http.send(self.client, "POST", slot["uploadUrl"], stage="poll",
+                        provider=self.name, map_error=self.map_error, policy=self.retry,
+                        hosts=self.hosts, data={str(k): str(v) for k, v in fields.items()},
+                        files={"file": (name, data, mime)})
+        return str(slot["runwayUri"]), UPLOAD_TTL_S
 
     async def submit(self, req: ShotRequest) -> Job:
-        path, body = self.build_body(req)
+        path, body = await self.build_body(req)
         data = await self.call_json("POST", path, stage="submit", json=body)
         task_id = data.get("id") if isinstance(data, dict) else None
         if not task_id:

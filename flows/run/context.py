@@ -19,8 +19,10 @@ from flows.money.ledger import Ledger
 from flows.run.uptodate import plan_clip_key
 from flows.storyboard.keys import env_key
 from flows.storyboard.plan import Option, Plan, ShotPlan
+from providers import upload_store
 from providers.base import Provider
 from providers.registry import get_provider_class
+from providers.upload_store import UploadStore
 
 Limiter = Callable[[str], contextlib.AbstractAsyncContextManager[Any]]
 
@@ -67,6 +69,7 @@ class RunContext:
     _review: dict[str, Any] | None = None  # review.yaml, read once (people write it, never we)
     _providers: dict[str, Provider] = field(default_factory=dict)
     _sems: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    _store: dict[str, UploadStore | None] = field(default_factory=dict)
 
     def provider(self, name: str) -> Provider:
         if name not in self._providers:
@@ -81,8 +84,19 @@ class RunContext:
             # a job of a provider the edited storyboard no longer names is still asked about
             # with its own provider's key (from the environment), never without one
             key = self.keys[name] if name in self.keys else env_key(name)
+            if name != "local" and (store := self.upload_store()) is not None:
+                extra["uploads"] = store
             self._providers[name] = cls(client=self.client, key=key, **extra)
         return self._providers[name]
+
+    def upload_store(self) -> UploadStore | None:
+        """The run's S3-compatible upload store (one for all vendors, so an image is put
+        once), or None when neither the storyboard nor STORYREEL_UPLOAD_URL names one."""
+        if "store" not in self._store:
+            own = self.plan.storyboard.uploads
+            self._store["store"] = upload_store.from_settings(
+                own.url if own else None, own.providers if own else ())
+        return self._store["store"]
 
     def event(self, shot: ShotPlan, state: str, detail: str = "", progress: float | None = None,
               take: int | None = None) -> None:

@@ -21,6 +21,7 @@ from providers.errors import SpecError
 from providers.fal_pricing import UnitPrice, units_per_shot
 from providers.registry import BUILTIN
 from providers.types import ImageInput, ShotRequest
+from providers.upload_store import check_storyboard_store, local_image_problem, store_url
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
             image=image, image_sha256=image_hash, params={**d.params, **shot.params},
             takes=shot.takes if shot.takes is not None else d.takes,
         ))
+    _check_uploads(board, shots, issues)
     finishing = plan_finishing(board, source, issues)
     if issues:
         raise SpecError(issues, str(source))
@@ -332,6 +334,21 @@ def _check_option(opt: Option, duration: float, aspect: str, resolution: str,
         issues.append((img_place, f"{opt.label} takes no reference image (text-to-video only)"))
     if image is None and "text" not in info.inputs:
         issues.append((where, f"{opt.label} needs a reference image (image-to-video only)"))
+
+
+def _check_uploads(board: Storyboard, shots: list[ShotPlan],
+                   issues: list[tuple[str, str]]) -> None:
+    """A storyboard's own store only inside the operator's allowed prefixes; a local image
+    for a URL-only vendor only with a store."""
+    own = board.uploads.url if board.uploads else None
+    if own and (why := check_storyboard_store(own)):
+        issues.append(("uploads.url", why))
+    store = store_url(own)
+    for shot in shots:
+        local = shot.image is not None and shot.image.url is None
+        for opt in shot.options:
+            if shot.uses_image(opt) and (why := local_image_problem(opt.provider, local, store)):
+                issues.append((f"shots[{shot.index}].image", f"{opt.label}: {why}"))
 
 
 def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, where: str,

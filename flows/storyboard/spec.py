@@ -264,6 +264,14 @@ class Shot(_Strict):
         return v
 
 
+class Uploads(_Strict):
+    """Where local images go for vendors that take URLs (providers/upload_store.py)."""
+
+    url: str = Field(description="s3://bucket/prefix, inside STORYREEL_ALLOWED_STORES")
+    providers: list[str] = Field(default_factory=list,
+                                 description="vendors that also get store URLs (Luma always)")
+
+
 class Storyboard(_Strict):
     """A storyboard: shots plus the defaults, output format and budget they share."""
 
@@ -284,6 +292,7 @@ class Storyboard(_Strict):
     audio: Audio = Field(default_factory=Audio)
     title_card: Card | None = None
     end_card: Card | None = None
+    uploads: Uploads | None = None
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Storyboard:

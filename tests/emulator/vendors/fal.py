@@ -11,6 +11,18 @@ fal.ai/docs/api-reference/inference-api and its queue pages).
                                                {prices: [{endpoint_id, unit_price, unit,
                                                currency}], next_cursor, has_more}; 1-50 ids,
                                                PRICING_PAGE prices a page (`cursor=`)
+  POST /rest/storage/auth/token?storage_type=fal-cdn-v3   upload -> {token, token_type,
+                                               base_url, expires_at} (Key auth)
+  POST /cdn/files/upload                       upload  the bytes, `Authorization: {token_type}
+                                               {token}`, X-Fal-File-Name -> {access_url}
+  GET  /cdn/files/{id}/{name}                  the uploaded bytes (what a model fetches)
+  POST /rest/storage/upload/initiate?storage_type=gcs  upload  {file_name, content_type}
+                                               -> {upload_url, file_url} (Key auth)
+  PUT  /gcs/{id}?sig=...                       the fallback's signed PUT (no key)
+(fal_client `CDNTokenManager`, `_async_upload_v3`, `_async_upload_via_storage`; the REST host
+is <emulator url>/fal/rest, STORYREEL_FAL_REST_URL from `extra_env`.) Image fields are read as a
+model would (tests/emulator/images.py): data URIs decoded, loopback URLs fetched; a URL that
+cannot be read is a 422.
 Follow-up URLs name owner/app only: one built with the endpoint path answers 404.
 Auth: "Authorization: Key <FAL_KEY>". Errors: {"detail": "..."} (request errors add
 "error_type" and an X-Fal-Error-Type header), 422 {"detail": [{loc, msg, type}]} for
@@ -32,14 +44,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
+import secrets
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.emulator import hostile
+from tests.emulator import images as imagelib
 from tests.emulator.core import EmuJob, Emulator, dimensions
 
 VENDOR = "fal"
@@ -169,7 +185,8 @@ def seconds_of(model: str, body: dict) -> float:
 
 
 def extra_env(emu: Emulator) -> dict[str, str]:
-    return {"STORYREEL_FAL_PLATFORM_URL": f"{emu.base_url(VENDOR)}{PLATFORM_PATH}"}
+    return {"STORYREEL_FAL_PLATFORM_URL": f"{emu.base_url(VENDOR)}{PLATFORM_PATH}",
+            "STORYREEL_FAL_REST_URL": f"{emu.base_url(VENDOR)}/rest"}
 
 
 def listed_price(emu: Emulator, vendor: str, name: str, model: str) -> tuple[str, float] | None:
@@ -235,6 +252,14 @@ class Queue:
             return error_response(400, "Request body is not valid JSON")
         if (refused := validate(model, body)) is not None:
             return refused
+        seen: dict[str, str | None] = {}
+        for key in [k for k in body if k.endswith(("image_url", "image_urls"))]:
+            for i, ref in enumerate(body[key] if isinstance(body[key], list) else [body[key]]):
+                try:
+                    seen[f"{key}[{i}]" if key.endswith("s") else key] = imagelib.digest(
+                        await imagelib.resolve(ref))
+                except imagelib.Unresolvable as exc:
+                    return _invalid(key, str(exc), "file_download_error", str(ref)[:50])
         aspect = body.get("aspect_ratio") or "16:9"
         resolution = body.get("resolution") or "720p"
         width, height = dimensions(aspect if ":" in aspect else "16:9", resolution)
@@ -254,6 +279,7 @@ class Queue:
         job = emu.new_job(self.vendor, model=name, duration=seconds, width=width,
                           height=height, resolution=resolution, request=body, price_usd=price)
         job.data["billable_units"] = units
+        job.data["images"] = seen
         job.data.update(owner_app="/".join(model.split("/")[:2]), path=request.url.path,
                         query=request.url.query, headers=dict(request.headers))
         answer = {"request_id": job.id, "status": "IN_QUEUE", "queue_position": 0,
@@ -387,6 +413,100 @@ async def pricing(request: Request, emu: Emulator) -> Response:
                          "next_cursor": _cursor(page + 1) if more else None, "has_more": more})
 
 
+# -- storage (uploads) ------------------------------------------------------------------------
+
+FILES = imagelib.FileStore()
+_TOKENS: set[str] = set()
+_SIGNED: dict[str, tuple[str, str, str]] = {}  # signed PUT id -> (sig, mime, name)
+
+
+def _key_denied(request: Request, emu: Emulator) -> Response | None:
+    return emu.check_key(request, VENDOR, scheme="Key")
+
+
+async def storage_token(request: Request, emu: Emulator) -> Response:
+    if (denied := _key_denied(request, emu)) is not None:
+        return denied
+    if request.query_params.get("storage_type") != "fal-cdn-v3":
+        return error_response(400, "Unsupported storage_type")
+    emu.count(VENDOR, "uploads")
+    token = secrets.token_urlsafe(24)
+    _TOKENS.add(token)
+    expires = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    return JSONResponse({"token": token, "token_type": "Bearer",
+                         "base_url": f"{emu.base_url(VENDOR)}/cdn",
+                         "expires_at": expires.isoformat()})
+
+
+def _file_url(emu: Emulator, fid: str, name: str) -> str:
+    return f"{emu.base_url(VENDOR)}/cdn/files/{fid}/{quote(name, safe='')}"
+
+
+async def cdn_upload(request: Request, emu: Emulator) -> Response:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or token not in _TOKENS:
+        emu.count(VENDOR, "auth_failures")
+        return error_response(401, "Invalid upload token")
+    data = await request.body()
+    if not data:
+        return error_response(400, "Empty upload")
+    name = request.headers.get("x-fal-file-name") or "upload.bin"
+    mime = request.headers.get("content-type") or "application/octet-stream"
+    fid = FILES.put(data, mime, name)
+    return JSONResponse({"access_url": _file_url(emu, fid, name),
+                         "lifecycle": request.headers.get("x-fal-object-lifecycle")})
+
+
+async def cdn_file(request: Request, emu: Emulator) -> Response:
+    stored = FILES.get(request.path_params["fid"])
+    if stored is None:
+        return Response(b"Not Found", status_code=404, media_type="text/plain")
+    return Response(stored.data, media_type=stored.mime)
+
+
+async def storage_initiate(request: Request, emu: Emulator) -> Response:
+    if (denied := _key_denied(request, emu)) is not None:
+        return denied
+    if request.query_params.get("storage_type") != "gcs":
+        return error_response(400, "Unsupported storage_type")
+    emu.count(VENDOR, "uploads")
+    try:
+        body = await request.json()
+    except ValueError:
+        return error_response(400, "Request body is not valid JSON")
+    if not isinstance(body, dict) or not body.get("file_name") or not body.get("content_type"):
+        return error_response(422, "file_name and content_type are required")
+    slot, sig = secrets.token_hex(8), secrets.token_urlsafe(16)
+    _SIGNED[slot] = (sig, str(body["content_type"]), str(body["file_name"]))
+    return JSONResponse({"upload_url": f"{emu.url}/{VENDOR}/gcs/{slot}?sig={sig}",
+                         "file_url": _file_url(emu, slot, str(body["file_name"]))})
+
+
+async def signed_put(request: Request, emu: Emulator) -> Response:
+    slot = request.path_params["slot"]
+    entry = _SIGNED.get(slot)
+    if entry is None or request.query_params.get("sig") != entry[0]:
+        return Response(b"<Error><Code>SignatureDoesNotMatch</Code></Error>", status_code=403,
+                        media_type="application/xml")
+    if "authorization" in request.headers:  # a signed URL carries its own credentials
+        return Response(b"<Error><Code>InvalidArgument</Code></Error>", status_code=400,
+                        media_type="application/xml")
+    data = await request.body()
+    with FILES._lock:
+        FILES._files[slot] = imagelib.Stored(data, request.headers.get("content-type") or
+                                             entry[1], entry[2])
+    return Response(b"", status_code=200)
+
+
 def routes(emu: Emulator) -> list[Route]:
     platform = [emu.route(VENDOR, PLATFORM_PATH + "/models/pricing", pricing, stage="pricing")]
-    return platform + QUEUE.routes(emu)
+    storage = [
+        emu.route(VENDOR, "/rest/storage/auth/token", storage_token, methods=["POST"],
+                  stage="upload"),
+        emu.route(VENDOR, "/rest/storage/upload/initiate", storage_initiate, methods=["POST"],
+                  stage="upload"),
+        emu.route(VENDOR, "/cdn/files/upload", cdn_upload, methods=["POST"], stage="upload"),
+        emu.route(VENDOR, "/cdn/files/{fid}/{name}", cdn_file, stage="upload"),
+        emu.route(VENDOR, "/gcs/{slot}", signed_put, methods=["PUT"], stage="upload"),
+    ]
+    return platform + storage + QUEUE.routes(emu)

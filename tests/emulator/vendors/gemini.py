@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.emulator import images as imagelib
 from tests.emulator.core import FAKE_KEYS, EmuJob, Emulator, dimensions
 from tests.emulator.server import _media_endpoint
 
@@ -90,6 +91,31 @@ def _unknown(names: set[str], where: str) -> Response:
                 "Cannot find field.")
 
 
+# python-genai: referenceImages with image/lastFrame/video unsupported; ASSET only on the
+# Developer API (STYLE is Vertex-only); Veo 3.1 takes up to three
+REFERENCE_MODELS = {"veo-3.1-generate-001", "veo-3.1-fast-generate-001",
+                    "veo-3.1-generate-preview", "veo-3.1-fast-generate-preview"}
+
+
+def _check_references(model: str, inst: dict[str, Any]) -> str | None:
+    refs = inst["referenceImages"]
+    if model not in REFERENCE_MODELS:
+        return f"referenceImages is not supported by {model}."
+    if not isinstance(refs, list) or not 1 <= len(refs) <= 3:
+        return "referenceImages must hold 1 to 3 images."
+    if set(inst) & {"image", "lastFrame", "video"}:
+        return "referenceImages cannot be combined with image, lastFrame or video."
+    for i, ref in enumerate(refs):
+        where = f"instances[0].referenceImages[{i}]"
+        if not isinstance(ref, dict) or set(ref) - {"image", "referenceType"}:
+            return f"{where} must be {{image, referenceType}}"
+        if str(ref.get("referenceType", "")).upper() != "ASSET":
+            return f"{where}.referenceType: only ASSET is supported in the Gemini API."
+        if why := _check_image(ref.get("image"), f"{where}.image"):
+            return why
+    return None
+
+
 def _check_image(image: Any, where: str) -> str | None:
     if not isinstance(image, dict):
         return f"{where} must be an object"
@@ -130,6 +156,8 @@ def _validate(model: str, body: Any, emu: Emulator) -> Response | dict[str, Any]
     for key in ("image", "lastFrame"):
         if key in inst and (why := _check_image(inst[key], f"instances[0].{key}")):
             return _bad(why)
+    if "referenceImages" in inst and (why := _check_references(model, inst)):
+        return _bad(why)
     params = body.get("parameters") or {}
     if not isinstance(params, dict):
         return _bad("parameters must be an object")
@@ -173,6 +201,11 @@ async def _submit(request: Request, emu: Emulator) -> Response:
     job = emu.new_job(VENDOR, model=model, duration=float(params["durationSeconds"]),
                       width=width, height=height, resolution=params["resolution"],
                       request=body, job_id=secrets.token_hex(6))
+    inst = body["instances"][0]
+    found = ([("image", inst["image"])] if "image" in inst else []) + [
+        (f"referenceImages[{i}]", r["image"]) for i, r in enumerate(inst.get("referenceImages", []))]
+    job.data["images"] = {k: imagelib.digest(base64.b64decode(v["bytesBase64Encoded"]))
+                          for k, v in found}
     job.data.update(samples=params["sampleCount"], query=request.url.query,
                     headers=dict(request.headers))
     return JSONResponse({"name": _op_name(job)})

@@ -11,6 +11,9 @@ States queued/dreaming/completed/failed; the video is at assets.video; failures 
 failure_reason ("Advanced moderation failed" for content policy). Luma reports no cost.
 Body checks: model enum, prompt, duration a string "5s"/"9s", resolution and aspect enums,
 keyframes frame0/frame1 as {type:"image", url:<http(s) URL>} or {type:"generation", id}.
+Keyframe image URLs are read at submit as Luma would (tests/emulator/images.py: loopback URLs,
+e.g. a presigned URL of a moto S3 server, are really fetched; data: URIs are not images URLs
+Luma takes and are refused); unreadable -> 400.
 Base URL override: <emulator url>/luma/dream-machine/v1 (BASE_PATH "/dream-machine/v1").
 """
 
@@ -23,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.emulator import images as imagelib
 from tests.emulator.core import EmuJob, Emulator, dimensions
 
 VENDOR = "luma"
@@ -92,12 +96,20 @@ async def _submit(request: Request, emu: Emulator) -> Response:
         return error_response(400, "Request body is not valid JSON")
     if (problem := _validate(body)) is not None:
         return error_response(400, problem)
+    seen: dict[str, str | None] = {}
+    for name, frame in (body.get("keyframes") or {}).items():
+        if frame.get("type") == "image":  # Luma downloads keyframe images at submit
+            try:
+                seen[name] = imagelib.digest(await imagelib.resolve(frame["url"]))
+            except imagelib.Unresolvable as exc:
+                return error_response(400, f"keyframes.{name}.url: {exc}")
     resolution = body.get("resolution", "720p")
     width, height = dimensions(body.get("aspect_ratio", "16:9"), resolution)
     duration = float(body.get("duration", "5s")[:-1])
     job = emu.new_job(VENDOR, model=body["model"], duration=duration, width=width, height=height,
                       resolution=resolution, request=body)
     job.data.update(path=request.url.path, content_type=request.headers.get("content-type"),
+                    images=seen,
                     created_at=dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"))
     return JSONResponse(_generation(emu, job), status_code=201)
 

@@ -5,6 +5,10 @@
   GET  /v1/predictions/{id}                   poll    Prediction
   POST /v1/predictions/{id}/cancel            cancel  Prediction
   POST /v1/files                              upload  multipart field "content" -> File
+                                              (urls.get = /v1/files/{id}; `expires_at`)
+Image inputs are read as the model would (tests/emulator/images.py): data URIs decoded,
+this emulator's own file URLs looked up, loopback URLs fetched; unreadable -> 422.
+google/veo-3.1 takes `reference_images` (1-3 URIs; 16:9 and 8 s only, per its API page).
 Auth "Authorization: Bearer <token>". Errors are RFC 7807 problem details
 {"type","title","status","detail"} (422 validation adds "invalid_fields").
 Statuses starting/processing/succeeded/failed/canceled/aborted; a `Cancel-After`
@@ -29,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.emulator import images as imagelib
 from tests.emulator.core import EmuJob, Emulator, dimensions
 
 VENDOR = "replicate"
@@ -43,6 +48,8 @@ IMAGE_FIELDS = {
     "bytedance/seedance-1-pro": "image", "bytedance/seedance-1-lite": "image",
 }
 INTEGER_FIELDS = ("duration", "seed")
+# models with a reference-image list (replicate.com/google/veo-3.1/api)
+REFERENCE_FIELDS = {"google/veo-3.1": "reference_images"}
 # pinned versions the emulator knows: version id -> model
 VERSIONS = {hashlib.sha256(b"storyreel/" + m.encode()).hexdigest(): m
             for m in ("google/veo-3.1-fast", "bytedance/seedance-1-lite")}
@@ -50,6 +57,7 @@ POLICY_TEXT = "The input or output was flagged as sensitive. Please try again wi
 _STATUS = {"queued": "starting", "running": "processing", "succeeded": "succeeded",
            "failed": "failed", "policy": "failed", "canceled": "canceled"}
 _FILES: dict[str, dict[str, Any]] = {}
+_DATA: dict[str, bytes] = {}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
@@ -137,6 +145,9 @@ async def _create(request: Request, emu: Emulator, model: str, version: str | No
     problem = _validate(model, inputs) or _check_enums(emu, model, inputs)
     if problem is not None:
         return problem
+    seen = await _resolve_images(emu, model, inputs)
+    if isinstance(seen, Response):
+        return seen
     cancel_after = _seconds(request.headers.get("cancel-after"))
     if cancel_after is not None and cancel_after <= 0:
         return error_response(400, "Cancel-After must be a positive duration such as 30s or 5m")
@@ -148,7 +159,7 @@ async def _create(request: Request, emu: Emulator, model: str, version: str | No
     pid = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(26))
     job = emu.new_job(VENDOR, model=model, duration=float(duration), width=width, height=height,
                       resolution=resolution, request=body, job_id=pid)
-    job.data.update(version=version, cancel_after=cancel_after, path=request.url.path,
+    job.data.update(version=version, cancel_after=cancel_after, path=request.url.path, images=seen,
                     headers={k: v for k, v in request.headers.items()
                              if k in ("cancel-after", "prefer", "content-type")},
                     created_at=dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"))
@@ -267,8 +278,44 @@ async def _upload(request: Request, emu: Emulator) -> Response:
             "content_type": part.get_content_type(), "etag": hashlib.md5(data).hexdigest(),
             "checksums": {"sha256": hashlib.sha256(data).hexdigest()}, "metadata": {},
             "urls": {"get": url}}
+    meta["expires_at"] = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=24)).isoformat()
     _FILES[fid] = meta
+    _DATA[fid] = data
     return JSONResponse(meta, status_code=201)
+
+
+async def _read_image(emu: Emulator, ref: Any) -> bytes | None:
+    """What the model reads: an upload of this emulator by id, else imagelib's rules."""
+    own = f"{emu.base_url(VENDOR)}/v1/files/"
+    if isinstance(ref, str) and ref.startswith(own):
+        data = _DATA.get(ref.removeprefix(own))
+        if data is None:
+            raise imagelib.Unresolvable("file not found")
+        return data
+    return await imagelib.resolve(ref)
+
+
+async def _resolve_images(emu: Emulator, model: str, inputs: dict) -> dict | Response:
+    seen: dict[str, str | None] = {}
+    image_field = IMAGE_FIELDS.get(model, "image")
+    refs = [(image_field, inputs[image_field])] if image_field in inputs else []
+    ref_field = REFERENCE_FIELDS.get(model)
+    if ref_field and ref_field in inputs:
+        listed = inputs[ref_field]
+        if not isinstance(listed, list) or not 1 <= len(listed) <= 3:
+            return _invalid(f"input.{ref_field}", "Expected 1 to 3 image URIs")
+        if inputs.get("aspect_ratio", "16:9") != "16:9" or inputs.get("duration", 8) != 8:
+            return _invalid(f"input.{ref_field}",
+                            "Reference images only work with 16:9 aspect ratio and 8-second duration")
+        refs += [(f"{ref_field}[{i}]", r) for i, r in enumerate(listed)]
+    for name, ref in refs:
+        if not _is_uri(ref):
+            return _invalid(f"input.{name}", "Does not match format 'uri'")
+        try:
+            seen[name] = imagelib.digest(await _read_image(emu, ref))
+        except imagelib.Unresolvable as exc:
+            return _invalid(f"input.{name}", str(exc))
+    return seen
 
 
 def uploaded(file_id: str) -> dict[str, Any] | None:

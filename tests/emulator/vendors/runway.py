@@ -4,6 +4,11 @@
   POST   /v1/image_to_video   submit  {model, promptImage, [promptText], ratio, duration, [seed]}
   GET    /v1/tasks/{id}       poll    {id, createdAt, status, [progress|output|failure...], cost}
   DELETE /v1/tasks/{id}       cancel  204; cancels a queued/running task, deletes a finished one
+  POST   /v1/uploads          upload  {filename, type: "ephemeral"} -> {uploadUrl, fields, runwayUri}
+  POST   /_s3/{slot}          the presigned multipart POST: `fields` plus the file (field
+                              `file`), no key (sdk-python resources/uploads.py)
+A promptImage may be a data URI (<= 5 MB), an https URL on a domain, or a runwayUri of a
+completed upload; a runwayUri whose file never arrived is refused (400).
 Every call needs `Authorization: Bearer <key>` and `X-Runway-Version: 2024-11-06`.
 Errors are {"error": "...", ["issues": [{"code", "path", "message"}]]}.
 Base URL override: <emulator url>/runway (BASE_PATH "", adapter paths start with /v1).
@@ -21,6 +26,7 @@ import binascii
 import datetime as dt
 import ipaddress
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.emulator import images as imagelib
 from tests.emulator.core import EmuJob, Emulator
 
 VENDOR = "runway"
@@ -90,6 +97,9 @@ def _check_image(value: Any) -> str | None:
         return next((m for v in value if (m := _check_image(v["uri"]))), None)
     if not isinstance(value, str) or not value:
         return "Expected string, received " + type(value).__name__
+    if value.startswith("runway://"):
+        slot = value.removeprefix("runway://")
+        return None if slot in _UPLOADED else "Upload not found or not completed."
     if value.startswith("data:"):
         if len(value) > DATA_URI_MAX:
             return "Data URI is too large. The maximum size is 5MB."
@@ -109,6 +119,59 @@ def _check_image(value: Any) -> str | None:
         return "URLs must be hosted on a domain."
     except ValueError:
         return None
+
+
+def _image_digest(value: str) -> str | None:
+    """sha256 of what a promptImage names: an upload's or a data URI's bytes (None for a
+    remote https URL, which the emulator cannot fetch)."""
+    if value.startswith("runway://"):
+        return imagelib.digest(_UPLOADED[value.removeprefix("runway://")].data)
+    if value.startswith("data:"):
+        return imagelib.digest(base64.b64decode(value.split(",", 1)[1]))
+    return None
+
+
+# -- ephemeral uploads -------------------------------------------------------------------------
+
+_SLOTS: dict[str, dict[str, str]] = {}  # slot -> the form fields the presigned POST must carry
+_UPLOADED: dict[str, imagelib.Stored] = {}
+
+
+async def _create_upload(request: Request, emu: Emulator) -> Response:
+    if (denied := _gate(request, emu)) is not None:
+        return denied
+    emu.count(VENDOR, "uploads")
+    try:
+        body = await request.json()
+    except ValueError:
+        return error_response(400, "Request body is not valid JSON")
+    if not isinstance(body, dict) or not isinstance(body.get("filename"), str) \
+            or body.get("type") != "ephemeral":
+        return _invalid([_issue("type", "Expected 'ephemeral' and a filename")])
+    slot = secrets.token_hex(10)
+    fields = {"key": f"uploads/{slot}/{body['filename']}", "policy": secrets.token_urlsafe(12),
+              "x-amz-signature": secrets.token_hex(16)}
+    _SLOTS[slot] = fields
+    return JSONResponse({"uploadUrl": f"{emu.url}/{VENDOR}/_s3/{slot}", "fields": fields,
+                         "runwayUri": f"runway://{slot}"})
+
+
+async def _presigned_post(request: Request, emu: Emulator) -> Response:
+    slot = request.path_params["slot"]
+    expected = _SLOTS.get(slot)
+    if expected is None or "authorization" in request.headers:
+        return Response(b"<Error><Code>AccessDenied</Code></Error>", status_code=403,
+                        media_type="application/xml")
+    form = imagelib.multipart(request.headers.get("content-type", ""), await request.body())
+    if any(form.get(k, (b"",))[0].decode(errors="replace") != v for k, v in expected.items()):
+        return Response(b"<Error><Code>InvalidPolicyDocument</Code></Error>", status_code=403,
+                        media_type="application/xml")
+    upload = form.get("file")
+    if upload is None or upload[1] is None or not upload[0]:
+        return Response(b"<Error><Code>MissingFile</Code></Error>", status_code=400,
+                        media_type="application/xml")
+    _UPLOADED[slot] = imagelib.Stored(upload[0], upload[2], upload[1])
+    return Response(b"", status_code=204)
 
 
 def _validate(body: Any, image: bool) -> tuple[list[dict[str, Any]], str]:
@@ -171,6 +234,10 @@ def _submitter(image: bool) -> Callable[[Request, Emulator], Awaitable[Response]
         job = emu.new_job(VENDOR, model=model, duration=float(body["duration"]), width=width,
                           height=height, resolution=resolution, request=body)
         job.price_usd = _credits(job) / 100  # Runway bills whole credits (1 credit = $0.01)
+        prompt = body.get("promptImage")
+        refs = prompt if isinstance(prompt, list) else [{"uri": prompt}] if prompt else []
+        job.data["images"] = {f"promptImage[{i}]": _image_digest(r["uri"])
+                              for i, r in enumerate(refs)}
         job.data.update(throttled=throttled, endpoint=request.url.path,
                         headers=dict(request.headers),
                         created_at=dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"))
@@ -232,6 +299,8 @@ async def _delete(request: Request, emu: Emulator) -> Response:
 
 def routes(emu: Emulator) -> list[Route]:
     return [
+        emu.route(VENDOR, "/v1/uploads", _create_upload, methods=["POST"], stage="upload"),
+        emu.route(VENDOR, "/_s3/{slot}", _presigned_post, methods=["POST"], stage="upload"),
         emu.route(VENDOR, "/v1/text_to_video", _submitter(False), methods=["POST"],
                   stage="submit"),
         emu.route(VENDOR, "/v1/image_to_video", _submitter(True), methods=["POST"],

@@ -22,12 +22,14 @@ from providers.errors import (
     NotFoundError,
     RateLimitedError,
 )
-from providers.replicate import DATA_URI_LIMIT
 from tests.emulator.core import FAKE_KEYS
 from tests.emulator.vendors import replicate as emu_replicate
 from tests.provider_kit import make_provider, request_for, run_job
 
 KEY = FAKE_KEYS["replicate"]
+
+# Replicate's API schema: data URLs only for files up to 256 kB, a URL (files API) above
+DATA_URL_MAX = 256 * 1024
 
 
 def video_seconds(path: Path) -> float:
@@ -90,7 +92,7 @@ async def test_image_field_is_per_model_and_urls_pass_through(emu, tmp_path, mod
 
 async def test_large_local_image_is_uploaded_through_files_api(emu, tmp_path):
     big = tmp_path / "big.png"
-    big.write_bytes(os.urandom(DATA_URI_LIMIT + 1000))
+    big.write_bytes(os.urandom(DATA_URL_MAX + 1000))
     async with httpx.AsyncClient() as client:
         p = make_provider("replicate", emu, client)
         await run_job(p, request_for("replicate", image=big), tmp_path / "out.mp4")

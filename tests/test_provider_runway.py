@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 from pathlib import Path
 
 import httpx
@@ -96,15 +98,17 @@ async def test_image_urls_pass_through_and_http_is_refused(emu: Emulator) -> Non
     assert "promptImage" in str(info.value) and "Only HTTPS URLs" in str(info.value)
 
 
-async def test_oversized_local_image_is_refused_before_any_request(emu: Emulator,
-                                                                     tmp_path: Path) -> None:
+async def test_large_local_image_goes_through_an_ephemeral_upload(emu: Emulator,
+                                                                   tmp_path: Path) -> None:
     big = tmp_path / "huge.png"
-    big.write_bytes(b"\x89PNG" + bytes(4 * 1024 * 1024))  # > 5 MB once base64-encoded
+    big.write_bytes(b"\x89PNG" + os.urandom(600 * 1024))  # past the 256 KiB inline size
     async with httpx.AsyncClient() as client:
         p = make_provider("runway", emu, client)
-        with pytest.raises(InvalidRequestError, match="at most 5242880"):
-            await p.submit(request_for("runway", image=big))
-    assert emu.stats("runway")["requests"] == 0
+        await p.submit(request_for("runway", image=big))
+    [job] = emu.jobs("runway")
+    assert job.request["promptImage"].startswith("runway://")
+    assert job.data["images"]["promptImage[0]"] == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert emu.stats("runway")["uploads"] == 1
 
 
 async def test_version_header_is_required(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -80,6 +80,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"{margin:.0%} (budget.estimate_margin)")
         for w in windows:
             print(f"window {_window_line(w)}")
+        from flows.storyboard.chains import continuity_lines
+
+        for line in continuity_lines(plan):  # start_from chains and characters
+            print(line)
         if plan.price_note:
             print(plan.price_note)
     problems = plan.over_budget()

@@ -221,3 +221,24 @@ def bind_keys(plan: Plan, journal: Journal, reviews: dict[str, ShotReview]) -> P
                 s = replace(s, parent_sha256=clip_sha256(Path(row.clip_path or "")))
         shots.append(s)
     return replace(plan, shots=shots)
+
+
+def stale_report(run_dir: Path, journal: Journal, plan: Plan | None = None) -> list[str]:
+    """Lines for `storyreel pick` and `storyreel cut`: the start_from shots whose parent's
+    chosen clip changed, what regenerating them costs, and that the next run does it.
+    `plan`: the storyboard to judge by (default the one the folder recorded)."""
+    from flows.review.picks import load_review
+    from flows.run.finish import recorded_plan
+
+    plan = plan or recorded_plan(journal, Path(run_dir))
+    if plan is None or not any(s.start_from for s in plan.shots):
+        return []
+    found = stale(plan, journal, load_review(Path(run_dir)))
+    if not found:
+        return []
+    cost = sum(s.estimate_usd for s in found)
+    return [f"stale: {s.shot_id} starts from {s.parent}, whose chosen clip changed "
+            f"(regenerating it: ${s.estimate_usd:.4f})" for s in found] + [
+        f"the next `storyreel run` with --out {run_dir} regenerates "
+        f"{', '.join(s.shot_id for s in found)} for about ${cost:.4f}; `storyreel cut` keeps "
+        "their current clips (no spend)"]

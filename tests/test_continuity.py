@@ -277,3 +277,36 @@ def test_plan_shows_the_chains_and_what_a_new_parent_costs(emu_env, tmp_path, ca
     assert (f"a new clip of a (an edit, a re-pick) regenerates b, c: "
             f"${rows['b'] + rows['c']:.4f}") in out
     assert "c: if b has no clip: skipped" in out
+
+
+async def test_re_picking_a_parent_makes_its_dependent_stale_until_the_next_run(tmp_path,
+                                                                              monkeypatch):
+    from flows.money.journal import Journal
+    from flows.review.picks import load_review, pick
+    from flows.run.chain import stale
+
+    monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
+    spec = tmp_path / "local.yaml"
+    spec.write_text("""title: t
+output: {size: 360p}
+defaults: {provider: local, duration: 1}
+shots:
+  - {id: a, prompt: "a harbour", takes: 2}
+  - {id: b, prompt: "the boat", start_from: a}
+  - {id: c, prompt: "a gull"}
+""")
+    out = tmp_path / "out"
+    await _render(spec, out)
+    plan = make_plan(spec)
+    with Journal(out / "journal.sqlite") as j:
+        assert stale(plan, j, load_review(out)) == []
+        pick(out, "a", 2, j.attempts())
+        found = stale(plan, j, load_review(out))
+        b_rows = len(j.attempts("b"))
+    assert [(s.shot_id, s.parent) for s in found] == [("b", "a")]
+    await _render(spec, out)  # the next run makes b again, from take 2's last frame
+    with Journal(out / "journal.sqlite") as j:
+        assert stale(plan, j, load_review(out)) == []
+        assert len(j.attempts("b")) == b_rows + 1 and len(j.attempts("c")) == 1
+    frame = next((out / "frames").glob("b.from-a.*.png"))
+    assert frame.is_file()

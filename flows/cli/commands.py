@@ -80,6 +80,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"{margin:.0%} (budget.estimate_margin)")
         for w in windows:
             print(f"window {_window_line(w)}")
+        from flows.storyboard.chains import continuity_lines
+
+        for line in continuity_lines(plan):  # start_from chains and characters
+            print(line)
         if plan.price_note:
             print(plan.price_note)
     problems = plan.over_budget()
@@ -485,8 +489,13 @@ def cmd_pick(args: argparse.Namespace) -> int:
     _, journal = open_run(args.dir)
     with journal:
         pick(args.dir, args.shot, args.take, journal.attempts())
+        from flows.run.chain import stale_report
+
+        stale = stale_report(args.dir, journal)  # start_from shots below a re-picked parent
     print(f"{args.dir / 'review.yaml'}: the cut uses take {args.take} of {args.shot}; "
           f"`storyreel cut {args.dir}` re-assembles it (no spend)")
+    for line in stale:
+        print(line)
     return 0
 
 
@@ -522,6 +531,12 @@ def cmd_cut(args: argparse.Namespace) -> int:
         cut = asyncio.run(recut(args.dir, plan))
     for c in cut:
         print(f"{c.shot_id:<20} " + (f"take {c.take}" if c.take else "MISSING (slate)"))
+    from flows.run.chain import stale_report
+    from flows.run.recut import open_run as _open
+
+    with _open(args.dir)[1] as journal:  # dependents cut as they are, though their parent changed
+        for line in stale_report(args.dir, journal, plan):
+            print(line)
     print(f"cut:    {args.dir / 'final.mp4'}\nreview: {args.dir / 'review.html'}")
     return 0 if all(c.take for c in cut) else 1
 

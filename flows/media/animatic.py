@@ -2,8 +2,9 @@
 
 Without a reference image: a moving, seed-chosen and seed-coloured background (gradients, a
 game of life, or a mandelbrot zoom) with the prompt as a centred title card. With an image: a
-slow pan or zoom over it with the prompt as a lower-third caption. A quiet seed-dependent tone
-fills the audio track. The same seed gives the same picture.
+slow zoom into it, starting from the whole image (so a shot given its parent's last frame by
+`start_from` visibly continues it), with the prompt as a lower-third caption. A quiet
+seed-dependent tone fills the audio track. The same seed gives the same picture.
 
 User text never enters the filter graph: each line is written to its own file and drawn with
 drawtext `textfile=` and `expansion=none`, so quotes, colons, %, backslashes and any script are
@@ -105,17 +106,13 @@ def _background(rng: random.Random, seed: int, fmt: OutputFormat) -> str:
 
 
 def _pan(rng: random.Random, fmt: OutputFormat, seconds: float) -> str:
-    """Ken Burns over an image already sized to cover 1.2x the frame."""
+    """A slow zoom into an image already sized to cover 1.2x the frame, from the whole image:
+    the clip's first frame is the image itself."""
+    rng.choice(range(6))  # the draw the seed made here before (it chose a motion): same tone
     w, h = fmt.width, fmt.height
-    p = f"min(t/{seconds:.3f}\\,1)"
-    move = rng.choice(["left", "right", "up", "down", "zoom_in", "zoom_out"])
-    if move.startswith("zoom"):
-        z = f"(1+0.2*{p})" if move == "zoom_in" else f"(1.2-0.2*{p})"
-        return (f"scale=w=2*trunc({w}*{z}/2):h=2*trunc({h}*{z}/2):eval=frame,"
-                f"crop={w}:{h}:(iw-{w})/2:(ih-{h})/2")
-    fx = {"left": f"(1-{p})", "right": p}.get(move, "0.5")
-    fy = {"up": f"(1-{p})", "down": p}.get(move, "0.5")
-    return f"crop={w}:{h}:(iw-ow)*{fx}:(ih-oh)*{fy}"
+    z = f"(1+0.2*min(t/{seconds:.3f}\\,1))"
+    return (f"scale=w=2*trunc({w}*{z}/2):h=2*trunc({h}*{z}/2):eval=frame,"
+            f"crop={w}:{h}:(iw-{w})/2:(ih-{h})/2")
 
 
 def _text_filters(lines: list[str], size: int, centre_y: float, work: Path, tag: str,

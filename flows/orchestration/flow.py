@@ -29,6 +29,7 @@ from prefect.utilities.annotations import quote
 from flows.review.page import PageRefresher
 from flows.run import lock as runlock
 from flows.run import redaction
+from flows.run.chain import start_shots
 from flows.run.progress import sink as progress_sink
 from flows.run.session import (
     RunOptions,
@@ -231,8 +232,9 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
         # pandas & co. for the reports, imported while the shots wait on vendors
         warm = asyncio.get_running_loop().run_in_executor(None, warm_imports)
 
-        # every shot's work starts now; its task run (created one at a time) awaits it
-        started = {s.shot_id: asyncio.ensure_future(render_shot(ctx, s)) for s in plan.shots}
+        # every shot's work starts now (a start_from shot's once its parent's clip is chosen:
+        # flows/run/chain.py); its task run (created one at a time) awaits it
+        started = start_shots(ctx, plan.shots, render_shot)
         orphans = asyncio.ensure_future(settle_orphans(ctx))  # jobs of shots no longer planned
         # review.html follows the run as shots finish (flows/review/page.py)
         page = PageRefresher(lambda: write_review(plan, run_dir, journal, ctx.ledger, None,

@@ -70,6 +70,8 @@ class ShotView:
     options: list[dict[str, Any]]
     takes: list[TakeView] = field(default_factory=list)
     review: ShotReview | None = None
+    start_from: str | None = None  # the shot whose last frame is this one's first
+    characters: list[str] = field(default_factory=list)
 
     @property
     def selected(self) -> TakeView | None:
@@ -92,7 +94,8 @@ def shot_views(plan: dict[str, Any], attempts: list[Attempt],
         takes = by_take(rows.get(s["id"], []))
         chosen = select_take(takes, review)
         view = ShotView(i, s["id"], s["prompt"], s["duration"], s.get("options", []),
-                        review=review)
+                        review=review, start_from=s.get("start_from"),
+                        characters=list(s.get("characters") or []))
         for take, trows in takes.items():
             seed = s.get("seed")
             view.takes.append(TakeView(
@@ -334,6 +337,11 @@ def _shot(v: ShotView) -> str:
              + f' &middot; est. {usd(opt.get("estimate_usd"))}/take &middot; spent '
              f'{usd(v.spent)}</span></header>',
              f'<blockquote class="prompt">{e(v.prompt)}</blockquote>']
+    if v.start_from or v.characters:  # continuity: a chain, and who appears
+        bits = [f'starts from the last frame of <a href="#shot-{e(v.start_from)}">'
+                f'{e(v.start_from)}</a>'] if v.start_from else []
+        bits += [f'characters: {e(", ".join(v.characters))}'] if v.characters else []
+        parts.append(f'<p class="continuity">{" &middot; ".join(bits)}</p>')
     if v.review and v.review.note:
         parts.append(f'<p class="note">Review note: {e(v.review.note)}</p>')
     if not v.takes:

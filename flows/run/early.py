@@ -12,7 +12,8 @@ Prefect side could change that first step:
 - its first option's key is in the environment (a Secret block needs Prefect to read);
 - that provider has no `limits:` entry (limits are shared across runs through Prefect's
   global concurrency limits, which only the flow holds);
-- not the local animatic provider (nothing to wait for).
+- not the local animatic provider (nothing to wait for);
+- not a `start_from` shot: its first frame is its parent's last, which does not exist yet.
 The flow then finds the job in the journal and polls it as a resumed run would; the journal
 rows written here count as the option's first try there (render.py counts tries from the
 journal), so nothing is handed over besides the journal itself.
@@ -64,6 +65,8 @@ def fresh(ctx: RunContext, shot: ShotPlan, rows: list[Attempt]) -> bool:
 
 def eligible(ctx: RunContext, shot: ShotPlan, attempted: dict[str, list[Attempt]]) -> bool:
     opt = shot.options[0]
+    if shot.start_from is not None:  # sent once its parent's clip exists (flows/run/chain.py)
+        return False
     if opt.provider == "local" or opt.provider in ctx.limits \
             or not fresh(ctx, shot, attempted.get(shot.shot_id, [])):
         return False

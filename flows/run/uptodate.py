@@ -60,7 +60,7 @@ def plan_clip_key(plan: Plan, shot: ShotPlan, opt: Option) -> str:
                      prompt=req.prompt, negative_prompt=req.negative_prompt,
                      duration_s=req.duration_s, aspect_ratio=req.aspect_ratio,
                      resolution=req.resolution, width=req.width, height=req.height, fps=req.fps,
-                     seed=req.seed, params=req.params, image_sha256=shot.image_sha256)
+                     seed=req.seed, params=req.params, image_sha256=shot.key_image())
 
 
 def conformed_name(plan: Plan, shot: ShotPlan) -> str:
@@ -194,8 +194,10 @@ def done_clips(plan: Plan, run_dir: Path, journal: Journal) -> tuple[list[dict[s
     conformed clip (for this format) is on disk; else None and what is missing. The cut key is
     made of these, at assembly (flows.run.finish) and in the check, so the two agree."""
     from flows.review.picks import by_take, load_review, takes_to_make
+    from flows.run.chain import bind_keys
 
     reviews = load_review(run_dir)
+    plan = bind_keys(plan, journal, reviews)  # start_from shots' keys hold their parent's clip
     clips = []
     for shot in plan.shots:
         takes = by_take(journal.attempts(shot.shot_id))

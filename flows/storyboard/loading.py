@@ -30,7 +30,8 @@ _NUMBER_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\$")
 # fields whose text may use ${var}; ids and providers stay literal on purpose
-_SUBSTITUTED = {"title", "prompt", "style", "negative_prompt", "image", "caption", "text", "subtitle"}
+_SUBSTITUTED = {"title", "prompt", "style", "negative_prompt", "image", "caption", "text", "subtitle",
+                "description"}
 
 MAX_FILE_BYTES = 1024 * 1024  # a storyboard, not a data set
 MAX_DEPTH = 32  # levels of nesting (a storyboard needs about 5)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from flows.storyboard.chains import chain_lines
 from flows.storyboard.files import reference_image
 from flows.storyboard.finishing import FinishPlan, plan_finishing
 from flows.storyboard.spec import Storyboard, Transition
@@ -66,6 +67,15 @@ class ShotPlan:
     params: dict[str, Any] = field(default_factory=dict)
     takes: int = 1  # independent jobs, each with its own seed (take_seed)
     take: int = 1  # which take this plan makes (for_take)
+    # continuity (flows/storyboard/chains.py): the shot whose chosen clip's last frame is this
+    # one's first; `image` holds that frame (and parent_sha256 the parent clip's sha256) once
+    # the run has the parent's clip (flows/run/chain.py binds it)
+    start_from: str | None = None
+    on_parent_failed: str = "text"
+    parent_sha256: str | None = None
+    characters: tuple[str, ...] = ()  # their descriptions are already in `prompt`
+    references: tuple[ImageInput, ...] = ()  # the characters' images
+    references_sha256: tuple[str, ...] = ()
 
     @property
     def primary(self) -> Option:
@@ -86,7 +96,36 @@ class ShotPlan:
         return replace(self, take=take, seed=take_seed(self.seed, take))
 
     def uses_image(self, option: Option) -> bool:
-        return self.image is not None and "image" in option.info.inputs
+        """The shot is sent image-to-video on `option` (a start_from shot always is: its
+        options were checked to take an image)."""
+        if "image" not in option.info.inputs:
+            return False
+        return self.start_from is not None or self.first_frame(option) is not None
+
+    def first_frame(self, option: Option) -> ImageInput | None:
+        """The image sent as the first frame on `option`: the shot's image (or its parent's
+        last frame), else a character's image when the model has no reference field."""
+        if "image" not in option.info.inputs:
+            return None
+        if self.image is not None or self.start_from is not None:
+            return self.image
+        if self.references and "reference" not in option.info.inputs:
+            return self.references[0]
+        return None
+
+    def key_image(self) -> str | None:
+        """What the clip key knows of the shot's images: the image's sha256 alone, as before
+        continuity existed; with a parent or characters, a digest of the parent clip's sha256
+        and the characters' image hashes as well, so a new parent clip or a changed character
+        image is a new clip."""
+        parts = [f"parent:{self.parent_sha256 or 'unbound'}"] if self.start_from else \
+            ([self.image_sha256] if self.image_sha256 else [])
+        parts += [f"character:{h}" for h in self.references_sha256]
+        if not parts:
+            return None
+        if parts == [self.image_sha256]:
+            return self.image_sha256
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
     def endpoint(self, option: Option) -> str:
         """The vendor's model id this shot is sent to on `option` (its image-to-video one
@@ -105,7 +144,9 @@ class ShotPlan:
             vendor_model=vendor_model, prompt=self.prompt, duration_s=self.duration,
             aspect_ratio=plan.aspect_ratio, resolution=option.resolution, width=plan.width,
             height=plan.height, fps=plan.fps, negative_prompt=self.negative_prompt, seed=self.seed,
-            image=self.image if use_image else None, params={**info.params, **self.params},
+            image=self.first_frame(option) if use_image else None,
+            references=self.references if "reference" in info.inputs else (),
+            params={**info.params, **self.params},
         )
 
 
@@ -177,6 +218,8 @@ class Plan:
             "shots": [{
                 "id": s.shot_id, "prompt": s.prompt, "duration": s.duration, "seed": s.seed,
                 "image": str(s.image.path or s.image.url) if s.image else None,
+                "start_from": s.start_from, "on_parent_failed": s.on_parent_failed,
+                "characters": list(s.characters),
                 "options": [{"provider": o.provider, "model": o.model,
                              "estimate_usd": o.estimate_usd, "reserve_usd": o.reserve_usd,
                              "seed": o.info.seed, "price_source": o.price_source}
@@ -184,6 +227,9 @@ class Plan:
                 "retries": s.retries, "transition": s.transition.model_dump(),
                 "takes": s.takes, "estimate_usd": s.estimate_usd, "reserve_usd": s.reserve_usd,
             } for s in self.shots],
+            "characters": {n: {"image": c.image, "description": c.description}
+                           for n, c in self.storyboard.characters.items()},
+            "chains": chain_lines((s.shot_id, s.start_from) for s in self.shots),
             "deliverable": self.finishing.to_json() if self.finishing else None,
             "price_note": self.price_note,
         }
@@ -199,6 +245,11 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
     d = board.defaults
     default_tr = _transition(d.transition)
     shots: list[ShotPlan] = []
+    # each character's image is read and checked once, whichever shots use it
+    characters: dict[str, tuple[ImageInput, str] | None] = {}
+    for name, char in board.characters.items():
+        found, digest = _image(char.image, source, f"characters.{name}.image", issues)
+        characters[name] = (found, digest or "") if found is not None else None
     for i, shot in enumerate(board.shots):
         where = f"shots[{i}]"
         duration = shot.duration if shot.duration is not None else d.duration
@@ -216,12 +267,24 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
             opt = _option(board, p.strip(), m.strip() or None, f"{where}.fallback[{j}]", issues, today)
             if opt:
                 options.append(opt)
+        refs = [characters[n] for n in shot.characters if characters.get(n)]
         for opt in options:
             o_place = f"{where}.model" if opt is primary else f"{where}.fallback"
-            _check_option(opt, duration, aspect, resolution, image, dur_place, o_place,
-                          f"{where}.image", issues)
+            # the first frame this option would get: the image, the parent's last frame, or a
+            # character's image on a model with no reference field
+            first = image or (refs[0][0] if refs and "reference" not in opt.info.inputs
+                              and not shot.start_from else None)
+            _check_option(opt, duration, aspect, resolution, first, dur_place, o_place,
+                          f"{where}.image", issues, chained=shot.start_from is not None)
+            if shot.start_from is not None and "image" not in opt.info.inputs:
+                issues.append((o_place, f"{opt.label} takes no image, but this shot starts "
+                               f"from {shot.start_from}'s last frame (start_from), which is "
+                               "sent image-to-video; choose a model whose catalog inputs "
+                               "list image (storyreel providers)"))
         style = d.style
-        prompt = f"{shot.prompt.strip()}{', ' if style else ''}{style.strip() if style else ''}"
+        told = [shot.prompt.strip(), *(c.description.strip() for n in shot.characters
+                                       if (c := board.characters[n]).description)]
+        prompt = ", ".join(told) + (f", {style.strip()}" if style else "")
         seed = shot.seed if shot.seed is not None else d.seed
         if seed is None:  # stable per shot, so reruns hit the cache and animatics repeat
             seed = int(hashlib.sha256(shot.id.encode()).hexdigest()[:8], 16) % 2**31
@@ -241,6 +304,10 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
             transition=tr, negative_prompt=shot.negative_prompt or d.negative_prompt,
             image=image, image_sha256=image_hash, params={**d.params, **shot.params},
             takes=shot.takes if shot.takes is not None else d.takes,
+            start_from=shot.start_from,
+            on_parent_failed=shot.on_parent_failed or d.on_parent_failed,
+            characters=tuple(shot.characters),
+            references=tuple(r[0] for r in refs), references_sha256=tuple(r[1] for r in refs),
         ))
     _check_uploads(board, shots, issues)
     finishing = plan_finishing(board, source, issues)
@@ -322,7 +389,7 @@ def _option(board: Storyboard, provider: str, model: str | None, where: str,
 
 def _check_option(opt: Option, duration: float, aspect: str, resolution: str,
                   image: ImageInput | None, dur_place: str, where: str, img_place: str,
-                  issues: list[tuple[str, str]]) -> None:
+                  issues: list[tuple[str, str]], chained: bool = False) -> None:
     info = opt.info
     if not info.accepts_duration(duration):
         issues.append((dur_place, f"{duration:g} s is not accepted by {opt.label} "
@@ -332,7 +399,7 @@ def _check_option(opt: Option, duration: float, aspect: str, resolution: str,
                        f"{where}; allowed: {', '.join(info.aspect_ratios)})"))
     if image is not None and "image" not in info.inputs:
         issues.append((img_place, f"{opt.label} takes no reference image (text-to-video only)"))
-    if image is None and "text" not in info.inputs:
+    if image is None and not chained and "text" not in info.inputs:
         issues.append((where, f"{opt.label} needs a reference image (image-to-video only)"))
 
 

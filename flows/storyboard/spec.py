@@ -229,6 +229,9 @@ class Defaults(_Strict):
     transition: TransitionSpec = "cut"
     params: dict[str, Any] = Field(default_factory=dict)
     caption_style: CaptionStyle = Field(default_factory=CaptionStyle)
+    on_parent_failed: Literal["text", "skip"] = Field(
+        "text", description="a start_from shot whose parent has no clip: render it from its "
+        "prompt alone (text), or leave a slate (skip)")
 
 
 class Shot(_Strict):
@@ -247,6 +250,12 @@ class Shot(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="vendor-specific extras")
     caption: str | None = Field(None, max_length=500, description="text shown while the shot plays "
                                 "(final.srt/final.vtt; burned in with output.burn_captions)")
+    start_from: str | None = Field(None, description="id of the shot whose chosen clip's last "
+                                   "frame is this shot's first frame (image-to-video)")
+    on_parent_failed: Literal["text", "skip"] | None = Field(
+        None, description="when the start_from shot has no clip (default: defaults.on_parent_failed)")
+    characters: list[str] = Field(default_factory=list, max_length=8,
+                                  description="names from the top-level characters: in this shot")
 
     @field_validator("id")
     @classmethod
@@ -272,6 +281,20 @@ class Uploads(_Strict):
                                  description="vendors that also get store URLs (Luma always)")
 
 
+class Character(_Strict):
+    """Someone (or something) who appears in several shots and should stay the same: the
+    description joins each such shot's prompt, the image is sent as the model's reference."""
+
+    image: str | None = Field(None, description="reference image: path relative to the spec, or URL")
+    description: str | None = Field(None, max_length=2000, description="joined to the prompt")
+
+    @model_validator(mode="after")
+    def _something(self) -> Character:
+        if not self.image and not (self.description or "").strip():
+            raise ValueError("a character needs an image, a description, or both")
+        return self
+
+
 class Storyboard(_Strict):
     """A storyboard: shots plus the defaults, output format and budget they share."""
 
@@ -293,6 +316,8 @@ class Storyboard(_Strict):
     title_card: Card | None = None
     end_card: Card | None = None
     uploads: Uploads | None = None
+    characters: dict[str, Character] = Field(
+        default_factory=dict, description="name -> {image, description}, for shots' characters:")
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Storyboard:
@@ -301,6 +326,16 @@ class Storyboard(_Strict):
             if shot.id in seen:
                 raise ValueError(f"shots[{i}].id: duplicate id '{shot.id}' (also shots[{seen[shot.id]}])")
             seen[shot.id] = i
+        return self
+
+    @model_validator(mode="after")
+    def _continuity(self) -> Storyboard:
+        from flows.storyboard.chains import continuity_problems
+
+        problems = continuity_problems(self)
+        if problems:  # the first one, with its place (loading.py renders "place: message")
+            where, message = problems[0]
+            raise ValueError(f"{where}: {message}")
         return self
 
     def dimensions(self) -> tuple[int, int]:

@@ -310,3 +310,35 @@ shots:
         assert len(j.attempts("b")) == b_rows + 1 and len(j.attempts("c")) == 1
     frame = next((out / "frames").glob("b.from-a.*.png"))
     assert frame.is_file()
+
+
+def test_a_chained_shot_on_a_reference_model_sends_the_frame_not_the_references(tmp_path):
+    """Veo 3.1 takes a first frame or reference images, not both (python-genai): in a chain
+    the parent's last frame wins and the character rides on its description."""
+    _png(tmp_path / "keeper.png", (10, 200, 30))
+    plan = make_plan(_spec(tmp_path, """
+  - {id: a, prompt: "she climbs"}
+  - {id: b, prompt: "she waves", start_from: a, characters: [keeper], provider: gemini,
+     model: veo-3.1, duration: 8}
+""", extra="characters:\n  keeper: {image: keeper.png, description: the red-haired keeper}\n"))
+    shot = plan.shots[1]
+    req = shot.request(shot.primary, plan)
+    assert req.references == ()
+    assert "the red-haired keeper" in req.prompt
+    alone = make_plan(_spec(tmp_path, """
+  - {id: b, prompt: "she waves", characters: [keeper], provider: gemini, model: veo-3.1,
+     duration: 8}
+""", extra="characters:\n  keeper: {image: keeper.png}\n"))
+    req = alone.shots[0].request(alone.shots[0].primary, alone)
+    assert req.image is None and len(req.references) == 1
+
+
+def test_a_chain_into_a_url_only_vendor_needs_an_upload_store(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("STORYREEL_UPLOAD_URL", raising=False)
+    spec = _spec(tmp_path, """
+  - {id: a, prompt: "she climbs"}
+  - {id: b, prompt: "she waves", start_from: a, provider: luma, model: ray-2}
+""")
+    assert dispatch(["plan", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "shots[1].start_from" in err and "STORYREEL_UPLOAD_URL" in err

@@ -164,7 +164,7 @@ def continuity_lines(plan: Plan) -> list[str]:
         where = []
         for s in users:
             o = s.primary
-            how = ("reference" if "reference" in o.info.inputs else
+            how = ("reference" if "reference" in o.info.inputs and not s.uses_image(o) else
                    "first frame" if s.first_frame(o) is not None and s.image is None
                    and s.start_from is None else "description only")
             where.append(f"{s.shot_id} ({how})" if char.image else s.shot_id)

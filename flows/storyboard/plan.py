@@ -145,7 +145,10 @@ class ShotPlan:
             aspect_ratio=plan.aspect_ratio, resolution=option.resolution, width=plan.width,
             height=plan.height, fps=plan.fps, negative_prompt=self.negative_prompt, seed=self.seed,
             image=self.first_frame(option) if use_image else None,
-            references=self.references if "reference" in info.inputs else (),
+            # Veo 3.1 (python-genai) and Runway's seedance2 take a first frame or references,
+            # not both: the first frame (the shot's image, its parent's last frame) wins and
+            # the characters ride on their descriptions alone
+            references=self.references if "reference" in info.inputs and not use_image else (),
             params={**info.params, **self.params},
         )
 
@@ -412,10 +415,13 @@ def _check_uploads(board: Storyboard, shots: list[ShotPlan],
         issues.append(("uploads.url", why))
     store = store_url(own)
     for shot in shots:
-        local = shot.image is not None and shot.image.url is None
         for opt in shot.options:
-            if shot.uses_image(opt) and (why := local_image_problem(opt.provider, local, store)):
-                issues.append((f"shots[{shot.index}].image", f"{opt.label}: {why}"))
+            first = shot.first_frame(opt) if shot.uses_image(opt) else None
+            # a parent's last frame is always a local PNG; so is a local character image
+            local = shot.start_from is not None or (first is not None and first.url is None)
+            place = "start_from" if shot.start_from else "image" if shot.image else "characters"
+            if local and (why := local_image_problem(opt.provider, True, store)):
+                issues.append((f"shots[{shot.index}].{place}", f"{opt.label}: {why}"))
 
 
 def _estimate(board: Storyboard, opt: Option, duration: float, resolution: str, where: str,

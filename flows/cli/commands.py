@@ -41,6 +41,16 @@ def _vars(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _tags(pairs: list[str]) -> dict[str, str]:
+    """--tag NAME=VALUE (repeatable): cost tags on top of the storyboard's `tags:`."""
+    from flows.storyboard.tags import parse_pairs
+
+    try:
+        return parse_pairs(pairs)
+    except ValueError as exc:
+        raise SpecError([("--tag", str(exc))]) from None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from flows.run.session import make_plan
 
@@ -100,14 +110,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.storyboard.plan import plan_file
+    from flows.storyboard.tags import with_tags
 
     variables = _vars(args.var)
-    plan = plan_file(args.spec, variables, args.budget)
+    cost_tags = _tags(args.tag)
+    plan = with_tags(plan_file(args.spec, variables, args.budget), cost_tags)
     if args.out is not None and not args.regenerate:  # nothing to do: say so, start nothing
         from flows.run.uptodate import check  # (no vendor, key, ffmpeg or Prefect: flows/run/uptodate.py)
 
         verdict = check(plan, args.out)
         if verdict.final is not None:
+            from flows.run.retag import retag
+
+            if retag(args.out, plan.storyboard.tags):  # tags describe the run: no re-cut
+                print(f"tags: {args.out / 'cost.csv'} and run.json now carry the new tags")
             print(f"up to date: {verdict.final}")
             return _settle_at_risk(args.out, verdict.at_risk, verdict.askable)
         if os.environ.get("STORYREEL_DEBUG"):
@@ -196,7 +212,8 @@ def _run(args: argparse.Namespace, variables: dict[str, str], plan: Any, out: Pa
     result: dict[str, Any] = asyncio.run(render_storyboard(
         storyboard=str(args.spec), vars=variables, budget=args.budget,
         out=str(out), no_cache=args.no_cache,
-        regenerate=args.regenerate, resubmit_unconfirmed=args.resubmit_unconfirmed))
+        regenerate=args.regenerate, resubmit_unconfirmed=args.resubmit_unconfirmed,
+        cost_tags=_tags(args.tag) or None))
     return result
 
 
@@ -553,6 +570,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-early-submit", action="store_true",
                    help="let the flow make every submit (by default the first attempts are sent "
                    "while Prefect starts)")
+    p.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE",
+                   help="a cost tag for the report, e.g. client=acme (repeatable; wins over the "
+                   "storyboard's tags: for the same name; never regenerates anything)")
     p.add_argument("--resubmit-unconfirmed", action="store_true",
                    help="resubmit shots whose earlier submit may or may not have been accepted")
     p.add_argument("-v", "--verbose", action="store_true",

@@ -22,6 +22,7 @@ Conventions (finance reads these files):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from flows.money.journal import Journal
 from flows.money.spend import VENDOR_SOURCES, priced
 from flows.money.status import AT_RISK, NOT_ATTEMPTS, SUCCEEDED, Status
 from flows.money.usd import as_float, text
+from flows.storyboard.tags import to_cell
 
 COLUMNS = [
     "run_id",
@@ -55,6 +57,7 @@ COLUMNS = [
     "download_s",
     "started_at",
     "finished_at",
+    "tags",  # the run's cost tags, `client=acme;campaign=spring` (flows/storyboard/tags.py)
 ]
 MONEY = ["estimated_usd", "reserved_usd", "actual_usd"]
 SECONDS = ["duration_s", "queued_s", "generation_s", "download_s"]
@@ -74,8 +77,10 @@ def money_text(value: Any) -> str:
     return "" if value is None or pd.isna(value) else text(value)
 
 
-def rows_from_journal(journal: Journal, durations: dict[str, float]) -> list[dict[str, Any]]:
-    """One report row per journal row, in journal order."""
+def rows_from_journal(journal: Journal, durations: dict[str, float],
+                      tags: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One report row per journal row, in journal order, each carrying the run's tags."""
+    cell = to_cell(tags)
     rows = []
     for a in journal.attempts():
         actual, source, risk = priced(a)
@@ -102,6 +107,7 @@ def rows_from_journal(journal: Journal, durations: dict[str, float]) -> list[dic
                 "download_s": a.download_s,
                 "started_at": a.started_at,
                 "finished_at": a.finished_at,
+                "tags": cell,
             }
         )
     return rows

@@ -284,6 +284,16 @@ class Storyboard(_Strict):
     audio: Audio = Field(default_factory=Audio)
     title_card: Card | None = None
     end_card: Card | None = None
+    tags: dict[str, str | int | float] = Field(
+        default_factory=dict, description="cost tags for chargeback, e.g. {client: acme}: "
+        "recorded on every cost.csv row and in run.json; never part of a cache key or the cut")
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from flows.storyboard.tags import clean
+
+        return dict(clean(v))
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Storyboard:

@@ -291,6 +291,7 @@ def _seconds(text: str) -> float:
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
+    from flows.money.forecast import with_forecasts
     from flows.money.window import status
     from flows.money.window_sql import open_store
     from flows.storyboard.budgets import declared_specs
@@ -298,7 +299,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
     specs = declared_specs()
     store = open_store()
     try:
-        windows = status(store, specs, everything=args.all)
+        windows = with_forecasts(store, status(store, specs, everything=args.all))
         url = store.url
     finally:
         store.close()
@@ -315,6 +316,8 @@ def cmd_budget(args: argparse.Namespace) -> int:
         print(f"{w['scope']:<16} {w['period']:<6} {w['start']:<11} {w['timezone']:<18} "
               f"{_money(w['limit_usd']):>10} {_money(w['spent_usd']):>10} "
               f"{_money(w['reserved_usd']):>10} {_money(w['remaining_usd']):>10}")
+        if w.get("forecast"):
+            print(f"    at this pace: {w['forecast']}")
         for r in w["runs"]:
             print(f"    held by run {r['run_id']} on {r['host']} (pid {r['pid']}): "
                   f"{r['reservations']} reservation(s), {_money(r['reserved_usd'])}, lease "
@@ -476,22 +479,63 @@ def _days(text: str) -> int:
     return n
 
 
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _report_windows() -> list[dict[str, Any]] | None:
+    """The spend windows with their forecasts, or None where no ledger is in use (the report
+    never creates one)."""
+    from flows.money.forecast import with_forecasts
+    from flows.money.window import status
+    from flows.money.window_sql import default_path, open_store
+    from flows.storyboard.budgets import declared_specs
+
+    specs = declared_specs()
+    if not (specs or os.environ.get("STORYREEL_LEDGER_URL") or default_path().is_file()):
+        return None
+    store = open_store()
+    try:
+        return with_forecasts(store, status(store, specs))
+    finally:
+        store.close()
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from flows.money.report import aggregate_runs, format_frame
+    from flows.money.report import aggregate_runs, parse_by
+    from flows.money.report_text import report_json, report_text
 
     try:
-        tables = aggregate_runs([Path(d) for d in args.dirs])
+        by = parse_by(args.by)
+    except ValueError as exc:
+        raise SpecError([("--by", str(exc))]) from None
+    if args.since and args.until and args.since > args.until:
+        raise SpecError([("--since", f"{args.since} is after --until {args.until}")])
+    try:
+        tables = aggregate_runs([Path(d) for d in args.dirs], args.since, args.until, by)
     except FileNotFoundError as exc:
         raise SpecError([("report", str(exc))]) from None
+    windows = _report_windows()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    for name, df in tables.items():
-        print(f"== {name}\n{format_frame(df)}\n")
-        if args.out:
+        for name, df in tables.items():
             df.to_csv(args.out / f"{name}.csv", index=df.index.name is not None
                       or isinstance(df.index, pd.MultiIndex))
+    if args.html:
+        from flows.money.report_page import write_report_page
+
+        write_report_page(tables, args.html, windows=windows)
+    if args.json:
+        print(json.dumps(report_json(tables, windows), indent=2, default=str))
+    else:
+        print(report_text(tables, windows), end="")
+        if args.html:
+            print(f"page: {args.html}")
     return 0
 
 
@@ -610,8 +654,18 @@ def parser() -> argparse.ArgumentParser:
                    help="wait up to this long for jobs still running to end (default 10)")
     p.set_defaults(fn=cmd_reconcile)
     p = sub.add_parser("report", help="aggregate the cost reports of many runs")
-    p.add_argument("dirs", nargs="+", help="run folders (each with a cost.csv)")
+    p.add_argument("dirs", nargs="+", help="run folders (each with a cost.csv), or folders "
+                   "holding run folders (searched recursively)")
     p.add_argument("--out", type=Path, help="write the tables as CSV files here")
+    p.add_argument("--html", type=Path, metavar="FILE", help="write the report as one "
+                   "self-contained page with charts (opens offline)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--by", metavar="KEYS", help="also group by these, comma-separated: "
+                   "provider, model, day, run, tag:NAME (e.g. --by tag:client)")
+    p.add_argument("--since", type=_date, metavar="YYYY-MM-DD",
+                   help="only attempts started on or after this day (UTC)")
+    p.add_argument("--until", type=_date, metavar="YYYY-MM-DD",
+                   help="only attempts started on or before this day (UTC)")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("pick", help="choose the take a shot's cut uses (writes review.yaml)")
     p.add_argument("dir", type=Path, help="the run folder")

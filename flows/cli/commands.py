@@ -486,24 +486,6 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _report_windows() -> list[dict[str, Any]] | None:
-    """The spend windows with their forecasts, or None where no ledger is in use (the report
-    never creates one)."""
-    from flows.money.forecast import with_forecasts
-    from flows.money.window import status
-    from flows.money.window_sql import default_path, open_store
-    from flows.storyboard.budgets import declared_specs
-
-    specs = declared_specs()
-    if not (specs or os.environ.get("STORYREEL_LEDGER_URL") or default_path().is_file()):
-        return None
-    store = open_store()
-    try:
-        return with_forecasts(store, status(store, specs))
-    finally:
-        store.close()
-
-
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -520,7 +502,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         tables = aggregate_runs([Path(d) for d in args.dirs], args.since, args.until, by)
     except FileNotFoundError as exc:
         raise SpecError([("report", str(exc))]) from None
-    windows = _report_windows()
+    from flows.money.forecast import ledger_windows
+
+    windows = ledger_windows()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         for name, df in tables.items():

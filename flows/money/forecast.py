@@ -75,3 +75,22 @@ def with_forecasts(store: Store, windows: list[dict[str, Any]], now: datetime | 
             cache[w["scope"]] = daily_spend(store, w["scope"])
         out.append(forecast(w, cache[w["scope"]], now, days))
     return out
+
+
+def ledger_windows() -> list[dict[str, Any]] | None:
+    """The spend windows of the ledger in use, with their forecasts; None where no ledger is
+    in use (a report never creates one)."""
+    import os
+
+    from flows.money.window import status
+    from flows.money.window_sql import default_path, open_store
+    from flows.storyboard.budgets import declared_specs
+
+    specs = declared_specs()
+    if not (specs or os.environ.get("STORYREEL_LEDGER_URL") or default_path().is_file()):
+        return None
+    store = open_store()
+    try:
+        return with_forecasts(store, status(store, specs))
+    finally:
+        store.close()

@@ -38,8 +38,8 @@ header{background:#1d2733;color:#fff;padding:16px 24px}header h1{margin:0 0 4px;
 header p{margin:2px 0}main{padding:8px 24px 40px}
 section{background:#fff;border:1px solid #ddd;border-radius:6px;margin:16px 0;padding:12px 16px}
 section h2{font-size:16px;margin:0 0 8px}.pair{display:flex;flex-wrap:wrap;gap:16px;
-align-items:flex-start}.chart{flex:1 1 520px;min-width:320px}.chart svg{width:100%;height:auto}
-.table{flex:1 1 420px;overflow-x:auto}table{border-collapse:collapse;font-size:13px}
+align-items:flex-start}.chart{flex:0 1 560px;min-width:320px;margin:0}.chart svg{width:100%;height:auto}
+.table{flex:1 1 420px;min-width:0;overflow-x:auto}table{border-collapse:collapse;font-size:13px}
 th,td{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}.empty{color:#555;font-style:italic}
 .note{color:#555;font-size:12px}
@@ -98,8 +98,9 @@ def _hbars(name: str, labels: list[str], series: list[tuple[str, list[float], st
             left = [a + b for a, b in zip(left, values, strict=True)]
     ax.set_yticks(ys, [_short(x) for x in labels])
     _money_axis(ax, "x")
-    if len(series) > 1:
-        ax.legend(loc="lower right", frameon=False)
+    if len(series) > 1:  # below the bars, never over them
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(labels) < 3 else -0.08),
+                  ncol=len(series), frameon=False, fontsize=8)
     return _svg(fig, name)
 
 

@@ -55,6 +55,7 @@ def _svg(fig: Any, name: str) -> str:
     plt.close(fig)
     text = buf.getvalue()
     text = text[text.index("<svg"):]
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)  # creator and date: noise
     text = re.sub(r'id="([^"]+)"', rf'id="{name}-\1"', text)
     text = re.sub(r'url\(#([^)]+)\)', rf'url(#{name}-\1)', text)
     text = re.sub(r'href="#([^"]+)"', rf'href="#{name}-\1"', text)

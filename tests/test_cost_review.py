@@ -147,6 +147,8 @@ def test_the_terminal_report_reads_as_money_and_sentences(
     table = text.split("== Spend by provider\n")[1].split("\n\n")[0].splitlines()
     ends = {m.end() for line in table[2:] for m in [re.search(r"\$\d+\.\d\d", line)] if m}
     assert len(table) == 4 and len(ends) == 1
+    runs = text.split("== Runs, most expensive first\n")[1]
+    assert runs.index("plain-1") < runs.index("beta-1")  # $0.70 before $0
 
 
 def test_report_html_in_a_real_browser(runs: Path, tmp_path: Path,

@@ -357,6 +357,11 @@ REPORT_TABLES = {
 }
 
 
+def by_spend(df: pd.DataFrame) -> pd.DataFrame:
+    """Most expensive first (ties in their order)."""
+    return df.sort_values("actual_usd", ascending=False, kind="stable") if len(df) else df
+
+
 def _lost_as(df: pd.DataFrame, infos: dict[str, dict[str, Any]]) -> list[str]:
     """Per row: 'failed' (billed, no clip), 'rejected' (a take rejected in review) or ''."""
     failed = {str(s) for s in FAILED}
@@ -444,7 +449,7 @@ def _runs(df: pd.DataFrame, infos: dict[str, dict[str, Any]]) -> pd.DataFrame:
     out["folder"] = [(infos.get(str(r)) or {}).get("folder", "") for r in out.index]
     out["review"] = [_review_link(infos, r) for r in out.index]
     out["first_started"] = g["started_at"].min()  # kept for CSV readers of older reports
-    return out.sort_values("actual_usd", ascending=False, kind="stable")
+    return out  # by run id; the terminal and the page show the most expensive first
 
 
 def estimate_error(df: pd.DataFrame) -> pd.DataFrame:

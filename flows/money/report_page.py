@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from flows.files.atomic import write_text_atomic
-from flows.money.report import REPORT_TABLES
+from flows.money.report import REPORT_TABLES, by_spend
 from flows.money.report_text import EMPTY, HEADERS, _cell, _has_index, totals_text, usd
 
 PAGE = "report.html"
@@ -242,7 +242,7 @@ def report_html(tables: dict[str, pd.DataFrame], page_dir: Path,
     narrow = frozenset({"skipped", "estimated_usd"})
 
     def tbl(name: str, hidden: frozenset[str] = narrow) -> str:
-        df = tables[name]
+        df = by_spend(tables[name]) if name == "runs" else tables[name]
         return "" if df.empty else table_html(df, d, hidden)
 
     days = tables["by_day"].index

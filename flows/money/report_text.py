@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from flows.money.report import REPORT_TABLES
+from flows.money.report import REPORT_TABLES, by_spend
 
 HEADERS = {
     "attempts": "tries", "succeeded": "ok", "failed": "failed", "at_risk": "at risk",
@@ -106,7 +106,7 @@ def report_text(tables: dict[str, pd.DataFrame], windows: list[dict[str, Any]] |
     for name in TERMINAL:
         if name not in tables:
             continue
-        df = tables[name]
+        df = by_spend(tables[name]) if name == "runs" else tables[name]
         title = REPORT_TABLES[name]
         if name == "by":
             title += ": " + ", ".join(df.attrs.get("keys", []))

@@ -31,7 +31,7 @@ def test_report_aggregates_runs(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = tmp_path / "report"
     assert main(["report", str(a), str(b), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "== by_provider" in printed and "== by_day" in printed
+    assert "== Spend by provider" in printed and "== Spend by day" in printed
     with open(out / "by_provider.csv", newline="") as fh:
         rows = {r["provider"]: r for r in csv.DictReader(fh)}
     assert float(rows["fal"]["actual_usd"]) == pytest.approx(0.70)

@@ -41,6 +41,16 @@ def _vars(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _tags(pairs: list[str]) -> dict[str, str]:
+    """--tag NAME=VALUE (repeatable): cost tags on top of the storyboard's `tags:`."""
+    from flows.storyboard.tags import parse_pairs
+
+    try:
+        return parse_pairs(pairs)
+    except ValueError as exc:
+        raise SpecError([("--tag", str(exc))]) from None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from flows.run.session import make_plan
 
@@ -104,14 +114,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.storyboard.plan import plan_file
+    from flows.storyboard.tags import with_tags
 
     variables = _vars(args.var)
-    plan = plan_file(args.spec, variables, args.budget)
+    cost_tags = _tags(args.tag)
+    plan = with_tags(plan_file(args.spec, variables, args.budget), cost_tags)
     if args.out is not None and not args.regenerate:  # nothing to do: say so, start nothing
         from flows.run.uptodate import check  # (no vendor, key, ffmpeg or Prefect: flows/run/uptodate.py)
 
         verdict = check(plan, args.out)
         if verdict.final is not None:
+            from flows.run.retag import retag
+
+            if retag(args.out, plan.storyboard.tags):  # tags describe the run: no re-cut
+                print(f"tags: {args.out / 'cost.csv'} and run.json now carry the new tags")
             print(f"up to date: {verdict.final}")
             return _settle_at_risk(args.out, verdict.at_risk, verdict.askable)
         if os.environ.get("STORYREEL_DEBUG"):
@@ -200,7 +216,8 @@ def _run(args: argparse.Namespace, variables: dict[str, str], plan: Any, out: Pa
     result: dict[str, Any] = asyncio.run(render_storyboard(
         storyboard=str(args.spec), vars=variables, budget=args.budget,
         out=str(out), no_cache=args.no_cache,
-        regenerate=args.regenerate, resubmit_unconfirmed=args.resubmit_unconfirmed))
+        regenerate=args.regenerate, resubmit_unconfirmed=args.resubmit_unconfirmed,
+        cost_tags=_tags(args.tag) or None))
     return result
 
 
@@ -278,6 +295,7 @@ def _seconds(text: str) -> float:
 
 
 def cmd_budget(args: argparse.Namespace) -> int:
+    from flows.money.forecast import with_forecasts
     from flows.money.window import status
     from flows.money.window_sql import open_store
     from flows.storyboard.budgets import declared_specs
@@ -285,7 +303,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
     specs = declared_specs()
     store = open_store()
     try:
-        windows = status(store, specs, everything=args.all)
+        windows = with_forecasts(store, status(store, specs, everything=args.all))
         url = store.url
     finally:
         store.close()
@@ -302,6 +320,8 @@ def cmd_budget(args: argparse.Namespace) -> int:
         print(f"{w['scope']:<16} {w['period']:<6} {w['start']:<11} {w['timezone']:<18} "
               f"{_money(w['limit_usd']):>10} {_money(w['spent_usd']):>10} "
               f"{_money(w['reserved_usd']):>10} {_money(w['remaining_usd']):>10}")
+        if w.get("forecast"):
+            print(f"    at this pace: {w['forecast']}")
         for r in w["runs"]:
             print(f"    held by run {r['run_id']} on {r['host']} (pid {r['pid']}): "
                   f"{r['reservations']} reservation(s), {_money(r['reserved_usd'])}, lease "
@@ -463,22 +483,47 @@ def _days(text: str) -> int:
     return n
 
 
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from flows.money.report import aggregate_runs, format_frame
+    from flows.money.report import aggregate_runs, parse_by
+    from flows.money.report_text import report_json, report_text
 
     try:
-        tables = aggregate_runs([Path(d) for d in args.dirs])
+        by = parse_by(args.by)
+    except ValueError as exc:
+        raise SpecError([("--by", str(exc))]) from None
+    if args.since and args.until and args.since > args.until:
+        raise SpecError([("--since", f"{args.since} is after --until {args.until}")])
+    try:
+        tables = aggregate_runs([Path(d) for d in args.dirs], args.since, args.until, by)
     except FileNotFoundError as exc:
         raise SpecError([("report", str(exc))]) from None
+    from flows.money.forecast import ledger_windows
+
+    windows = ledger_windows()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    for name, df in tables.items():
-        print(f"== {name}\n{format_frame(df)}\n")
-        if args.out:
+        for name, df in tables.items():
             df.to_csv(args.out / f"{name}.csv", index=df.index.name is not None
                       or isinstance(df.index, pd.MultiIndex))
+    if args.html:
+        from flows.money.report_page import write_report_page
+
+        write_report_page(tables, args.html, windows=windows)
+    if args.json:
+        print(json.dumps(report_json(tables, windows), indent=2, default=str))
+    else:
+        print(report_text(tables, windows), end="")
+        if args.html:
+            print(f"page: {args.html}")
     return 0
 
 
@@ -568,6 +613,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-early-submit", action="store_true",
                    help="let the flow make every submit (by default the first attempts are sent "
                    "while Prefect starts)")
+    p.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE",
+                   help="a cost tag for the report, e.g. client=acme (repeatable; wins over the "
+                   "storyboard's tags: for the same name; never regenerates anything)")
     p.add_argument("--resubmit-unconfirmed", action="store_true",
                    help="resubmit shots whose earlier submit may or may not have been accepted")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -605,8 +653,18 @@ def parser() -> argparse.ArgumentParser:
                    help="wait up to this long for jobs still running to end (default 10)")
     p.set_defaults(fn=cmd_reconcile)
     p = sub.add_parser("report", help="aggregate the cost reports of many runs")
-    p.add_argument("dirs", nargs="+", help="run folders (each with a cost.csv)")
+    p.add_argument("dirs", nargs="+", help="run folders (each with a cost.csv), or folders "
+                   "holding run folders (searched recursively)")
     p.add_argument("--out", type=Path, help="write the tables as CSV files here")
+    p.add_argument("--html", type=Path, metavar="FILE", help="write the report as one "
+                   "self-contained page with charts (opens offline)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--by", metavar="KEYS", help="also group by these, comma-separated: "
+                   "provider, model, day, run, tag:NAME (e.g. --by tag:client)")
+    p.add_argument("--since", type=_date, metavar="YYYY-MM-DD",
+                   help="only attempts started on or after this day (UTC)")
+    p.add_argument("--until", type=_date, metavar="YYYY-MM-DD",
+                   help="only attempts started on or before this day (UTC)")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("pick", help="choose the take a shot's cut uses (writes review.yaml)")
     p.add_argument("dir", type=Path, help="the run folder")

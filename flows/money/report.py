@@ -22,6 +22,9 @@ Conventions (finance reads these files):
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,8 @@ from flows.money.journal import Journal
 from flows.money.spend import VENDOR_SOURCES, priced
 from flows.money.status import AT_RISK, NOT_ATTEMPTS, SUCCEEDED, Status
 from flows.money.usd import as_float, text
+from flows.storyboard.tags import from_cell, to_cell
+from providers.errors import StoryreelError
 
 COLUMNS = [
     "run_id",
@@ -55,6 +60,7 @@ COLUMNS = [
     "download_s",
     "started_at",
     "finished_at",
+    "tags",  # the run's cost tags, `client=acme;campaign=spring` (flows/storyboard/tags.py)
 ]
 MONEY = ["estimated_usd", "reserved_usd", "actual_usd"]
 SECONDS = ["duration_s", "queued_s", "generation_s", "download_s"]
@@ -74,8 +80,10 @@ def money_text(value: Any) -> str:
     return "" if value is None or pd.isna(value) else text(value)
 
 
-def rows_from_journal(journal: Journal, durations: dict[str, float]) -> list[dict[str, Any]]:
-    """One report row per journal row, in journal order."""
+def rows_from_journal(journal: Journal, durations: dict[str, float],
+                      tags: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One report row per journal row, in journal order, each carrying the run's tags."""
+    cell = to_cell(tags)
     rows = []
     for a in journal.attempts():
         actual, source, risk = priced(a)
@@ -102,6 +110,7 @@ def rows_from_journal(journal: Journal, durations: dict[str, float]) -> list[dic
                 "download_s": a.download_s,
                 "started_at": a.started_at,
                 "finished_at": a.finished_at,
+                "tags": cell,
             }
         )
     return rows
@@ -185,11 +194,14 @@ def summarize(rows: list[dict[str, Any]], cap_usd: float | None) -> pd.DataFrame
 
 
 def read_cost_csv(path: Path) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"job_id": str, "run_id": str, "shot_id": str})
+    df = pd.read_csv(path, dtype={"job_id": str, "run_id": str, "shot_id": str, "tags": str})
     if "at_risk" not in df.columns and "status" in df.columns:  # older cost.csv
         df["at_risk"] = df["status"].isin([str(s) for s in AT_RISK])
     if "take" not in df.columns:  # written before takes existed: every row was take 1
         df["take"] = 1
+    if "tags" not in df.columns:  # written before cost tags existed
+        df["tags"] = ""
+    df["tags"] = df["tags"].fillna("")
     missing = set(COLUMNS) - set(df.columns)
     if missing:
         raise ValueError(f"{path}: not a storyreel cost.csv (missing {', '.join(sorted(missing))})")
@@ -198,46 +210,246 @@ def read_cost_csv(path: Path) -> pd.DataFrame:
     return _frame(df.to_dict("records"))
 
 
-def aggregate_runs(run_dirs: list[Path]) -> dict[str, pd.DataFrame]:
-    """Roll up many runs' cost.csv: by_provider, by_model, by_day, estimate_error, runs.
+BY_KEYS = {"provider": "provider", "model": "model", "day": "day", "run": "run_id"}
+NO_TAG = "(none)"
+TOP = 10  # most expensive shots and runs shown
 
-    Each path is a run folder holding cost.csv, or a cost.csv itself; folders
-    without one (a run that never got that far) are left out of the totals and
-    listed in `.attrs["missing"]` of the "runs" frame.
-    """
-    frames, missing = [], []
-    for p in map(Path, run_dirs):
-        csv = p if p.is_file() else p / "cost.csv"
-        if csv.is_file():
-            frames.append(read_cost_csv(csv))
+
+def find_cost_csvs(paths: list[Path]) -> tuple[list[Path], list[str]]:
+    """Every cost.csv under `paths`: a cost.csv itself, a run folder holding one, or a folder
+    of run folders (searched recursively; a run folder's own subfolders are not searched).
+    Also the paths that held none."""
+    found: list[Path] = []
+    missing: list[str] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+        elif (p / "cost.csv").is_file():
+            found.append(p / "cost.csv")
         else:
-            missing.append(str(p))
-    if not frames:
+            inner = sorted(c for c in p.rglob("cost.csv")
+                           if not any((a / "cost.csv").is_file() for a in c.parent.parents
+                                      if p in a.parents))
+            found.extend(inner) if inner else missing.append(str(p))
+    return list(dict.fromkeys(f.resolve() for f in found)), missing
+
+
+def parse_by(text: str | None) -> list[str]:
+    """`--by provider,model,day,run,tag:client` as frame columns (ValueError when unknown)."""
+    keys = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.startswith("tag:") and part[4:].strip():
+            keys.append("tag:" + part[4:].strip())
+        elif part in BY_KEYS:
+            keys.append(BY_KEYS[part])
+        else:
+            raise ValueError(f"--by {part!r}: use provider, model, day, run or tag:NAME")
+    return list(dict.fromkeys(keys))
+
+
+def _run_info(csv: Path) -> dict[str, Any]:
+    """What the run folder says about itself: title, tags, review page, rejected takes."""
+    folder = csv.parent
+    info: dict[str, Any] = {"folder": str(folder), "title": "", "tags": {}, "review": None,
+                            "rejected": {}}
+    try:
+        data = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        info["title"] = str((data.get("plan") or {}).get("title") or "")
+        info["tags"] = {str(k): str(v) for k, v in (data.get("tags") or {}).items()}
+    except (OSError, ValueError, AttributeError):
+        pass
+    if (folder / "review.html").is_file():
+        info["review"] = str(folder / "review.html")
+    try:
+        from flows.review.picks import load_review
+
+        info["rejected"] = {(shot, take): r.note or "" for shot, r in load_review(folder).items()
+                            for take in r.rejected}
+    except StoryreelError:  # a hand-edited review.yaml that does not parse: no rejections
+        pass
+    return info
+
+
+def aggregate_runs(run_dirs: list[Path], since: date | None = None, until: date | None = None,
+                   by: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """Roll up many runs' cost.csv into the report's tables (see REPORT_TABLES).
+
+    Each path is a run folder holding cost.csv, a cost.csv itself, or a folder holding run
+    folders at any depth; paths with none are listed in `.attrs["missing"]` of "runs".
+    since/until keep the attempts started on those days (UTC, both inclusive). `by` adds a
+    "by" table grouped by those columns (parse_by). The whole-report figures are in
+    `.attrs` of "totals".
+    """
+    csvs, missing = find_cost_csvs(run_dirs)
+    if not csvs:
         raise FileNotFoundError(f"no cost.csv found in: {', '.join(missing) or '(no paths)'}")
+    frames, infos = [], {}
+    for csv in csvs:
+        df = read_cost_csv(csv)
+        info = _run_info(csv)
+        df["folder"] = info["folder"]
+        if info["tags"]:  # run.json knows the tags of rows written before the tags column
+            df["tags"] = [c if isinstance(c, str) and c else to_cell(info["tags"])
+                          for c in df["tags"]]
+        for rid in df["run_id"].dropna().unique():
+            infos[str(rid)] = info
+        frames.append(df)
     df = pd.concat(frames, ignore_index=True)
     started = pd.to_datetime(df["started_at"], utc=True, errors="coerce", format="ISO8601")
     df["day"] = started.dt.strftime("%Y-%m-%d").fillna("unknown")
+    if since is not None:
+        df = df[df["day"] >= since.isoformat()]
+    if until is not None:
+        df = df[(df["day"] <= until.isoformat()) & (df["day"] != "unknown")]
+    df = df.reset_index(drop=True)
+    df["tags"] = df["tags"].fillna("").astype(str)
+    df["take"] = pd.to_numeric(df["take"], errors="coerce").fillna(1).astype(int)
+    by = list(by or [])
+    for key in by:
+        if key.startswith("tag:"):
+            name = key[4:]
+            df[key] = [from_cell(c).get(name, NO_TAG) for c in df["tags"]]
+    df["lost_as"] = _lost_as(df, infos)
 
-    runs = df.groupby("run_id", sort=True).agg(
-        shots=("shot_id", "nunique"),
-        rows=("shot_id", "size"),
-        actual_usd=("actual_usd", "sum"),
-        first_started=("started_at", "min"),
-    )
-    runs["actual_usd"] = runs["actual_usd"].map(money)
+    runs = _runs(df, infos)
     runs.attrs["missing"] = missing
-
     by_day = _grouped(df, ["day"])
     by_day.insert(0, "runs", df.groupby("day")["run_id"].nunique())
     by_provider = _grouped(df, ["provider"])
     by_provider.insert(0, "runs", df.groupby("provider")["run_id"].nunique())
-    return {
+    tables = {
+        "totals": _totals(df),
         "by_provider": by_provider,
         "by_model": _grouped(df, ["provider", "model"]),
         "by_day": by_day,
+        "by_day_provider": _day_provider(df),
         "estimate_error": estimate_error(df),
+        "lost": _lost(df),
+        "top_shots": _top_shots(df, infos),
         "runs": runs,
     }
+    if by:
+        grouped = _grouped(df, by)
+        grouped.insert(0, "runs", df.groupby(by)["run_id"].nunique()
+                       if len(df) else pd.Series(dtype=int))
+        tables["by"] = grouped
+        tables["by"].attrs["keys"] = by
+    return tables
+
+
+# what each table is, for the terminal, the page and --json
+REPORT_TABLES = {
+    "totals": "The whole report: spend split by who stated it, what the cache saved, what was "
+              "lost",
+    "by_provider": "Spend by provider",
+    "by_model": "Spend by model",
+    "by_day": "Spend by day (UTC, the day each attempt started)",
+    "by_day_provider": "Spend per day and provider",
+    "estimate_error": "Our estimate against the vendor's own figure (rows the vendor priced)",
+    "lost": "Money spent on takes that did not make it: failed attempts the vendor billed, "
+            "takes rejected in review",
+    "top_shots": "The most expensive shots",
+    "runs": "Runs, most expensive first",
+    "by": "Grouped as asked (--by)",
+}
+
+
+def by_spend(df: pd.DataFrame) -> pd.DataFrame:
+    """Most expensive first (ties in their order)."""
+    return df.sort_values("actual_usd", ascending=False, kind="stable") if len(df) else df
+
+
+def _lost_as(df: pd.DataFrame, infos: dict[str, dict[str, Any]]) -> list[str]:
+    """Per row: 'failed' (billed, no clip), 'rejected' (a take rejected in review) or ''."""
+    failed = {str(s) for s in FAILED}
+    good = {str(s) for s in SUCCEEDED}
+    out = []
+    for run_id, shot, take, status, usd in zip(df["run_id"], df["shot_id"], df["take"],
+                                               df["status"], df["actual_usd"], strict=True):
+        rejected = (infos.get(str(run_id)) or {}).get("rejected") or {}
+        if usd > 0 and status in failed:
+            out.append("failed")
+        elif (usd > 0 and status in good
+              and (str(shot), int(take) if pd.notna(take) else 1) in rejected):
+            out.append("rejected")
+        else:
+            out.append("")
+    return out
+
+
+def _totals(df: pd.DataFrame) -> pd.DataFrame:
+    row = _counts(df)
+    row["runs"] = df["run_id"].nunique()
+    row["lost_failed_usd"] = money(df.loc[df["lost_as"] == "failed", "actual_usd"].sum())
+    row["lost_rejected_usd"] = money(df.loc[df["lost_as"] == "rejected", "actual_usd"].sum())
+    out = pd.DataFrame([row])
+    out.index = pd.Index(["all runs"], name="report")
+    return out.astype({c: int for c in [*COUNTS, "runs"]})
+
+
+def _day_provider(df: pd.DataFrame) -> pd.DataFrame:
+    """Spend (actual_usd) per day (rows) and provider (columns), 0 where none."""
+    if df.empty:
+        return pd.DataFrame(index=pd.Index([], name="day"))
+    out = df.pivot_table(index="day", columns="provider", values="actual_usd", aggfunc="sum",
+                         fill_value=0.0)
+    out.columns.name = None
+    return out.map(money)
+
+
+def _lost(df: pd.DataFrame) -> pd.DataFrame:
+    cols = ["run_id", "shot_id", "take", "attempt", "provider", "model", "lost_as",
+            "failure_reason", "actual_usd"]
+    lost = df.loc[df["lost_as"] != "", cols].copy()
+    lost = lost.sort_values("actual_usd", ascending=False, kind="stable")
+    return lost.reset_index(drop=True)
+
+
+def _top_shots(df: pd.DataFrame, infos: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    cols = ["run_id", "shot_id", "attempts", "takes", "models", "actual_usd", "review"]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    tried = ~df["status"].isin([str(s) for s in NOT_ATTEMPTS])
+    g = df.assign(tried=tried).groupby(["run_id", "shot_id"], sort=True)
+    out = pd.DataFrame({
+        "attempts": g["tried"].sum().astype(int),
+        "takes": g["take"].nunique(),
+        "models": g.apply(lambda x: ", ".join(dict.fromkeys(
+            f"{p}:{m}" for p, m, t in zip(x["provider"], x["model"], x["tried"], strict=True)
+            if t)), include_groups=False),
+        "actual_usd": g["actual_usd"].sum().map(money),
+    }).reset_index()
+    out = out[out["actual_usd"] > 0]
+    out = out.sort_values(["actual_usd", "run_id", "shot_id"], ascending=[False, True, True],
+                          kind="stable").head(TOP)
+    out["review"] = [_review_link(infos, r, f"shot-{s}") for r, s in
+                     zip(out["run_id"], out["shot_id"], strict=True)]
+    return out[cols].reset_index(drop=True)
+
+
+def _review_link(infos: dict[str, dict[str, Any]], run_id: Any, anchor: str = "") -> str:
+    page = (infos.get(str(run_id)) or {}).get("review")
+    return "" if not page else page + (f"#{anchor}" if anchor else "")
+
+
+def _runs(df: pd.DataFrame, infos: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per run, most expensive first."""
+    if df.empty:
+        names = ["title", "tags", "first_day", "shots", *_counts(df).index, "folder", "review"]
+        return pd.DataFrame(columns=names, index=pd.Index([], name="run_id"))
+    out = _grouped(df, ["run_id"])
+    g = df.groupby("run_id", sort=True)
+    out.insert(0, "shots", g["shot_id"].nunique())
+    out.insert(0, "first_day", g["day"].min())
+    out.insert(0, "tags", g["tags"].first())
+    out.insert(0, "title", [(infos.get(str(r)) or {}).get("title", "") for r in out.index])
+    out["folder"] = [(infos.get(str(r)) or {}).get("folder", "") for r in out.index]
+    out["review"] = [_review_link(infos, r) for r in out.index]
+    out["first_started"] = g["started_at"].min()  # kept for CSV readers of older reports
+    return out  # by run id; the terminal and the page show the most expensive first
 
 
 def estimate_error(df: pd.DataFrame) -> pd.DataFrame:

@@ -50,6 +50,7 @@ from flows.storyboard.files import check_run_params
 from flows.storyboard.keys import env_key
 from flows.storyboard.plan import Plan, ShotPlan
 from flows.storyboard.prices import price_plan
+from flows.storyboard.tags import with_tags
 from providers.errors import BudgetError, ContentPolicyError, PlanError, SpecError, redact
 from providers.http import new_client
 
@@ -171,13 +172,16 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
                             no_cache: bool = False, regenerate: list[str] | None = None,
                             resubmit_unconfirmed: bool = False,
                             shared_limits: bool | None = None,
-                            date_var: str | None = None) -> dict[str, Any]:
+                            date_var: str | None = None,
+                            cost_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Render one storyboard into final.mp4 + cost.csv. Parameters never carry keys.
 
     shared_limits: the storyboard's `limits:` also hold across concurrent runs, as Prefect
     global concurrency limits `vendor:<id>`; None (default) = on when talking to a Prefect
     server (PREFECT_API_URL), off on a temporary one. date_var: the name of a storyboard
-    variable to fill with the run's scheduled date, for cron deployments (`vars` wins)."""
+    variable to fill with the run's scheduled date, for cron deployments (`vars` wins).
+    cost_tags: tags for the cost report (client, campaign, ...) on top of the storyboard's
+    `tags:`, key by key; not Prefect's deployment tags, and never part of a cache key."""
     redaction.install()  # before anything can log a key
     check_run_params(storyboard, out, deployed=deployment.id is not None)
     logger = get_run_logger()
@@ -189,7 +193,7 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
     opts = RunOptions(out=Path(out) if out else None, variables=variables, budget=budget,
                       no_cache=no_cache, regenerate=set(regenerate or []),
                       resubmit_unconfirmed=resubmit_unconfirmed)
-    plan = make_plan(storyboard, opts.variables, opts.budget)
+    plan = with_tags(make_plan(storyboard, opts.variables, opts.budget), cost_tags)
     if "fal" in plan.providers_used():  # the account's unit prices, before the caps are checked
         plan = await price_plan(plan, (await _resolve_keys(plan, {"fal"}))["fal"])
     preflight(plan)

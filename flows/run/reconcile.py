@@ -78,7 +78,7 @@ async def reconcile(run_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S
             durations = {s["shot_id"]: s.get("duration")
                          for s in (data.get("plan") or {}).get("shots", [])
                          if isinstance(s, dict) and "shot_id" in s}
-            rows = rows_from_journal(journal, durations)
+            rows = rows_from_journal(journal, durations, tags=data.get("tags"))
             write_cost_csv(rows, run_dir / "cost.csv")
             money = totals(rows)
             if data:

@@ -240,7 +240,8 @@ def _reports(plan: Plan, run_dir: Path, journal: Journal
     from flows.money.report import rows_from_journal, summarize, write_cost_csv
     from flows.money.spend import totals
 
-    rows = redact_data(rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots}))
+    rows = redact_data(rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots},
+                                         tags=plan.storyboard.tags))
     cost_csv = write_cost_csv(rows, run_dir / "cost.csv")
     return rows, cost_csv, summarize(rows, plan.cap_usd).to_string(), totals(rows)
 
@@ -256,7 +257,7 @@ def write_run_json(plan: Plan, run_dir: Path, run_id: str, results: list[ShotRes
                    totals: dict[str, float], cut: dict[str, Any] | None = None,
                    windows: list[dict[str, Any]] | None = None) -> Path:
     data = {"run_id": run_id, "plan": plan.to_json(), **totals, "spent_usd": totals["total_usd"],
-            "windows": windows or [],
+            "windows": windows or [], "tags": dict(plan.storyboard.tags),
             "results": [{"shot_id": r.shot_id, "status": r.status, "option": r.option,
                          "reason": r.reason,
                          "clip": stored(r.conformed, run_dir) if r.conformed else None}

@@ -318,6 +318,16 @@ class Storyboard(_Strict):
     uploads: Uploads | None = None
     characters: dict[str, Character] = Field(
         default_factory=dict, description="name -> {image, description}, for shots' characters:")
+    tags: dict[str, str | int | float] = Field(
+        default_factory=dict, description="cost tags for chargeback, e.g. {client: acme}: "
+        "recorded on every cost.csv row and in run.json; never part of a cache key or the cut")
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tags(cls, v: Any) -> Any:
+        from flows.storyboard.tags import clean
+
+        return dict(clean(v)) if isinstance(v, dict) else v  # raw: `yes` is no tag
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Storyboard:

@@ -8,6 +8,7 @@ frames, captions and the music are read from the files, not through the product'
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -209,6 +210,10 @@ def test_a_moved_folder_reruns_recuts_and_reconciles(made: Made, tmp_path: Path)
         proc = made.cli(*args)
         assert proc.returncode == 0, (args, proc.stderr[-3000:])
         assert "Traceback" not in proc.stderr
+    # reconcile rewrites cost.csv and keeps each row's shot duration (from run.json's plan)
+    with open(copy / "cost.csv", newline="") as fh:
+        durations = {r["shot_id"]: r["duration_s"] for r in csv.DictReader(fh) if r["shot_id"]}
+    assert durations and all(d not in ("", None) for d in durations.values()), durations
     _check_page(copy, first, made.out)
 
 

@@ -75,9 +75,10 @@ async def reconcile(run_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S
                          if a.status in AT_RISK]
             run_json = run_dir / "run.json"
             data: dict[str, Any] = json.loads(run_json.read_text()) if run_json.is_file() else {}
-            durations = {s["shot_id"]: s.get("duration")
+            # the plan in run.json names a shot `id` (Plan.to_json)
+            durations = {s["id"]: s.get("duration")
                          for s in (data.get("plan") or {}).get("shots", [])
-                         if isinstance(s, dict) and "shot_id" in s}
+                         if isinstance(s, dict) and "id" in s}
             rows = rows_from_journal(journal, durations, tags=data.get("tags"))
             write_cost_csv(rows, run_dir / "cost.csv")
             money = totals(rows)

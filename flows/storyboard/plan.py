@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from flows.media.checks import Thresholds, thresholds
 from flows.storyboard.files import reference_image
 from flows.storyboard.finishing import FinishPlan, plan_finishing
 from flows.storyboard.spec import Storyboard, Transition
@@ -65,6 +66,7 @@ class ShotPlan:
     params: dict[str, Any] = field(default_factory=dict)
     takes: int = 1  # independent jobs, each with its own seed (take_seed)
     take: int = 1  # which take this plan makes (for_take)
+    checks: Thresholds = Thresholds()  # what a clip must pass before the cut
 
     @property
     def primary(self) -> Option:
@@ -240,6 +242,7 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
             transition=tr, negative_prompt=shot.negative_prompt or d.negative_prompt,
             image=image, image_sha256=image_hash, params={**d.params, **shot.params},
             takes=shot.takes if shot.takes is not None else d.takes,
+            checks=thresholds(d.checks, shot.checks),
         ))
     finishing = plan_finishing(board, source, issues)
     if issues:

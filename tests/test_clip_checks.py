@@ -296,3 +296,21 @@ async def test_a_shot_whose_every_clip_fails_gets_no_clip_and_says_why(
     assert all(r["failure_reason"].startswith("check: black") for r in rows)
     assert total(rows) == charged(emu, "fal") > 0
     assert not list((tmp_path / "out" / "clips").glob("*.mov"))
+
+
+async def test_a_cached_clip_that_fails_the_checks_is_not_reused(shot_run, emu_env,
+                                                                 tmp_path: Path) -> None:
+    """A black clip cached by a run with `checks: false` is refused (at no cost, and taking
+    none of the shot's retries) by a run that checks; the new job's clip replaces it."""
+    emu = emu_env
+    emu.inject("fal", "job", "black")
+    spec = write_board(tmp_path / "off", [{**SHOT, "checks": False}], budget={"max_usd": 5})
+    await shot_run(spec, tmp_path / "first")
+    spec = write_board(tmp_path / "on", [{**SHOT, "retries": 0}], budget={"max_usd": 5})
+    result, rows = await shot_run(spec, tmp_path / "second")
+    assert result["ok"] and emu.stats("fal")["submits"] == 2
+    assert [r["status"] for r in rows] == ["skipped", "done"]
+    assert rows[0]["failure_reason"].startswith("check: black")
+    assert Decimal(rows[0]["actual_usd"]) == 0
+    result, rows = await shot_run(spec, tmp_path / "third")  # the good clip, from the cache
+    assert [r["status"] for r in rows] == ["cached"] and emu.stats("fal")["submits"] == 2

@@ -267,7 +267,7 @@ class Take:
                     done = await t.finish(hit.path, ShotStatus.CACHED, sha256=hit.sha256)
                     if isinstance(done, ShotResult):
                         return done
-                    return None  # the cached clip fails the checks: new tries are made
+                    # the cached clip fails the checks: the next option's, else new tries
             vendor_before = vendor_before or not placeholder
         return None
 

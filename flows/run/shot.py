@@ -580,7 +580,6 @@ class Try:
         ctx.event(shot, "conformed" if status == ShotStatus.DONE else "cached", self.opt.label)
         return ShotResult(shot.shot_id, status, conformed=conformed, option=self.opt.label)
 
-
     def audio_asked(self) -> bool:
         """Whether the request asks the vendor for audio (the price's audio switch is on)."""
         info = self.opt.info

@@ -25,6 +25,7 @@ from typing import Literal
 
 import ffmpeg as ffmpeg_python
 
+from flows.media.checks import Measures, audio_detectors, parse_measures, read_measures, video_detectors
 from flows.media.ffmpeg_exec import ffmpeg_exe, run_ffmpeg
 from flows.media.probe import VideoInfo, probe
 from providers.errors import MediaError, StoryreelError
@@ -165,6 +166,10 @@ def _argv_template(fmt: OutputFormat, frames: int, reading: Reading) -> tuple[st
                 colorspace="bt709")
         .filter("setsar", "1")
     )
+    # the clip checks' detectors, in the same decode: after the scale (fewer pixels than a
+    # 1080p source), before the bars and the held last frame (never counted)
+    for name, opts in video_detectors():
+        v = v.filter(name, **opts)
     if fmt.fit == "pad":
         v = v.filter("pad", fmt.width, fmt.height, "(ow-iw)/2", "(oh-ih)/2", color="black")
     else:
@@ -176,8 +181,10 @@ def _argv_template(fmt: OutputFormat, frames: int, reading: Reading) -> tuple[st
             inp.audio.filter("aresample", SAMPLE_RATE)
             .filter("aformat", sample_fmts="s16", channel_layouts="stereo")
             .filter("asetpts", "PTS-STARTPTS")
-            .filter("apad")
         )
+        for name, opts in audio_detectors():
+            a = a.filter(name, **opts)
+        a = a.filter("apad")
     else:
         a = ffmpeg_python.input(f"anullsrc=r={SAMPLE_RATE}:cl=stereo", f="lavfi").audio
     a = a.filter("atrim", end_sample=fmt.samples(frames))
@@ -243,17 +250,51 @@ async def conform(src: Path, dest: Path, fmt: OutputFormat, duration: float,
     is copied instead of encoded again (an edited storyboard re-conforms only what changed).
     `source`: the caller's probe of `src` (a just-verified download), to not open it again;
     `sha256`: the caller's hash of its bytes (the clip cache has one), to not read it again."""
+    info, _ = await conform_measured(src, dest, fmt, duration, cache_dir, source, sha256)
+    return info
+
+
+def _measures_path(cached: Path) -> Path:
+    return cached.with_suffix(".checks.json")
+
+
+async def conform_measured(src: Path, dest: Path, fmt: OutputFormat, duration: float,
+                           cache_dir: Path | None = None, source: VideoInfo | None = None,
+                           sha256: str | None = None) -> tuple[VideoInfo, Measures]:
+    """`conform`, and what the clip checks' detectors saw in the same decode (no second
+    pass over the source). A cached intermediate keeps its measures beside it; one without
+    them (made before the checks) is made again."""
     src, dest = Path(src), Path(dest)
     source = source if source is not None else probe(src)
     frames = fmt.frames(duration)
     reading = reading_of(source)
     cached = await asyncio.to_thread(_cache_path, cache_dir, src, fmt, frames, reading,
                                      sha256) if cache_dir else None
-    return await make_intermediate(
-        dest, fmt, frames,
-        lambda tmp: run_ffmpeg(
-            lambda threads: conform_argv(src, tmp, fmt, frames, reading, threads)),
-        cached)
+    known = read_measures(_measures_path(cached)) if cached is not None else None
+    if cached is not None and known is None:
+        cached.unlink(missing_ok=True)
+    # the detectors see the source up to the kept frames (the rest is the held last frame)
+    span = min(frames / fmt.fps, source.duration) if source.duration > 0 else frames / fmt.fps
+    made: list[Measures] = []
+
+    async def make(tmp: Path) -> None:
+        log = await run_ffmpeg(
+            lambda threads: conform_argv(src, tmp, fmt, frames, reading, threads),
+            loglevel="info")
+        made.append(parse_measures(log, span_s=span, fps=fmt.fps, has_audio=reading.has_audio))
+
+    info = await make_intermediate(dest, fmt, frames, make, cached)
+    if not made:  # the cached intermediate was used
+        assert known is not None
+        return info, known
+    if cached is not None and cached.exists():
+        try:
+            tmp = temp_name(_measures_path(cached))
+            tmp.write_text(json.dumps(made[0].to_json()), encoding="utf-8")
+            os.replace(tmp, _measures_path(cached))
+        except OSError:
+            pass  # without its measures the entry is made again next time
+    return info, made[0]
 
 
 async def make_intermediate(dest: Path, fmt: OutputFormat, frames: int,

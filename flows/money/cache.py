@@ -189,6 +189,17 @@ class ClipCache:
         return entry
 
 
+    def forget(self, key: str, sha256: str) -> None:
+        """Drop the entry for `key` if it still names the clip with this digest (a clip found
+        unusable after it was cached); the clip file stays until the cache is pruned."""
+        meta_path = self._dir(key) / f"{key}.json"
+        try:
+            if json.loads(meta_path.read_text(encoding="utf-8")).get("sha256") == sha256:
+                meta_path.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def _temp_name(folder: Path, name: str) -> Path:
     """A fresh unused name in `folder` (same filesystem, so os.replace is atomic)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)

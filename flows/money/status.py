@@ -71,7 +71,9 @@ class Verdict(StrEnum):
     INVALID_REQUEST = "invalid_request"
     AUTH = "auth"
     INSUFFICIENT_CREDIT = "insufficient_credit"
+    CHECK = "check"  # the clip came back but failed a clip check (black, frozen, silent)
 
 
-# the same request to the same vendor would fail the same way: no retry on that option
-FINAL = frozenset(Verdict)
+# the same request to the same vendor would fail the same way: no retry on that option. A
+# failed clip check is not: another job of the same request makes another clip.
+FINAL = frozenset(Verdict) - {Verdict.CHECK}

@@ -47,6 +47,9 @@ class TakeView:
     video: str | None = None  # relative to the run folder
     poster: str | None = None
     in_cut: tuple[float, float] | None = None  # played from the cut: its start, end (s)
+    # clips that came back and were refused by a clip check: journal row id -> link to the
+    # download (relative to the run folder)
+    refused: dict[int, str] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -149,11 +152,25 @@ async def write_review_page(run_dir: Path, plan: dict[str, Any], attempts: list[
             if in_cut and final is not None and name in placed and t.clip is not None:
                 t.in_cut = in_cut[str(t.clip.resolve())]
                 t.video = f"{_rel(final, run_dir)}#t={t.in_cut[0]:g},{t.in_cut[1]:g}"
+            t.refused = refused_clips(t.rows, run_dir)
     cut_video, cut_poster = made.get("final", (None, None))
     text = render_page(plan, views, spent_usd=spent_usd, cap_usd=cap_usd,
                        final=_rel(cut_video, run_dir), final_poster=_rel(cut_poster, run_dir),
                        reserved_usd=reserved_usd, running=running, money=totals_of(attempts))
     return write_text_atomic(run_dir / PAGE, text)
+
+
+def refused_clips(rows: list[Attempt], run_dir: Path) -> dict[int, str]:
+    """The downloads a take's attempts refused (a failed row that still names its clip: the
+    clip came back, was paid, and failed a clip check), linked as they are: no preview is
+    made for them."""
+    out = {}
+    for a in rows:
+        if a.status == "failed" and a.clip_path and Path(a.clip_path).is_file():
+            link = _rel(Path(a.clip_path), run_dir)
+            if link is not None:
+                out[a.id] = link
+    return out
 
 
 class PageRefresher:
@@ -364,11 +381,15 @@ def _take(v: ShotView, t: TakeView) -> str:
         flags.append('<span class="badge ok">selected</span>')
     if t.rejected:
         flags.append('<span class="badge bad">rejected</span>')
+    last = t.rows[-1] if t.rows else None
     if t.video:
         media = _video(t.video, t.poster, f"{v.shot_id} take {t.take}")
+    elif t.refused:  # no clip to cut in, but clips came back: show the last refused, and why
+        row = next(a for a in reversed(t.rows) if a.id in t.refused)
+        media = (_video(t.refused[row.id], None, f"{v.shot_id} take {t.take}, refused")
+                 + f'<p class="reason">refused: {e(row.failure_reason or "")}</p>')
     else:
         media = f'<div class="novideo">{e(t.status)}</div>'
-    last = t.rows[-1] if t.rows else None
     model = f"{last.provider}:{last.model}" if last else ""
     seed = f"seed {t.seed}" if t.seed is not None else "no seed"
     support = next((o.get("seed") for o in v.options if last is not None
@@ -386,11 +407,13 @@ def _take(v: ShotView, t: TakeView) -> str:
     out.append('<table class="attempts"><tr><th>#</th><th>option</th><th>status</th>'
                '<th>est.</th><th>actual</th><th>reason</th></tr>')
     for a in t.rows:
-        reason = a.failure_reason or ""
+        reason = e(a.failure_reason or "")
+        if a.id in t.refused:
+            reason += f' <a class="refused" href="{e(t.refused[a.id])}">watch the refused clip</a>'
         out.append(f'<tr><td>{a.attempt}</td><td>{e(a.provider)}:{e(a.model)}</td>'
                    f'<td class="st st-{e(a.status)}">{e(a.status)}</td>'
                    f'<td>{usd(a.estimated_usd)}</td><td>{usd(booked(a))}</td>'
-                   f'<td class="reason">{e(reason)}</td></tr>')
+                   f'<td class="reason">{reason}</td></tr>')
     out.append("</table></figure>")
     return "".join(out)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flows.media.conform import conform
+from flows.media.conform import conform_measured
 from flows.media.probe import VideoInfo, verify_clip
 from flows.money.cache import ClipCache
 from flows.money.journal import Attempt, Journal
@@ -70,6 +70,11 @@ class Failed:
     @classmethod
     def budget(cls, why: str) -> Failed:
         return cls(f"budget: {why}", Verdict.BUDGET)
+
+    @classmethod
+    def check(cls, why: str) -> Failed:
+        """The clip came back (and was paid) but failed a clip check: another job may do."""
+        return cls(f"check: {why}", Verdict.CHECK)
 
     @classmethod
     def of_row(cls, a: Attempt) -> Failed:
@@ -259,7 +264,10 @@ class Take:
                     ctx.log(f"{shot.shot_id}: reused cached clip from {opt.label} (job "
                             f"{hit.job_id})")
                     ctx.event(shot, "cached", opt.label)
-                    return await t.finish(hit.path, ShotStatus.CACHED)
+                    done = await t.finish(hit.path, ShotStatus.CACHED, sha256=hit.sha256)
+                    if isinstance(done, ShotResult):
+                        return done
+                    # the cached clip fails the checks: the next option's, else new tries
             vendor_before = vendor_before or not placeholder
         return None
 
@@ -552,20 +560,45 @@ class Try:
         return failed
 
     async def finish(self, raw: Path, status: ShotStatus, source: VideoInfo | None = None,
-                     sha256: str | None = None) -> ShotResult:
-        """Conform the clip for the cut."""
+                     sha256: str | None = None) -> Outcome:
+        """Conform the clip for the cut, and check it in the same decode (flows/media/checks.py):
+        a clip that fails is not cut in."""
         ctx, shot = self.ctx, self.shot
         assert self.row is not None
         conformed = _conformed(ctx, shot)
         conformed.parent.mkdir(parents=True, exist_ok=True)
         # conformed clips are cached next to the raw ones: a re-run re-encodes only what changed
         cache_dir = ctx.cache.root / "conformed" if ctx.cache is not None else None
-        await conform(raw, conformed, ctx.fmt, shot.duration, cache_dir=cache_dir, source=source,
-                      sha256=sha256)
+        _, measures = await conform_measured(raw, conformed, ctx.fmt, shot.duration,
+                                             cache_dir=cache_dir, source=source, sha256=sha256)
+        problem = shot.checks.failure(measures, audio_asked=self.audio_asked())
+        if problem is not None:
+            conformed.unlink(missing_ok=True)
+            return self.refused(problem, status, sha256)
         ctx.journal.status(self.row, Status.DONE if status == ShotStatus.DONE else Status.CACHED,
                            conformed_path=str(conformed))
         ctx.event(shot, "conformed" if status == ShotStatus.DONE else "cached", self.opt.label)
         return ShotResult(shot.shot_id, status, conformed=conformed, option=self.opt.label)
+
+    def audio_asked(self) -> bool:
+        """Whether the request asks the vendor for audio (the price's audio switch is on)."""
+        info = self.opt.info
+        return info.price.audio_on({**info.params, **self.shot.params})
+
+    def refused(self, problem: str, status: ShotStatus, sha256: str | None) -> Failed:
+        """The clip failed a check: the attempt stays booked at what it cost, with the reason;
+        a clip reused from the cache (nothing paid) is skipped instead, so it takes none of the
+        shot's retries. The clip leaves the cache either way: a new job's clip replaces it."""
+        ctx, shot, opt = self.ctx, self.shot, self.opt
+        assert self.row is not None
+        failed = Failed.check(problem)
+        if ctx.cache is not None and sha256:
+            ctx.cache.forget(self.key, sha256)
+        row_status = Status.SKIPPED if status == ShotStatus.CACHED else Status.FAILED
+        ctx.journal.status(self.row, row_status, failure_reason=failed.reason)
+        ctx.log(f"{shot.shot_id}: the clip from {opt.label} fails its checks: {problem}")
+        ctx.event(shot, "failed", failed.reason)
+        return failed
 
 
 async def submit_first(ctx: RunContext, shot: ShotPlan) -> list[str] | None:

@@ -15,7 +15,7 @@ it with no edit here: sha256 of the canonical JSON of
   retries and never what is on screen: MONEY_FIELDS at the top level (budget, limits, keys,
   pricing, vars: variables act through the text they fill, which is in; tags: who the
   run was for) and RETRY_FIELDS in
-  `defaults` and each shot (fallback, retries). Everything else is in it generically: the
+  `defaults` and each shot (fallback, retries, checks). Everything else is in it generically: the
   whole `output` section, any other top-level section (`audio`, ...), every shot's other
   fields (duration, transition, caption, title_card, ...). Prompts and models are in it too;
   changing them changes a clip, so the cut is rebuilt anyway;
@@ -48,7 +48,7 @@ from flows.storyboard.plan import Option, Plan, ShotPlan
 CUT_KEY_VERSION = 1
 CONFORM_TAG_VERSION = 1  # bump when conform's output changes for the same format and frames
 MONEY_FIELDS = frozenset({"budget", "limits", "keys", "pricing", "vars", "tags"})
-RETRY_FIELDS = frozenset({"fallback", "retries"})
+RETRY_FIELDS = frozenset({"fallback", "retries", "checks"})  # checks: which take, not its look
 RECORD = "cut.json"
 REVIEW = "review.yaml"
 DONE = ("done", "cached")

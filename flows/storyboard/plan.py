@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from flows.media.checks import Thresholds, thresholds
 from flows.storyboard.chains import chain_lines
 from flows.storyboard.files import reference_image
 from flows.storyboard.finishing import FinishPlan, plan_finishing
@@ -76,6 +77,7 @@ class ShotPlan:
     characters: tuple[str, ...] = ()  # their descriptions are already in `prompt`
     references: tuple[ImageInput, ...] = ()  # the characters' images
     references_sha256: tuple[str, ...] = ()
+    checks: Thresholds = Thresholds()  # what a clip must pass before the cut
 
     @property
     def primary(self) -> Option:
@@ -311,6 +313,7 @@ def build_plan(board: Storyboard, source: str | Path, today: dt.date | None = No
             on_parent_failed=shot.on_parent_failed or d.on_parent_failed,
             characters=tuple(shot.characters),
             references=tuple(r[0] for r in refs), references_sha256=tuple(r[1] for r in refs),
+            checks=thresholds(d.checks, shot.checks),
         ))
     _check_uploads(board, shots, issues)
     finishing = plan_finishing(board, source, issues)

@@ -6,7 +6,9 @@ import re
 import zoneinfo
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from flows.media.checks import DEFAULT_BLACK, DEFAULT_FROZEN, DEFAULT_SILENT
 
 SHOT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SIZE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
@@ -22,6 +24,7 @@ LOUDNESS_PRESETS = {"youtube": -14.0, "social": -14.0, "broadcast": -23.0}
 MAX_TAKES = 8
 # a seed any vendor's JSON can carry (64 bits; -1 is some vendors' "random")
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+CHECK_DEFAULTS = {"black": DEFAULT_BLACK, "frozen": DEFAULT_FROZEN, "silent": DEFAULT_SILENT}
 
 
 class _Strict(BaseModel):
@@ -215,6 +218,44 @@ class Audio(_Strict):
         return v
 
 
+def _threshold(v: object, default: float) -> float | None:
+    if v is False or v is None:
+        return None
+    if v is True:
+        return default
+    if isinstance(v, int | float) and 0 < v <= 1:
+        return float(v)
+    raise ValueError(f"{v!r} is not accepted: use the share of the clip that fails it, above 0 "
+                     f"and up to 1 (e.g. {default:g}), true for {default:g}, or false to turn "
+                     "this check off")
+
+
+class ClipChecks(_Strict):
+    """Checks every clip passes before the cut (flows/media/checks.py): the share of the clip
+    that fails it, or false to turn a check off. `checks: false` turns them all off."""
+
+    black: float | None = Field(CHECK_DEFAULTS["black"], description="share of the clip's "
+                                "frames that are black (0.98: 98%)")
+    frozen: float | None = Field(CHECK_DEFAULTS["frozen"], description="share of the clip "
+                                 "during which the picture does not move (1: all of it)")
+    silent: float | None = Field(CHECK_DEFAULTS["silent"], description="share of the clip "
+                                 "that is silent, where audio was asked of the vendor")
+
+    @field_validator("black", "frozen", "silent", mode="before")
+    @classmethod
+    def _threshold(cls, v: object, info: ValidationInfo) -> float | None:
+        return _threshold(v, CHECK_DEFAULTS[str(info.field_name)])
+
+
+def _checks(v: object) -> object:
+    """`checks: false` -> every check off; `checks: true` -> every check at its default."""
+    if v is False:
+        return {name: False for name in CHECK_DEFAULTS}
+    if v is True:
+        return dict(CHECK_DEFAULTS)
+    return v
+
+
 class Defaults(_Strict):
     provider: str = "local"
     model: str | None = Field(None, description="catalog model key; the provider's default if unset")
@@ -232,6 +273,13 @@ class Defaults(_Strict):
     on_parent_failed: Literal["text", "skip"] = Field(
         "text", description="a start_from shot whose parent has no clip: render it from its "
         "prompt alone (text), or leave a slate (skip)")
+    checks: ClipChecks = Field(default_factory=ClipChecks, description="clip checks before "
+                               "the cut; false turns them off")
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _checks(cls, v: object) -> object:
+        return _checks(v)
 
 
 class Shot(_Strict):
@@ -256,6 +304,8 @@ class Shot(_Strict):
         None, description="when the start_from shot has no clip (default: defaults.on_parent_failed)")
     characters: list[str] = Field(default_factory=list, max_length=8,
                                   description="names from the top-level characters: in this shot")
+    checks: ClipChecks | None = Field(None, description="the checks set here override "
+                                      "defaults.checks; false turns them off for this shot")
 
     @field_validator("id")
     @classmethod
@@ -264,6 +314,11 @@ class Shot(_Strict):
             raise ValueError(f"'{v}' is not a safe file name: use 1-64 letters, digits, '.', '_' "
                              "or '-', starting with a letter or digit")
         return v
+
+    @field_validator("checks", mode="before")
+    @classmethod
+    def _checks(cls, v: object) -> object:
+        return _checks(v)
 
     @field_validator("prompt")
     @classmethod

@@ -356,7 +356,9 @@ class Emulator:
         outcome = fault.kind if fault else "success"
         # takes a cancel request (fal: 202 CANCELLATION_REQUESTED) but runs on and bills
         deaf = fault is not None and fault.kind == "ignore_cancel"
-        if deaf:
+        picture = fault.kind if fault is not None and fault.kind in faultlib.PICTURE_KINDS \
+            else None
+        if deaf or picture:
             outcome = "success"
         bad = fault if fault is not None and fault.kind in hostile.JOB_KINDS else None
         if bad is not None:  # a hostile answer about a job that itself succeeds
@@ -380,6 +382,8 @@ class Emulator:
                 hostile.apply_job_fault(job, bad.kind, bad.params)
             if deaf:
                 job.data["ignore_cancel"] = True
+            if picture:
+                job.data["picture"] = picture
             self._jobs[(vendor, job.id)] = job
             self._by_token[job.token] = job
             self._active[vendor].add(job)

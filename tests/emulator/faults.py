@@ -30,6 +30,10 @@ STAGE_KINDS["result"] = STAGE_KINDS["result"] | {"patch"}
 # a job that takes a cancel request and runs on (and bills) all the same
 STAGE_KINDS["job"] = STAGE_KINDS["job"] | {"ignore_cancel"}
 STAGE_KINDS["download"] = STAGE_KINDS["download"] | {"redirect", "gzip"}
+# a job that succeeds (and bills) with a bad picture: all black (a moderation blank, a
+# failed decode upstream) or one frame held for the whole clip
+PICTURE_KINDS = {"black", "frozen"}
+STAGE_KINDS["job"] = STAGE_KINDS["job"] | PICTURE_KINDS
 HTTP_STATUSES = {400, 401, 402, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504}
 DEFAULT_MESSAGES = {
     400: "Bad request",

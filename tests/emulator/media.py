@@ -59,12 +59,20 @@ def look_of(serial: int) -> int:
     return 1 + (serial - 1) % LOOKS
 
 
-def clip_bytes(duration: float, width: int, height: int, fps: int = 24, look: int = 0) -> bytes:
+PICTURES = ("", "black", "frozen")
+
+
+def clip_bytes(duration: float, width: int, height: int, fps: int = 24, look: int = 0,
+               picture: str = "") -> bytes:
     """A real MP4 of `duration` seconds at width x height (made even); cached on disk and in memory.
-    `look` > 0 turns the test pattern's hue by look x 60 degrees: same size, another picture."""
+    `look` > 0 turns the test pattern's hue by look x 60 degrees: same size, another picture.
+    `picture`: "black" (every frame black, the sound kept) or "frozen" (the test pattern's
+    first frame held throughout) for the `black`/`frozen` job faults; "" the moving pattern."""
+    if picture not in PICTURES:
+        raise ValueError(f"unknown picture {picture!r} (known: {PICTURES})")
     duration = max(round(float(duration), 3), 1.0 / fps)
     width, height = even(width), even(height)
-    key = (duration, width, height, int(fps), int(look))
+    key = (duration, width, height, int(fps), int(look), picture)
     cached = _memory.get(key)
     if cached is not None:
         return cached
@@ -74,10 +82,11 @@ def clip_bytes(duration: float, width: int, height: int, fps: int = 24, look: in
         cached = _memory.get(key)
         if cached is not None:
             return cached
-        name = f"clip-{duration:g}s-{width}x{height}-{fps}fps" + (f"-look{look}" if look else "")
+        name = f"clip-{duration:g}s-{width}x{height}-{fps}fps" + (f"-look{look}" if look else "") \
+            + (f"-{picture}" if picture else "")
         path = cache_dir() / f"{name}.mp4"
         if not path.exists():
-            _render(path, duration, width, height, fps, look)
+            _render(path, duration, width, height, fps, look, picture)
         data = path.read_bytes()
         with _guard:
             if len(_memory) >= _MEMORY_LIMIT:
@@ -86,14 +95,21 @@ def clip_bytes(duration: float, width: int, height: int, fps: int = 24, look: in
         return data
 
 
-def _render(path: Path, duration: float, width: int, height: int, fps: int, look: int = 0) -> None:
+def _render(path: Path, duration: float, width: int, height: int, fps: int, look: int = 0,
+            picture: str = "") -> None:
     # unique temp name + atomic rename: safe across processes (pytest-xdist, a standalone server)
     fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent)
     os.close(fd)
+    size = f"size={width}x{height}:rate={fps}:duration={duration}"
+    if picture == "black":
+        video = f"color=c=black:{size}"
+    elif picture == "frozen":  # the first frame, cloned to the end
+        video = f"testsrc2={size},trim=end_frame=1,tpad=stop=-1:stop_mode=clone,trim=duration={duration}"
+    else:
+        video = f"testsrc2={size}" + (f",hue=h={60 * look}:s=2" if look else "")
     cmd = [
         ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}:duration={duration}"
-        + (f",hue=h={60 * look}:s=2" if look else ""),
+        "-f", "lavfi", "-i", video,
         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100:duration={duration}",
         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
         "-c:a", "aac", "-b:a", "64k", "-shortest", "-movflags", "+faststart", tmp,

@@ -92,7 +92,8 @@ def _media_endpoint(emu: Emulator) -> Any:
         width, height = emu.media_dims(job)
         # ffmpeg runs in a worker thread so other requests keep being answered meanwhile
         look = media.look_of(job.serial) if emu.distinct_clips else 0
-        data = await asyncio.to_thread(media.clip_bytes, job.duration, width, height, 24, look)
+        data = await asyncio.to_thread(media.clip_bytes, job.duration, width, height, 24, look,
+                                       job.data.get("picture", ""))
         if kind == "truncate":
             return faultlib.TruncatedBody(data)
         if kind == "gzip":

@@ -238,12 +238,13 @@ def _reports(plan: Plan, run_dir: Path, journal: Journal
     # imported here, not at the top: flows.money.report imports pandas (~0.5 s), which would delay
     # the first vendor submit of every run for a report written only at the end
     from flows.money.report import rows_from_journal, summarize, write_cost_csv
+    from flows.money.report_text import table_text
     from flows.money.spend import totals
 
     rows = redact_data(rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots},
                                          tags=plan.storyboard.tags))
     cost_csv = write_cost_csv(rows, run_dir / "cost.csv")
-    return rows, cost_csv, summarize(rows, plan.cap_usd).to_string(), totals(rows)
+    return rows, cost_csv, table_text(summarize(rows, plan.cap_usd)), totals(rows)
 
 
 def warm_imports() -> None:

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import re
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from flows.run.finish import finish_cut, output_format, slate
 from flows.run.redaction import redact_data
 from flows.run.shot import RunContext, ShotResult
 from flows.storyboard.keys import require_keys
-from flows.storyboard.plan import Plan, plan_file
+from flows.storyboard.plan import Plan, make_plan  # noqa: F401  (callers import it from here)
 from providers.errors import BudgetError, MediaError, StoryreelError, redact
 
 
@@ -43,12 +42,6 @@ class RunOptions:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "storyboard"
-
-
-def make_plan(spec: str | Path, variables: Mapping[str, Any] | None = None,
-              budget: float | None = None) -> Plan:
-    """Load, apply overrides, and plan (raises SpecError with every problem's place)."""
-    return plan_file(spec, dict(variables or {}), budget)
 
 
 def preflight(plan: Plan) -> None:

@@ -16,7 +16,7 @@ from flows.files.atomic import write_text_atomic
 from flows.files.folder import stored
 from flows.media.ffmpeg_exec import ffmpeg_exe
 from flows.money.cache import ClipCache, default_cache_dir
-from flows.money.journal import Journal
+from flows.money.journal import Journal, JournalBase
 from flows.money.ledger import Ledger
 from flows.money.status import AT_VENDOR, GOOD, Status
 from flows.money.window import SpendWindow
@@ -84,9 +84,11 @@ def run_dir_for(plan: Plan, out: Path | None) -> Path:
             continue
 
 
-def open_journal(run_dir: Path) -> Journal:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return Journal(run_dir / "journal.sqlite")
+def open_journal(run_dir: Path) -> JournalBase:
+    """The folder's journal.sqlite, or the run's rows in STORYREEL_DB_URL (flows/run/journals.py)."""
+    from flows.run.journals import open_journal as _open
+
+    return _open(run_dir)
 
 
 def ledger_for(plan: Plan, journal: Journal) -> Ledger:

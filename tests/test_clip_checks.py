@@ -314,3 +314,23 @@ async def test_a_cached_clip_that_fails_the_checks_is_not_reused(shot_run, emu_e
     assert Decimal(rows[0]["actual_usd"]) == 0
     result, rows = await shot_run(spec, tmp_path / "third")  # the good clip, from the cache
     assert [r["status"] for r in rows] == ["cached"] and emu.stats("fal")["submits"] == 2
+
+
+def test_plan_shows_the_checks_and_the_shots_that_differ(tmp_path, capsys):
+    from flows.cli.commands import dispatch
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("""title: t
+defaults: {provider: local, duration: 1, checks: {black: 0.9}}
+shots:
+  - {id: a, prompt: x}
+  - {id: b, prompt: y, checks: {frozen: false}}
+  - {id: c, prompt: z, checks: false}
+  - {id: d, prompt: w}
+""")
+    assert dispatch(["plan", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "clip checks before the cut: black 90%, frozen 100%, silent 100%" in out
+    assert "  b: black 90%, frozen off, silent 100%" in out
+    assert "  c: off" in out
+    assert "  a: " not in out and "  d: " not in out

@@ -60,6 +60,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_lines(plan: Any) -> list[str]:
+    """The clip checks (flows/media/checks.py): the shared thresholds, then each shot that
+    differs."""
+    from collections import Counter
+
+    from flows.media.checks import describe
+
+    said = Counter(describe(s.checks) for s in plan.shots)
+    usual = said.most_common(1)[0][0]
+    lines = [f"clip checks before the cut: {usual} (checks:)"]
+    lines += [f"  {s.shot_id}: {d}" for s in plan.shots if (d := describe(s.checks)) != usual]
+    return lines
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from flows.run.session import make_plan
     from flows.storyboard.keys import missing_keys
@@ -93,6 +107,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from flows.storyboard.chains import continuity_lines
 
         for line in continuity_lines(plan):  # start_from chains and characters
+            print(line)
+        for line in _check_lines(plan):
             print(line)
         if plan.price_note:
             print(plan.price_note)

@@ -187,6 +187,15 @@ class Thresholds:
 NONE = Thresholds(None, None, None)
 
 
+def describe(t: Thresholds) -> str:
+    """`black 98%, frozen 100%, silent 100% of the clip (...)`, or `off`."""
+    if t.off:
+        return "off"
+    parts = [f"{name} {v:.0%}" if v is not None else f"{name} off"
+             for name, v in (("black", t.black), ("frozen", t.frozen), ("silent", t.silent))]
+    return ", ".join(parts) + " of the clip (silent: where audio is asked)"
+
+
 def thresholds(defaults: Any, shot: Any) -> Thresholds:
     """The checks of one shot: the storyboard's `defaults.checks` (a spec ClipChecks), with
     the fields the shot's own `checks:` sets over them."""

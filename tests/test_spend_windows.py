@@ -1,5 +1,5 @@
 """Spend windows shared by every run (flows/money/window.py), with real parts: SQLite files
-shared by processes, a throw-away PostgreSQL cluster (tests/pg.py), the real CLI in eight
+shared by processes, a throw-away PostgreSQL cluster (tests/pg.py), the real CLI in six
 concurrent processes against the vendor emulator, SIGKILL mid-flight.
 
 What a window promises, and what is checked here:
@@ -326,9 +326,11 @@ def test_plan_shows_the_window_and_refuses_what_does_not_fit(
     store.close()
 
 
-# -- real runs: eight CLI processes sharing one daily window -----------------------------------
+# -- real runs: six CLI processes sharing one daily window -----------------------------------
 
-RUNS = 8
+# six runs of 3 shots at $0.35 ask $6.30 of a $2.00 window: contended. (Eight were measured
+# at ~25% more suite time for the same checks: each run is a Python process importing Prefect.)
+RUNS = 6
 SHOTS = 3
 LIMIT = D("2.00")
 
@@ -352,12 +354,12 @@ def cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[byt
 
 
 @pytest.mark.e2e
-def test_eight_concurrent_runs_never_pass_a_shared_daily_window(
+def test_concurrent_runs_never_pass_a_shared_daily_window(
         ledger_url: str, emu_env: Any, prefect_api: str, tmp_path: Path) -> None:
     emu = emu_env
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    emu.configure(latency=1.0, jitter=1.5)
+    emu.configure(latency=0.6, jitter=1.0)
     # random vendor trouble: failed jobs (fal does not charge them), 5xx on submit and polls,
     # and one submit whose answer is lost (unconfirmed: it may be, and here is, charged)
     emu.inject("fal", "job", "fail", times=rng.randint(2, 4))

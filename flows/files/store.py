@@ -232,7 +232,8 @@ class RunStore:
             local.add(rel)
             st = path.stat()
             rec, obj = sync.get(rel), remote.get(rel)
-            if rec and obj and rec.get("etag") == obj["etag"] and \
+            # (not the journal: in WAL mode its main file's stat misses what is in the WAL)
+            if rec and obj and rec.get("etag") == obj["etag"] and rel != JOURNAL and \
                     (rec.get("size"), rec.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
                 done.unchanged += 1  # the fast path: nothing hashed, nothing asked
                 continue
@@ -240,7 +241,7 @@ class RunStore:
         gone = [rel for rel in sync if rel not in local and rel in remote
                 and sync[rel].get("etag") == remote[rel]["etag"]]
         with ThreadPoolExecutor(WORKERS) as pool:
-            for rel, rec, put in pool.map(lambda t: self._put_if_changed(*t, remote), todo):
+            for rel, rec, put in pool.map(lambda t: self._put_if_changed(*t, remote, sync), todo):
                 sync[rel] = rec
                 if put:
                     done.put.append(rel)
@@ -254,16 +255,21 @@ class RunStore:
         _write_sync(folder, sync)
         return done
 
-    def _put_if_changed(self, rel: str, path: Path, remote: dict[str, dict[str, Any]]
-                        ) -> tuple[str, dict[str, Any], bool]:
-        with _upload_source(path, rel == JOURNAL) as (src, st_mtime):
+    def _put_if_changed(self, rel: str, path: Path, remote: dict[str, dict[str, Any]],
+                        sync: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any], bool]:
+        journal = rel == JOURNAL
+        with _upload_source(path, journal) as (src, st_mtime):
             st = path.stat()
-            digest = file_sha256(src)
+            # a journal's bytes change when SQLite merely reopens it: it is compared by its rows
+            digest = _rows_sha256(src) if journal else file_sha256(src)
             size = src.stat().st_size
-            mtime = None if rel == JOURNAL else st_mtime  # a journal's mtime says nothing
+            mtime = None if journal else st_mtime  # a journal's mtime says nothing
             rec = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-            obj = remote.get(rel)
-            if obj is not None and obj["size"] == size:
+            obj, old = remote.get(rel), sync.get(rel) or {}
+            if journal and obj is not None and old.get("etag") == obj["etag"] \
+                    and old.get("sha256") == digest:
+                return rel, {**rec, "etag": obj["etag"]}, False
+            if obj is not None and (journal or obj["size"] == size):
                 with self._errors("reading"):
                     meta = self.client().head_object(Bucket=self.bucket,
                                                      Key=self.key(rel)).get("Metadata") or {}
@@ -392,6 +398,18 @@ def _upload_source(path: Path, journal: bool) -> Iterator[tuple[Path, int]]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def _rows_sha256(db: Path) -> str:
+    """sha256 of a SQLite file's schema and rows (its SQL dump), not of its pages."""
+    h = hashlib.sha256()
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        for line in con.iterdump():
+            h.update(line.encode("utf-8", "surrogatepass") + b"\n")
+    finally:
+        con.close()
+    return h.hexdigest()
 
 
 def _int(text: object) -> int | None:

@@ -148,3 +148,52 @@ async def test_cache_url_lets_another_machine_reuse_a_paid_clip(
     assert sum(float(r["actual_usd"] or 0) for r in runs[1]) == 0
     shared = [k for k in objects(s3, "clip-cache") if k.endswith(".json")]
     assert len(shared) == 1
+
+
+def test_a_run_killed_mid_way_is_finished_on_another_machine_without_paying_twice(
+        emu_env, s3, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL while the vendor still has the job: the store holds the journal's checkpoint,
+    so the other machine polls that job instead of submitting the shot again."""
+    import os
+    import signal
+    import sys
+
+    from flows.money.status import AT_VENDOR
+
+    emu_env.configure(latency=120)  # the job outlives the first machine
+    url = f"s3://{BUCKET}/runs/killed"
+    monkeypatch.setenv("STORYREEL_ALLOWED_STORES", f"s3://{BUCKET}/runs")
+    monkeypatch.setenv("STORYREEL_STORE_CHECKPOINT_S", "1")
+    board = write_board(tmp_path / "specs", SHOTS[:1], budget={"max_usd": 5})
+    machine(monkeypatch, tmp_path / "a")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(board), "--out", url],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    seen = tmp_path / "seen.sqlite"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no journal checkpoint with the job at the vendor"
+            if "journal.sqlite" in objects(s3, "runs/killed"):
+                s3.download_file(BUCKET, "runs/killed/journal.sqlite", str(seen))
+                with Journal(seen) as j:
+                    if any(a.status in AT_VENDOR and a.job_id for a in j.attempts()):
+                        break
+            time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert emu_env.stats("fal")["submits"] == 1
+    emu_env.advance(300)  # the vendor finishes the job meanwhile
+
+    machine(monkeypatch, tmp_path / "b")
+    assert main(["run", str(board), "--out", url]) == 0
+    assert emu_env.stats("fal")["submits"] == 1  # polled, not submitted again
+    got = tmp_path / "got"
+    got.mkdir()
+    s3.download_file(BUCKET, "runs/killed/cost.csv", str(got / "cost.csv"))
+    [row] = [r for r in cost_rows(got) if r["provider"] == "fal"]
+    assert row["status"] == "done" and float(row["actual_usd"]) == pytest.approx(
+        emu_env.stats("fal")["charged_usd"])

@@ -42,7 +42,8 @@ import os
 import re
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -61,6 +62,16 @@ SINGLE_PUT_BYTES = 256 * 1024 * 1024  # above this, a multipart upload
 WORKERS = 8  # requests in flight (each one thread: boto3 is blocking)
 META_SHA = "sha256"
 META_MTIME = "mtime-ns"
+
+
+_LOCKS: dict[Path, threading.Lock] = {}  # one sync at a time per folder (its record is
+_LOCKS_GUARD = threading.Lock()  # read, changed and written back: the journal's checkpoints
+# run beside the finish's publish)
+
+
+def _sync_lock(folder: Path) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(Path(folder).resolve(), threading.Lock())
 
 
 def is_store_url(out: object) -> bool:
@@ -219,16 +230,22 @@ class RunStore:
 
     # -- publish --
 
-    def publish(self, folder: Path) -> Synced:
+    def publish(self, folder: Path, only: str | None = None) -> Synced:
         """Put every file of `folder` whose content (or mtime) the store lacks; delete the
-        objects this folder put whose file is gone. One LIST when nothing changed."""
-        folder = Path(folder)
+        objects this folder put whose file is gone. One LIST when nothing changed. `only`: that
+        one file (the journal's checkpoints during a run), with a HEAD instead of a LIST."""
+        with _sync_lock(folder):
+            return self._publish(Path(folder), only)
+
+    def _publish(self, folder: Path, only: str | None) -> Synced:
         sync = _read_sync(folder)
-        remote = self.listing()
+        remote = self.listing() if only is None else self._head_one(only)
         done = Synced()
         todo: list[tuple[str, Path]] = []
         local: set[str] = set()
-        for rel, path in _publishable(folder):
+        files = _publishable(folder) if only is None else \
+            [(only, folder / only)] if (folder / only).is_file() else []
+        for rel, path in files:
             local.add(rel)
             st = path.stat()
             rec, obj = sync.get(rel), remote.get(rel)
@@ -238,8 +255,9 @@ class RunStore:
                 done.unchanged += 1  # the fast path: nothing hashed, nothing asked
                 continue
             todo.append((rel, path))
-        gone = [rel for rel in sync if rel not in local and rel in remote
-                and sync[rel].get("etag") == remote[rel]["etag"]]
+        gone = [] if only is not None else [
+            rel for rel in sync if rel not in local and rel in remote
+            and sync[rel].get("etag") == remote[rel]["etag"]]
         with ThreadPoolExecutor(WORKERS) as pool:
             for rel, rec, put in pool.map(lambda t: self._put_if_changed(*t, remote, sync), todo):
                 sync[rel] = rec
@@ -250,10 +268,24 @@ class RunStore:
             for rel in pool.map(self._delete, gone):
                 sync.pop(rel, None)
                 done.deleted.append(rel)
-        for rel in [r for r in sync if r not in local and r not in remote]:
+        for rel in [r for r in sync if r not in local and r not in remote and only is None]:
             sync.pop(rel)  # gone on both sides
         _write_sync(folder, sync)
         return done
+
+    def _head_one(self, rel: str) -> dict[str, dict[str, Any]]:
+        from botocore.exceptions import ClientError
+
+        from providers.upload_store import error_code
+
+        with self._errors("reading"):
+            try:
+                head = self.client().head_object(Bucket=self.bucket, Key=self.key(rel))
+            except ClientError as exc:
+                if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                    return {}
+                raise
+        return {rel: {"etag": head["ETag"], "size": head.get("ContentLength")}}
 
     def _put_if_changed(self, rel: str, path: Path, remote: dict[str, dict[str, Any]],
                         sync: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any], bool]:
@@ -308,6 +340,10 @@ class RunStore:
         has not changed is kept (this machine's own newer work)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        with _sync_lock(folder):
+            return self._pull(folder)
+
+    def _pull(self, folder: Path) -> Synced:
         sync = _read_sync(folder)
         remote = {rel: obj for rel, obj in self.listing().items() if _safe_rel(rel)}
         done = Synced()
@@ -455,6 +491,41 @@ def local_out(out: str | None) -> Path | None:
 async def pull_if_remote(folder: Path) -> Synced | None:
     url = remote_of(folder)
     return None if url is None else await asyncio.to_thread(RunStore(url).pull, folder)
+
+
+def checkpoint_every_s() -> float:
+    try:
+        return max(1.0, float(os.environ.get("STORYREEL_STORE_CHECKPOINT_S", "10")))
+    except ValueError:
+        return 10.0
+
+
+@contextlib.asynccontextmanager
+async def checkpoints(folder: Path) -> AsyncIterator[None]:
+    """While a run on a store works: its journal goes to the store at once and then every
+    STORYREEL_STORE_CHECKPOINT_S (default 10 s) when its rows changed, so a run that dies
+    before its finish is resumed elsewhere from the jobs it had at vendors (polled, not
+    submitted again), not from the last finished run. A failed checkpoint is retried at the
+    next one; the finish's publish is the one that must succeed."""
+    url = remote_of(folder)
+    if url is None:
+        yield
+        return
+    store = RunStore(url)
+
+    async def loop() -> None:
+        while True:
+            with contextlib.suppress(StoreError, OSError, sqlite3.Error):
+                await asyncio.to_thread(store.publish, folder, JOURNAL)
+            await asyncio.sleep(checkpoint_every_s())
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def publish_if_remote(folder: Path, log: Any = None) -> Synced | None:

@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from prefect.utilities.annotations import quote
 
-from flows.files.store import local_out, pull_if_remote
+from flows.files.store import checkpoints, local_out, pull_if_remote
 from flows.review.page import PageRefresher
 from flows.run import lock as runlock
 from flows.run import redaction
@@ -215,7 +215,8 @@ async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool =
     run_dir = run_dir_for(plan, opts.out)
     with runlock.own(run_dir):  # one owner per run folder (a second run gets BusyError)
         await pull_if_remote(run_dir)  # out on a store: its state first (flows/files/store.py)
-        return await _run_plan(plan, opts, log, shared_limits, run_dir)
+        async with checkpoints(run_dir):  # and its journal there while it works
+            return await _run_plan(plan, opts, log, shared_limits, run_dir)
 
 
 async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,

@@ -189,10 +189,10 @@ class RunStore:
 
     def client(self) -> Any:
         if self._client is None:
-            from providers.upload_store import s3_client
+            from providers.upload_store import shared_s3_client
 
             try:
-                self._client = s3_client()
+                self._client = shared_s3_client()
             except ImportError:
                 raise StoreError(f"--out {self.url} needs boto3: pip install "
                                  "'storyreel[cloud]'") from None

@@ -280,9 +280,9 @@ class RemoteClips:
 
     def client(self) -> Any:
         if self._client is None:
-            from providers.upload_store import s3_client
+            from providers.upload_store import shared_s3_client
 
-            self._client = s3_client()
+            self._client = shared_s3_client()
         return self._client
 
     def _failed(self, what: str, exc: BaseException) -> None:

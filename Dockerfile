@@ -20,6 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     HOME=/home/storyreel \
     STORYREEL_HOME=/home/storyreel/.storyreel \
@@ -41,11 +42,12 @@ COPY providers/ providers/
 COPY flows/ flows/
 RUN python -m pip install '.[cloud,postgres]' \
     && python -c "import imageio_ffmpeg, subprocess; subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-version'], check=True, capture_output=True)" \
-    && rm -rf flows providers build
+    && rm -rf flows providers build ./*.egg-info
 
-# what a deployment names relative to its working folder (/app): storyboards and their assets
+# what a deployment names relative to its working folder (/app): storyboards and their assets;
+# runs/ for a run given no `out` (gone with the container: give `out` on a store)
 COPY specs/ specs/
-COPY prefect.yaml ./
+RUN install -d -o storyreel -g storyreel /app/runs
 
 USER storyreel
 # matplotlib builds its font cache once, here, not in every flow run (report charts)

@@ -120,3 +120,31 @@ async def test_local_placeholder_never_hides_the_paid_option_on_a_later_run(
     result, rows = await run(spec, tmp_path / "second")
     assert emu.stats("fal")["jobs"] == 2, rows
     assert [(r["provider"], r["status"]) for r in rows] == [("fal", "done")], rows
+
+
+async def test_a_paid_clip_missing_from_the_folder_is_fetched_again_not_paid_again(
+        shot_run, emu_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder resumed where its downloads are gone (another worker's disk, a fresh
+    container, a cleaned folder) and no clip cache has them: the vendor's result is fetched
+    again; nothing is submitted or charged twice."""
+    import shutil
+
+    emu, run = emu_env, shot_run
+    spec = write_board(tmp_path, [shot("a", "fal"), shot("b", "runway")],
+                       budget={"max_usd": 5}, defaults={"retries": 0})
+    out = tmp_path / "out"
+    result, rows = await run(spec, out)
+    assert result["ok"] and [r["status"] for r in rows] == ["done", "done"]
+    paid = charged(emu)
+    before = {v: emu.stats(v)["downloads"] for v in ("fal", "runway")}
+    for sub in ("raw", "clips"):
+        shutil.rmtree(out / sub)
+    monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "another-cache"))
+    result, rows = await run(spec, out)
+    assert result["ok"], result
+    assert {v: emu.stats(v)["submits"] for v in ("fal", "runway")} == {"fal": 1, "runway": 1}
+    assert {v: emu.stats(v)["downloads"] - before[v] for v in ("fal", "runway")} == \
+        {"fal": 1, "runway": 1}  # each result downloaded once more
+    assert charged(emu) == paid == total(rows)
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert all((out / "clips").iterdir())

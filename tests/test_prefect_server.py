@@ -135,8 +135,11 @@ async def deployed(server: Server) -> dict[str, Any]:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     print(f"prefect deploy --all: {time.monotonic() - t0:.1f} s")
     async with client(server) as c:
-        return {d: await c.read_deployment_by_name(f"render-storyboard/{d}")
-                for d in ("daily-recap", "on-demand")}
+        found = {d: await c.read_deployment_by_name(f"render-storyboard/{d}")
+                 for d in ("daily-recap", "on-demand")}
+        found["weekly-cost-report"] = await c.read_deployment_by_name(
+            "cost-report/weekly-cost-report")
+        return found
 
 
 async def test_deployments_from_prefect_yaml(server: Server, deployed: dict[str, Any]) -> None:
@@ -153,6 +156,10 @@ async def test_deployments_from_prefect_yaml(server: Server, deployed: dict[str,
     assert schedule.schedule.cron == "0 6 * * *" and schedule.active
     assert schedule.parameters == {"date_var": "day", "vars": {}}
     assert not demand.schedules
+    weekly = deployed["weekly-cost-report"]
+    assert weekly.entrypoint == "flows.orchestration.report_flow.cost_report"
+    assert weekly.work_pool_name == POOL
+    assert [s.schedule.cron for s in weekly.schedules] == ["0 7 * * 1"]
 
     # the server's scheduler turns the cron into upcoming runs carrying the schedule's
     # parameters (SQLAlchemy 2.1 broke exactly this: see pyproject.toml)
@@ -284,4 +291,4 @@ async def test_server_stores_in_postgresql(server: Server, deployed: dict[str, A
         count = await conn.fetchval("select count(*) from deployment")
     finally:
         await conn.close()
-    assert count == 2
+    assert count == len(deployed) == 3  # the two render deployments and the weekly report

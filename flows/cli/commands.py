@@ -143,7 +143,7 @@ def _checkout(args: argparse.Namespace) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.storyboard.plan import plan_file
+    from flows.storyboard.plan import make_plan
     from flows.storyboard.tags import with_tags
 
     variables = _vars(args.var)
@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from flows.files.store import check_out_url
 
         check_out_url(str(args.out))  # before the storyboard is even read: exit 2, said plainly
-    plan = with_tags(plan_file(args.spec, variables, args.budget), cost_tags)
+    plan = with_tags(make_plan(args.spec, variables, args.budget), cost_tags)
     url = _checkout(args)
     if args.out is not None and not args.regenerate:  # nothing to do: say so, start nothing
         from flows.run.uptodate import check  # (no vendor, key, ffmpeg or Prefect: flows/run/uptodate.py)
@@ -608,9 +608,9 @@ def cmd_cut(args: argparse.Namespace) -> int:
     open_run(args.dir)[1].close()  # a wrong folder is named before anything is made in it
     plan = None
     if args.spec is not None:
-        from flows.storyboard.plan import plan_file
+        from flows.storyboard.plan import make_plan
 
-        plan = plan_file(args.spec, _vars(args.var))
+        plan = make_plan(args.spec, _vars(args.var))
     elif args.var:
         raise SpecError([("--var", "only with --spec (the recorded storyboard has its "
                           "variables filled in)")])

@@ -115,23 +115,28 @@ def _pan(rng: random.Random, fmt: OutputFormat, seconds: float) -> str:
             f"crop={w}:{h}:(iw-{w})/2:(ih-{h})/2")
 
 
+FADE_S = 0.3  # the captions' fade out before the end
+
+
 def _text_filters(lines: list[str], size: int, centre_y: float, work: Path, tag: str,
-                  font: str) -> list[str]:
-    """One drawtext per line (centred individually), each reading its own text file."""
+                  font: str, gone: float) -> list[str]:
+    """One drawtext per line (centred individually), each reading its own text file. The
+    text fades out by `gone` seconds, so the clip's last frame is the picture alone: a shot
+    that starts from it (`start_from`) does not inherit its parent's caption."""
     line_h = round(size * 1.3)
     top = round(centre_y - line_h * len(lines) / 2)
     out = []
     if lines:
         pad = max(4, size // 3)
         out.append(f"drawbox=x=0:y={top - pad}:w=iw:h={line_h * len(lines) + 2 * pad}"
-                   ":color=black@0.45:t=fill")
+                   f":color=black@0.45:t=fill:enable='lt(t,{gone - FADE_S / 2:.3f})'")
     for i, line in enumerate(lines):
         f = work / f"{tag}{i}.txt"
         f.write_text(line, encoding="utf-8", errors="replace")
         out.append(
             f"drawtext=fontfile={filter_path(font)}:textfile={filter_path(f)}:expansion=none"
             f":fontsize={size}:fontcolor=white:x=(w-text_w)/2:y={top + i * line_h}"
-            f":alpha=min(1\\,t/0.4)"
+            f":alpha=max(0\\,min(1\\,min(t/0.4\\,({gone:.3f}-t)/{FADE_S})))"
         )
     return out
 
@@ -176,20 +181,21 @@ async def render_animatic(dest: Path, *, prompt: str, duration: float, width: in
         else:
             video = _background(rng, seed, fmt)
         texts: list[str] = []
+        gone = max(0.5, seconds - 2 / fps)  # captions off for the last frames
         if font:
             if image is None:
                 size = max(10, height // 10)
                 lines = wrap(prompt, width * 0.86, size, 5, font)
-                texts += _text_filters(lines, size, height / 2, work, "p", font)
+                texts += _text_filters(lines, size, height / 2, work, "p", font, gone)
             else:
                 size = max(9, height // 16)
                 lines = wrap(prompt, width * 0.9, size, 2, font)
                 centre = height - size * 1.3 * len(lines) / 2 - height * 0.06
-                texts += _text_filters(lines, size, centre, work, "p", font)
+                texts += _text_filters(lines, size, centre, work, "p", font, gone)
             if title:
                 tsize = max(8, height // 18)
                 tl = wrap(title, width * 0.9, tsize, 1, font)
-                texts += _text_filters(tl, tsize, tsize * 1.2, work, "t", font)
+                texts += _text_filters(tl, tsize, tsize * 1.2, work, "t", font, gone)
         tone = rng.choice(TONES)
         fade_out = max(0.0, seconds - 0.3)
         graph = ";".join([

@@ -1,4 +1,6 @@
-"""Write-ahead journal of every paid attempt: an SQLite file in the run's folder.
+"""Write-ahead journal of every paid attempt: an SQLite file in the run's folder, or rows in
+PostgreSQL when STORYREEL_DB_URL names one (flows/money/journal_pg.py: same interface, same
+rows; for runs that any of several workers may resume).
 
 The rule that makes "never pay twice" possible: an `intent` row is committed
 *before* a submit leaves the machine, and the vendor's job id is committed
@@ -130,33 +132,15 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-class Journal:
-    """The run's attempt log; see the module docstring for the durability contract."""
+class JournalBase:
+    """The journal's interface and its rules (statuses, fields, money, paths), whatever holds
+    the rows: `Journal` (SQLite in the run folder) or flows.money.journal_pg.PgJournal
+    (PostgreSQL, STORYREEL_DB_URL). A backend stores and reads rows; this class decides what
+    they say, so both backends hold the same rows for the same calls."""
 
-    def __init__(self, path: Path, run_id: str | None = None) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.folder = absolute(self.path.parent)  # what relative paths in it are relative to
-        self._lock = threading.Lock()
-        # isolation_level=None: autocommit; each statement below is one durable transaction.
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            _migrate(self._db)
-            _relocate(self._db, self.folder)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('run_id', ?)",
-                (json.dumps(run_id or new_run_id()),),
-            )
-        except BaseException:
-            self._db.close()
-            raise
-        # An existing journal keeps its run id: a resumed run is the same run.
-        self.run_id: str = self.meta_get("run_id")
+    folder: Path  # what relative paths in it are relative to: the run folder
+    run_id: str
+    where: str  # the journal's place, for messages
 
     # -- writes ------------------------------------------------------------------
     def intent(
@@ -173,15 +157,10 @@ class Journal:
     ) -> int:
         """Commit the intent to submit, BEFORE the submit; returns the attempt's row id."""
         return self._insert(
-            shot_id=shot_id,
-            attempt=attempt,
-            take=take,
-            provider=provider,
-            model=model,
-            status=Status.INTENT,
-            cache_key=cache_key,
-            estimated_usd=estimated_usd,
-            reserved_usd=reserved_usd,
+            dict(shot_id=shot_id, attempt=attempt, take=take, provider=provider, model=model,
+                 status=Status.INTENT, cache_key=cache_key, estimated_usd=estimated_usd,
+                 reserved_usd=reserved_usd),
+            intent=True,
         )
 
     def submitted(self, row: int, job_id: str, job_data: dict[str, Any]) -> None:
@@ -206,25 +185,120 @@ class Journal:
         unknown = set(fields) - RECORD_FIELDS
         if unknown:
             raise ValueError(f"unknown journal field(s): {', '.join(sorted(unknown))}")
-        return self._insert(
-            shot_id=shot_id, attempt=attempt, provider=provider, model=model, status=status, **fields
-        )
+        return self._insert(dict(shot_id=shot_id, attempt=attempt, provider=provider,
+                                 model=model, status=status, **fields))
 
     def meta_set(self, key: str, value: Any) -> None:
         """Store a JSON-serialisable value (the plan hash, the spec path, ...)."""
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, json.dumps(value)),
-            )
+        self._meta_put(key, json.dumps(value))
 
-    def _insert(self, **values: Any) -> int:
+    def _insert(self, values: dict[str, Any], intent: bool = False) -> int:
         now = utcnow()
         values = _encode(values, self.folder)
         values.update(run_id=self.run_id, started_at=now, updated_at=now)
         if values["status"] in TERMINAL:  # a one-shot row is over as soon as it is written
             values.setdefault("finished_at", now)
+        return self._add_row(values, intent)
+
+    def _update(self, row: int, values: dict[str, Any]) -> None:
+        values = _encode(values, self.folder)
+        values["updated_at"] = utcnow()
+        if self._set_row(row, values) != 1:
+            raise KeyError(f"journal {self.where}: no attempt row {row}")
+
+    # -- reads -------------------------------------------------------------------
+    def attempts(self, shot_id: str | None = None) -> list[Attempt]:
+        return [_decode(r, self.folder) for r in self._rows(shot_id=shot_id)]
+
+    def get(self, row: int) -> Attempt:
+        found = self._rows(row=row)
+        if not found:
+            raise KeyError(f"journal {self.where}: no attempt row {row}")
+        return _decode(found[0], self.folder)
+
+    def next_attempt(self, shot_id: str, take: int | None = None) -> int:
+        """1 + the highest attempt number recorded for the shot (1 for a new shot); with
+        `take`, within that take (takes run side by side, each numbering its own attempts)."""
+        top = self._top_attempt(shot_id, take)
+        return 1 if top is None else int(top) + 1
+
+    def meta_get(self, key: str, default: Any = None) -> Any:
+        value = self._meta_value(key)
+        return default if value is None else json.loads(value)
+
+    # -- what a backend provides ---------------------------------------------------
+    def _add_row(self, values: dict[str, Any], intent: bool) -> int:
+        """Insert one encoded row; its id. `intent`: the row precedes a submit (a backend
+        shared by several owners refuses it to an owner that lost the run)."""
+        raise NotImplementedError
+
+    def _set_row(self, row: int, values: dict[str, Any]) -> int:
+        """Update one row's columns; how many rows changed."""
+        raise NotImplementedError
+
+    def _rows(self, shot_id: str | None = None, row: int | None = None) -> list[tuple[Any, ...]]:
+        """Rows as tuples in _COLUMNS order, by id."""
+        raise NotImplementedError
+
+    def _top_attempt(self, shot_id: str, take: int | None) -> int | None:
+        raise NotImplementedError
+
+    def _meta_value(self, key: str) -> str | None:
+        raise NotImplementedError
+
+    def _meta_put(self, key: str, value: str) -> None:
+        raise NotImplementedError
+
+    # -- lifetime ----------------------------------------------------------------
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Journal(JournalBase):
+    """The run's attempt log in `<run folder>/journal.sqlite`; see the module docstring for
+    the durability contract."""
+
+    def __init__(self, path: Path, run_id: str | None = None) -> None:
+        self.path = Path(path)
+        self.where = str(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = absolute(self.path.parent)  # what relative paths in it are relative to
+        self._lock = threading.Lock()
+        # isolation_level=None: autocommit; each statement below is one durable transaction.
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            _migrate(self._db)
+            _relocate(self._db, self.folder)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('run_id', ?)",
+                (json.dumps(run_id or new_run_id()),),
+            )
+        except BaseException:
+            self._db.close()
+            raise
+        # An existing journal keeps its run id: a resumed run is the same run.
+        self.run_id: str = self.meta_get("run_id")
+
+    def _meta_put(self, key: str, value: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def _add_row(self, values: dict[str, Any], intent: bool) -> int:
         cols = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         with self._lock:
@@ -233,62 +307,43 @@ class Journal:
             )
             return int(cur.lastrowid)
 
-    def _update(self, row: int, values: dict[str, Any]) -> None:
-        values = _encode(values, self.folder)
-        values["updated_at"] = utcnow()
+    def _set_row(self, row: int, values: dict[str, Any]) -> int:
         sets = ", ".join(f"{c} = ?" for c in values)
         with self._lock:
             cur = self._db.execute(
                 f"UPDATE attempts SET {sets} WHERE id = ?", (*values.values(), row)
             )
-        if cur.rowcount != 1:
-            raise KeyError(f"journal {self.path}: no attempt row {row}")
+        return cur.rowcount
 
-    # -- reads -------------------------------------------------------------------
-    def attempts(self, shot_id: str | None = None) -> list[Attempt]:
+    def _rows(self, shot_id: str | None = None, row: int | None = None) -> list[tuple[Any, ...]]:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM attempts"
         args: tuple[Any, ...] = ()
         if shot_id is not None:
-            sql += " WHERE shot_id = ?"
-            args = (shot_id,)
+            sql, args = sql + " WHERE shot_id = ?", (shot_id,)
+        elif row is not None:
+            sql, args = sql + " WHERE id = ?", (row,)
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY id", args).fetchall()
-        return [_decode(r, self.folder) for r in rows]
+            return self._db.execute(sql + " ORDER BY id", args).fetchall()
 
-    def get(self, row: int) -> Attempt:
-        with self._lock:
-            found = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM attempts WHERE id = ?", (row,)
-            ).fetchone()
-        if found is None:
-            raise KeyError(f"journal {self.path}: no attempt row {row}")
-        return _decode(found, self.folder)
-
-    def next_attempt(self, shot_id: str, take: int | None = None) -> int:
-        """1 + the highest attempt number recorded for the shot (1 for a new shot); with
-        `take`, within that take (takes run side by side, each numbering its own attempts)."""
+    def _top_attempt(self, shot_id: str, take: int | None) -> int | None:
         sql, args = "SELECT MAX(attempt) FROM attempts WHERE shot_id = ?", (shot_id,)
         if take is not None:
             sql, args = sql + " AND take = ?", (shot_id, take)
         with self._lock:
             (top,) = self._db.execute(sql, args).fetchone()
-        return 1 if top is None else int(top) + 1
+        return top
 
-    def meta_get(self, key: str, default: Any = None) -> Any:
+    def _meta_value(self, key: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else json.loads(row[0])
+        return None if row is None else row[0]
 
-    # -- lifetime ----------------------------------------------------------------
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     def __enter__(self) -> Journal:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _migrate(db: sqlite3.Connection) -> None:

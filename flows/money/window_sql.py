@@ -176,30 +176,37 @@ class _PgTx:
 class PostgresStore:
     """One database shared by every worker; may be the one a Prefect server uses."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, schema: list[str] | None = None,
+                 columns: list[tuple[str, str, str]] | None = None,
+                 what: str = "spend window ledger", env: str = "STORYREEL_LEDGER_URL") -> None:
+        """`schema`/`columns`: the tables this store's user needs (the spend windows' by
+        default; the run journal and leases bring theirs); `what`, `env`: for messages."""
         try:
             import psycopg
         except ImportError:
-            raise StoryreelError("STORYREEL_LEDGER_URL names PostgreSQL but psycopg is not "
-                                 "installed: pip install 'storyreel[postgres]'") from None
+            raise StoryreelError(f"{env} names PostgreSQL but psycopg is not installed: "
+                                 "pip install 'storyreel[cloud]'") from None
         self._psycopg = psycopg
         self._dsn = url
         self.url = safe_url(url)
+        self.what = what
         self._lock = threading.Lock()
         self._conn: Any = None
+        schema = SCHEMA if schema is None else schema
+        columns = COLUMNS if columns is None else columns
         # concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog: serialise
         # first use across workers with a transaction-scoped advisory lock
         self.atomic(lambda tx: [tx.execute("SELECT pg_advisory_xact_lock(7310421)")]
-                    + [tx.execute(sql) for sql in SCHEMA]
+                    + [tx.execute(sql) for sql in schema]
                     + [tx.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}")
-                       for table, column, decl in COLUMNS])
+                       for table, column, decl in columns])
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = self._psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
             except self._psycopg.OperationalError as exc:
-                raise StoryreelError(f"spend window ledger {self.url} unreachable: "
+                raise StoryreelError(f"{self.what} {self.url} unreachable: "
                                      f"{_first_line(exc)}") from None
         return self._conn
 
@@ -222,7 +229,7 @@ class PostgresStore:
                         conn.close()
                     self._conn = None
                     if attempt >= 1:
-                        raise StoryreelError(f"spend window ledger {self.url}: "
+                        raise StoryreelError(f"{self.what} {self.url}: "
                                              f"{_first_line(exc)}") from None
             raise AssertionError("unreachable")
 

@@ -1,4 +1,5 @@
-"""One owner per run folder: an OS file lock held for the whole run (early submits included).
+"""One owner per run folder: an OS file lock held for the whole run (early submits included);
+with STORYREEL_DB_URL, a lease in that database instead (flows/run/lease.py), same rules.
 
 Two runs on one folder would work one journal with two ledgers, each with the whole cap, and
 could submit a shot twice. `own(run_dir)` takes an exclusive `flock` on `<run_dir>/.lock` and
@@ -30,63 +31,87 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from flows.run.journals import check_place, run_key
 from providers.errors import BusyError
 
-_HELD: dict[Path, list[int]] = {}  # resolved lock path -> [fd, depth], for the whole process
+_HELD: dict[Any, list[Any]] = {}  # lock path or ("db", run key) -> [handle, depth], per process
 _GUARD = threading.Lock()  # _HELD is read and changed by every thread
-_MINE: contextvars.ContextVar[frozenset[Path]] = contextvars.ContextVar(
-    "storyreel_run_folders", default=frozenset())  # the folders the current owner holds
+_MINE: contextvars.ContextVar[frozenset[Any]] = contextvars.ContextVar(
+    "storyreel_run_folders", default=frozenset())  # the runs the current owner holds
 
 
 @contextlib.contextmanager
 def own(run_dir: Path, *, wait: bool = False, poll_s: float = 0.5) -> Iterator[None]:
-    """Hold the run folder for this owner; BusyError (or wait, with `wait`) if another, in this
-    process or any other, has it."""
+    """Hold the run for this owner; BusyError (or wait, with `wait`) if another, in this
+    process or any other, has it. With STORYREEL_DB_URL the run is held by a lease in that
+    database (flows/run/lease.py), not by a file lock: owners on other machines see it."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = (run_dir / ".lock").resolve()
+    url = check_place(run_dir)
+    slot: Any = ("db", run_key(run_dir, record=True)) if url else (run_dir / ".lock").resolve()
+    holder = ""
     while True:
         with _GUARD:
-            held = _HELD.get(path)
-            if held is not None and path in _MINE.get():
+            held = _HELD.get(slot)
+            if held is not None and slot in _MINE.get():
                 held[1] += 1  # the owner again (the flow after the CLI's early submits)
-                fd = None
+                handle = None
                 break
-            fd = _take(path) if held is None else None
-            if fd is not None:
-                _HELD[path] = [fd, 1]
+            if held is None:
+                handle, holder = _take_lease(url, slot[1]) if url else _take(slot)
+            else:
+                handle, holder = None, ""
+            if handle is not None:
+                _HELD[slot] = [handle, 1]
                 break
         if not wait:
-            raise BusyError(f"run folder {run_dir} is in use by {_holder(path)}; wait "
+            who = holder or (_holder(slot) if not url else "another run in this process")
+            raise BusyError(f"run folder {run_dir} is in use by {who}; wait "
                             "for it (storyreel run --wait) or use another --out")
         time.sleep(poll_s)
-    if fd is None:
+    if handle is None:
         try:
             yield
         finally:
             with _GUARD:
-                if path in _HELD:  # (the owner's first `own` may have ended first)
-                    _HELD[path][1] -= 1
+                if slot in _HELD:  # (the owner's first `own` may have ended first)
+                    _HELD[slot][1] -= 1
         return
-    token = _MINE.set(_MINE.get() | {path})
+    token = _MINE.set(_MINE.get() | {slot})
     try:
         yield
     finally:
         with contextlib.suppress(ValueError):  # left in another context than it was entered
             _MINE.reset(token)
         with _GUARD:
-            del _HELD[path]
-            os.close(fd)  # closing the descriptor releases the lock
+            del _HELD[slot]
+        handle.release()
 
 
-def _take(path: Path) -> int | None:
+class _FileLock:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        os.close(self.fd)  # closing the descriptor releases the lock
+
+
+def _take_lease(url: str, key: str) -> tuple[Any, str]:
+    from flows.run.lease import take
+
+    got = take(url, key)
+    return (None, got) if isinstance(got, str) else (got, "")
+
+
+def _take(path: Path) -> tuple[_FileLock | None, str]:
     """The lock file's descriptor, locked and stamped with this owner, or None if taken."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        return None
+        return None, ""
     except BaseException:
         os.close(fd)
         raise
@@ -94,7 +119,7 @@ def _take(path: Path) -> int | None:
             "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
-    return fd
+    return _FileLock(fd), ""
 
 
 def _holder(path: Path) -> str:

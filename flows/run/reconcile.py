@@ -21,6 +21,7 @@ from flows.files.atomic import write_text_atomic
 from flows.money.ledger import Ledger
 from flows.money.status import AT_RISK, AT_VENDOR
 from flows.run import lock as runlock
+from flows.run.journals import has_journal
 from flows.run.session import RunOptions, cache_for, open_journal
 from flows.run.shot import Books, settle_job
 from flows.storyboard.keys import env_key
@@ -36,8 +37,8 @@ DEFAULT_TIMEOUT_S = 10.0
 async def reconcile(run_dir: Path, *, timeout_s: float = DEFAULT_TIMEOUT_S
                     ) -> tuple[dict[str, float], list[str]]:
     """Settle what can be settled; return the folder's totals and what is still at risk."""
-    if not (run_dir / "journal.sqlite").is_file():
-        raise SpecError([("reconcile", f"{run_dir} is not a run folder (no journal.sqlite)")])
+    if not has_journal(run_dir):
+        raise SpecError([("reconcile", f"{run_dir} is not a run folder (no journal)")])
     from flows.money.report import rows_from_journal, write_cost_csv
     from flows.money.spend import totals
 

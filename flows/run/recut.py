@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from flows.files.atomic import write_text_atomic
-from flows.money.journal import Attempt, Journal
+from flows.money.journal import Attempt, JournalBase
 from flows.review.page import booked
 from flows.review.picks import by_take, good_clip, load_review, select_take
 from flows.run.finish import finish_cut, recorded_plan
+from flows.run.journals import has_journal, open_journal
 from flows.run.uptodate import conformed_name
 from flows.storyboard.plan import Plan
 from providers.errors import SpecError, redact
@@ -32,15 +33,15 @@ class CutShot:
     clip: Path | None  # the take's conformed clip (None: a slate)
 
 
-def open_run(run_dir: Path) -> tuple[dict[str, Any], Journal]:
+def open_run(run_dir: Path) -> tuple[dict[str, Any], JournalBase]:
     """The recorded run.json and the journal of a finished run folder (SpecError when it is
     not one: the user named the wrong folder)."""
     run_dir = Path(run_dir)
-    run_json, journal = run_dir / "run.json", run_dir / "journal.sqlite"
-    if not run_json.is_file() or not journal.is_file():
+    run_json = run_dir / "run.json"
+    if not run_json.is_file() or not has_journal(run_dir):
         raise SpecError([("DIR", f"{run_dir} is not a finished run folder (no run.json and "
-                          "journal.sqlite); give the --out folder of a storyreel run")])
-    return json.loads(run_json.read_text(encoding="utf-8")), Journal(journal)
+                          "journal); give the --out folder of a storyreel run")])
+    return json.loads(run_json.read_text(encoding="utf-8")), open_journal(run_dir)
 
 
 def _reason(rows: list[Attempt], rejected: bool) -> str:

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import re
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from flows.files.atomic import write_text_atomic
 from flows.files.folder import stored
 from flows.media.ffmpeg_exec import ffmpeg_exe
 from flows.money.cache import ClipCache, default_cache_dir
-from flows.money.journal import Journal
+from flows.money.journal import Journal, JournalBase
 from flows.money.ledger import Ledger
 from flows.money.status import AT_VENDOR, GOOD, Status
 from flows.money.window import SpendWindow
@@ -26,7 +25,7 @@ from flows.run.finish import finish_cut, output_format, slate
 from flows.run.redaction import redact_data
 from flows.run.shot import RunContext, ShotResult
 from flows.storyboard.keys import require_keys
-from flows.storyboard.plan import Plan, plan_file
+from flows.storyboard.plan import Plan, make_plan  # noqa: F401  (callers import it from here)
 from providers.errors import BudgetError, MediaError, StoryreelError, redact
 
 
@@ -43,12 +42,6 @@ class RunOptions:
 
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "storyboard"
-
-
-def make_plan(spec: str | Path, variables: Mapping[str, Any] | None = None,
-              budget: float | None = None) -> Plan:
-    """Load, apply overrides, and plan (raises SpecError with every problem's place)."""
-    return plan_file(spec, dict(variables or {}), budget)
 
 
 def preflight(plan: Plan) -> None:
@@ -91,9 +84,11 @@ def run_dir_for(plan: Plan, out: Path | None) -> Path:
             continue
 
 
-def open_journal(run_dir: Path) -> Journal:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return Journal(run_dir / "journal.sqlite")
+def open_journal(run_dir: Path) -> JournalBase:
+    """The folder's journal.sqlite, or the run's rows in STORYREEL_DB_URL (flows/run/journals.py)."""
+    from flows.run.journals import open_journal as _open
+
+    return _open(run_dir)
 
 
 def ledger_for(plan: Plan, journal: Journal) -> Ledger:
@@ -238,12 +233,13 @@ def _reports(plan: Plan, run_dir: Path, journal: Journal
     # imported here, not at the top: flows.money.report imports pandas (~0.5 s), which would delay
     # the first vendor submit of every run for a report written only at the end
     from flows.money.report import rows_from_journal, summarize, write_cost_csv
+    from flows.money.report_text import table_text
     from flows.money.spend import totals
 
     rows = redact_data(rows_from_journal(journal, {s.shot_id: s.duration for s in plan.shots},
                                          tags=plan.storyboard.tags))
     cost_csv = write_cost_csv(rows, run_dir / "cost.csv")
-    return rows, cost_csv, summarize(rows, plan.cap_usd).to_string(), totals(rows)
+    return rows, cost_csv, table_text(summarize(rows, plan.cap_usd)), totals(rows)
 
 
 def warm_imports() -> None:

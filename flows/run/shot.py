@@ -300,6 +300,23 @@ class Take:
             return await self.resumed(last).finish(
                 Path(last.clip_path),
                 ShotStatus.CACHED if last.status == Status.CACHED else ShotStatus.DONE)
+        if last.status in (Status.DOWNLOADED, Status.DONE) and not again and last.job_id \
+                and opt.provider != "local" and not (
+                    ctx.cache is not None and ctx.cache.get(last.cache_key or "") is not None):
+            # paid, but its clip is not on this disk (another worker's, a fresh container, a
+            # cleaned folder): ask the vendor for the result again rather than pay for a new
+            # job. Vendors keep results for a while; one that no longer has it fails this take
+            # (its cost stays reported) and the shot tries on as after any failed download. A
+            # clip in the clip cache is taken from there instead (render asks it next).
+            ctx.log(f"{shot.shot_id}: the clip of job {last.job_id} is not here; fetching the "
+                    f"vendor's result again (not resubmitted)")
+            t = self.resumed(last)
+            async with ctx.slot(opt.provider):
+                try:
+                    done = await t.provider.wait(t.sent)
+                except ProviderError as exc:
+                    return t.fail(exc.at(job_id=last.job_id))
+                return await t.download(done)
         if last.status in (Status.INTENT, Status.UNCONFIRMED):
             if last.status == Status.INTENT:
                 _unanswered(ctx, last)

@@ -43,6 +43,7 @@ from flows.files.atomic import write_text_atomic
 from flows.money.cache import cache_key
 from flows.money.journal import Attempt, Journal
 from flows.money.status import AT_RISK, AT_VENDOR
+from flows.run.journals import has_journal, open_journal
 from flows.storyboard.plan import Option, Plan, ShotPlan
 
 CUT_KEY_VERSION = 1
@@ -224,9 +225,9 @@ def check(plan: Plan, run_dir: Path) -> Freshness:
     assembly recorded the cut key of exactly these clips and settings. A shot that failed or
     was a slate last time is not done, so the run tries it again."""
     run_dir = Path(run_dir)
-    if not (run_dir / "journal.sqlite").is_file() or read_record(run_dir) is None:
+    if read_record(run_dir) is None or not has_journal(run_dir):
         return Freshness(None, "no finished cut in this folder")
-    journal = Journal(run_dir / "journal.sqlite")
+    journal = open_journal(run_dir)
     try:
         clips, why = done_clips(plan, run_dir, journal)
         risky = [a for a in journal.attempts() if a.status in AT_RISK]

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -513,13 +514,13 @@ def with_unit_prices(plan: Plan, prices: dict[str, UnitPrice], note: str | None 
                    price_note="; ".join(dict.fromkeys(problems)) or None)
 
 
-def plan_file(spec: str | Path, variables: dict[str, Any] | None = None,
+def make_plan(spec: str | Path, variables: Mapping[str, Any] | None = None,
               budget: float | None = None) -> Plan:
     """Load a storyboard file, apply the --budget override, and plan it (raises SpecError with
-    every problem's place). Light: no media, money or Prefect imports (flows.run.make_plan)."""
+    every problem's place). Light: no media, money or Prefect imports."""
     from flows.storyboard.loading import load_storyboard
 
-    board = load_storyboard(spec, variables)
+    board = load_storyboard(spec, dict(variables or {}))
     if budget is not None:
         board = board.model_copy(update={"budget": board.budget.model_copy(
             update={"max_usd": budget})})

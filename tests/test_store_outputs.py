@@ -197,3 +197,27 @@ def test_a_run_killed_mid_way_is_finished_on_another_machine_without_paying_twic
     [row] = [r for r in cost_rows(got) if r["provider"] == "fal"]
     assert row["status"] == "done" and float(row["actual_usd"]) == pytest.approx(
         emu_env.stats("fal")["charged_usd"])
+
+
+def test_with_the_journal_in_postgresql_a_store_run_is_one_run_on_every_machine(
+        emu_env, s3, prefect_api: str, pg_server: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """STORYREEL_DB_URL + --out s3://...: the run's database key is its URL (not the scratch
+    folder, which differs per machine), so a second machine finds its journal there."""
+    from flows.run.journals import run_key
+    from tests.pg import fresh_pg_database
+
+    emu_env.configure(latency=0.2)
+    url = f"s3://{BUCKET}/runs/db"
+    monkeypatch.setenv("STORYREEL_DB_URL", fresh_pg_database(pg_server, "store_runs"))
+    monkeypatch.setenv("STORYREEL_ALLOWED_STORES", f"s3://{BUCKET}/runs")
+    board = write_board(tmp_path / "specs", SHOTS[:1], budget={"max_usd": 5})
+    scratch = []
+    for name in ("a", "b"):
+        machine(monkeypatch, tmp_path / name)
+        assert main(["run", str(board), "--out", url]) == 0
+        scratch.append(next((tmp_path / name / "home" / "scratch").iterdir()))
+    assert "up to date" in capsys.readouterr().out
+    assert emu_env.stats("fal")["submits"] == 1
+    assert run_key(scratch[0]) == run_key(scratch[1]) == url
+    assert "journal.sqlite" not in objects(s3, "runs/db")  # the journal is in the database

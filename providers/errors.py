@@ -252,3 +252,8 @@ class BusyError(StoryreelError):
 
 class OrchestratorError(StoryreelError):
     """The local Prefect server (flows/orchestration/server.py) could not be started or reached."""
+
+
+class StoreError(StoryreelError):
+    """An S3-compatible store (run outputs, the shared clip cache) refused or failed a request;
+    the message names the bucket and the error code, never a signed URL or a credential."""

@@ -11,7 +11,7 @@ import pytest
 from tests.emulator.core import Emulator
 from tests.storyboards import cost_rows
 
-pytest_plugins = ["tests.prefect_fixtures", "tests.review_kit", "tests.pg"]
+pytest_plugins = ["tests.prefect_fixtures", "tests.review_kit", "tests.pg", "tests.s3_kit"]
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
 from flows.storyboard.loading import load_storyboard
@@ -23,34 +19,8 @@ from providers.types import ImageInput
 from providers.upload_store import UploadStore
 from tests.emulator.core import Emulator
 from tests.provider_kit import make_provider, request_for
+from tests.s3_kit import BUCKET
 from tests.storyboards import write_board
-
-BUCKET = "reels"
-
-
-@pytest.fixture(scope="session")
-def s3_url() -> Iterator[str]:
-    """One moto S3 server for the session, on a free loopback port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> object:
-    for k, v in {"AWS_ENDPOINT_URL": s3_url, "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    client = boto3.client("s3")
-    if BUCKET not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
-        client.create_bucket(Bucket=BUCKET)
-    return client
 
 
 def frame(folder: Path) -> Path:

@@ -128,13 +128,48 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _out(text: str) -> Path | str:
+    """--out: a folder, or an s3:// URL kept as text (Path would fold its //)."""
+    from flows.files.store import is_store_url
+
+    return text if is_store_url(text) else Path(text)
+
+
+_out.__name__ = "folder or s3:// URL"
+
+
+def _checkout(args: argparse.Namespace) -> str | None:
+    """--out s3://...: the URL is checked, the run's state pulled into its scratch folder (under
+    the folder's run lock), and args.out becomes that folder (flows/files/store.py)."""
+    from flows.files import store
+
+    if not store.is_store_url(args.out):
+        return None
+    url = str(args.out)
+    store.check_out_url(url)
+    from flows.run import lock as runlock
+
+    folder = store.scratch_for(url)
+    with runlock.own(folder, wait=args.wait):
+        pulled = store.RunStore(url).pull(folder)
+    if pulled.got:
+        print(pulled.line("pulled", store.remote_of(folder) or url), file=sys.stderr)
+    args.out = folder
+    return store.remote_of(folder)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.storyboard.plan import make_plan
     from flows.storyboard.tags import with_tags
 
     variables = _vars(args.var)
     cost_tags = _tags(args.tag)
+    if getattr(args, "out", None) is not None and not isinstance(args.out, Path):
+        from flows.files.store import check_out_url
+
+        check_out_url(str(args.out))  # before the storyboard is even read: exit 2, said plainly
     plan = with_tags(make_plan(args.spec, variables, args.budget), cost_tags)
+    url = _checkout(args)
     if args.out is not None and not args.regenerate:  # nothing to do: say so, start nothing
         from flows.run.uptodate import check  # (no vendor, key, ffmpeg or Prefect: flows/run/uptodate.py)
 
@@ -144,7 +179,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             if retag(args.out, plan.storyboard.tags):  # tags describe the run: no re-cut
                 print(f"tags: {args.out / 'cost.csv'} and run.json now carry the new tags")
-            print(f"up to date: {verdict.final}")
+            if url is not None:  # what changed (the tags) to the store; one LIST when nothing
+                from flows.files.store import RunStore
+
+                print(RunStore(url).publish(args.out).line("published", url))
+            print(f"up to date: {verdict.final}" + (f" ({url}/final.mp4)" if url else ""))
             return _settle_at_risk(args.out, verdict.at_risk, verdict.askable)
         if os.environ.get("STORYREEL_DEBUG"):
             print(f"storyreel: not up to date: {verdict.why}", file=sys.stderr)
@@ -162,7 +201,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         load_review(args.out)
     out = run_dir_for(plan, args.out)
     with runlock.own(out, wait=args.wait):  # the whole run, early submits included
-        return _run_locked(args, plan, variables, out)
+        code = _run_locked(args, plan, variables, out)
+    if url is not None:  # published at the finish (flows/run/finish.py)
+        print(f"store:  {url}/final.mp4 (and the run's reports, review page and state)")
+    return code
 
 
 def _settle_at_risk(out: Path, at_risk: int, askable: int) -> int:
@@ -619,7 +661,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_plan)
     p = spec_cmd("run", "render a storyboard into a cut")
-    p.add_argument("--out", type=Path, help="run folder (an unfinished one is resumed)")
+    p.add_argument("--out", type=_out, help="run folder (an unfinished one is resumed), or "
+                   "s3://bucket/prefix inside STORYREEL_ALLOWED_STORES: the run works in a local "
+                   "scratch folder and publishes its deliverables and state there")
     p.add_argument("--budget", type=_usd, help="override budget.max_usd")
     p.add_argument("--wait", action="store_true",
                    help="if another run owns --out, wait for it instead of exiting 2")

@@ -13,6 +13,13 @@ marker: it is written last, atomically, and names the clip file. Clip files
 are named by their own content, so two processes racing on one key each
 publish a complete file and the last metadata written wins; the loser's clip
 is an unreferenced orphan, never a torn file.
+
+Shared by many machines: STORYREEL_CACHE_URL=s3://bucket/prefix mirrors the same layout on an
+S3-compatible store (providers/upload_store.py's client). A local miss asks the store (the
+metadata object, then the clip, whose sha256 is checked before it is kept), and a new clip is
+put there (clip first, metadata last: the same commit rule), so workers reuse each other's paid
+clips. The store is a help, never a condition: when it fails, the run goes on with its local
+cache and says so once.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -34,6 +42,8 @@ from flows.files.digest import file_sha256
 from flows.money.usd import as_float
 
 KEY_VERSION = 1  # bump when the key's material changes meaning
+CACHE_URL_ENV = "STORYREEL_CACHE_URL"
+log = logging.getLogger(__name__)
 
 
 def cache_key(
@@ -119,9 +129,11 @@ class ClipCache:
     hardlinked file shares its inode, so anything that later rewrites the run's copy in place
     (ffmpeg -y, open(..., "wb")) would silently change the cached clip too."""
 
-    def __init__(self, root: Path, *, link: bool = False) -> None:
+    def __init__(self, root: Path, *, link: bool = False, url: str | None = None) -> None:
         self.root = Path(root)
         self.link = link
+        url = url if url is not None else os.environ.get(CACHE_URL_ENV) or None
+        self.remote = RemoteClips(url) if url else None
 
     def _dir(self, key: str) -> Path:
         if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
@@ -130,7 +142,23 @@ class ClipCache:
 
     def get(self, key: str, *, verify: bool = False) -> CachedClip | None:
         """The entry for `key`, or None when absent or not intact (missing or resized clip;
-        with `verify`, also a clip whose sha256 no longer matches)."""
+        with `verify`, also a clip whose sha256 no longer matches). A local miss asks the
+        store (STORYREEL_CACHE_URL), which blocks: async callers use `aget`."""
+        hit = self._get_local(key, verify=verify)
+        if hit is None and self.remote is not None and self.remote.fetch(key, self._dir(key)):
+            hit = self._get_local(key, verify=verify)
+        return hit
+
+    async def aget(self, key: str) -> CachedClip | None:
+        """`get` for the event loop: the store is asked in a thread."""
+        hit = self._get_local(key)
+        if hit is None and self.remote is not None:
+            import asyncio
+
+            hit = await asyncio.to_thread(self.get, key)
+        return hit
+
+    def _get_local(self, key: str, *, verify: bool = False) -> CachedClip | None:
         meta_path = self._dir(key) / f"{key}.json"
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -186,6 +214,8 @@ class ClipCache:
         meta = {**asdict(entry), "file": clip.name, "key": key}
         del meta["path"]
         write_text_atomic(folder / f"{key}.json", json.dumps(meta, indent=1, sort_keys=True))
+        if self.remote is not None:
+            self.remote.share(key, clip, folder / f"{key}.json")
         return entry
 
 
@@ -198,6 +228,8 @@ class ClipCache:
                 meta_path.unlink()
         except (OSError, ValueError, AttributeError):
             pass
+        if self.remote is not None:  # else the next local miss would fetch it back
+            self.remote.forget(key, sha256)
 
 
 def _temp_name(folder: Path, name: str) -> Path:
@@ -229,3 +261,100 @@ def _publish(src: Path, dest: Path, *, link: bool, read_only: bool) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+class RemoteClips:
+    """The clip cache's layout under `s3://bucket/prefix` (clips/<ab>/<key>.json + the clip)."""
+
+    def __init__(self, url: str) -> None:
+        from providers.upload_store import parse_s3_url
+
+        self.url = url
+        self.bucket, self.prefix = parse_s3_url(url)
+        self._client: Any = None
+        self._warned = False
+
+    def _key(self, name: str) -> str:
+        rel = f"clips/{name[:2]}/{name}"
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def client(self) -> Any:
+        if self._client is None:
+            from providers.upload_store import shared_s3_client
+
+            self._client = shared_s3_client()
+        return self._client
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        from providers.upload_store import error_code
+
+        code = error_code(exc) if hasattr(exc, "response") else type(exc).__name__
+        if not self._warned:  # once per run: the local cache carries on
+            self._warned = True
+            log.warning("clip cache %s: %s failed (%s); using the local cache only",
+                        self.url, what, code or "error")
+
+    def fetch(self, key: str, folder: Path) -> bool:
+        """Copy the store's entry for `key` into the local cache folder; False when the store
+        has none (or fails, or its clip does not match its metadata)."""
+        try:
+            s3 = self.client()
+            try:
+                body = s3.get_object(Bucket=self.bucket, Key=self._key(f"{key}.json"))["Body"]
+            except Exception as exc:
+                if _missing(exc):
+                    return False
+                raise
+            meta = json.loads(body.read(1 << 20))
+            name = str(meta["file"])
+            if meta.get("key") != key or not name.startswith(f"{key}.") or "/" in name:
+                return False
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = _temp_name(folder, name)
+            try:
+                s3.download_file(self.bucket, self._key(name), str(tmp))
+                if tmp.stat().st_size != meta["size_bytes"] or file_sha256(tmp) != meta["sha256"]:
+                    return False  # a torn or foreign object: never cached as this key
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, folder / name)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            write_text_atomic(folder / f"{key}.json", json.dumps(meta, indent=1, sort_keys=True))
+            return True
+        except Exception as exc:  # noqa: BLE001 - a store problem is never the run's
+            self._failed("reading", exc)
+            return False
+
+    def share(self, key: str, clip: Path, meta_path: Path) -> None:
+        """Put a new entry on the store: the clip (unless there), then its metadata."""
+        try:
+            s3 = self.client()
+            clip_key = self._key(clip.name)
+            try:
+                s3.head_object(Bucket=self.bucket, Key=clip_key)
+            except Exception as exc:
+                if not _missing(exc):
+                    raise
+                s3.upload_file(str(clip), self.bucket, clip_key)
+            s3.put_object(Bucket=self.bucket, Key=self._key(f"{key}.json"),
+                          Body=meta_path.read_bytes(), ContentType="application/json")
+        except Exception as exc:  # noqa: BLE001 - the clip is paid and cached here; go on
+            self._failed("sharing a clip", exc)
+
+    def forget(self, key: str, sha256: str) -> None:
+        try:
+            s3 = self.client()
+            name = self._key(f"{key}.json")
+            meta = json.loads(s3.get_object(Bucket=self.bucket, Key=name)["Body"].read(1 << 20))
+            if meta.get("sha256") == sha256:
+                s3.delete_object(Bucket=self.bucket, Key=name)
+        except Exception as exc:  # noqa: BLE001 - gone already, or the store is down
+            if not _missing(exc):
+                self._failed("forgetting a clip", exc)
+
+
+def _missing(exc: BaseException) -> bool:
+    from providers.upload_store import error_code
+
+    return hasattr(exc, "response") and error_code(exc) in ("404", "NoSuchKey", "NotFound")

@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from prefect.utilities.annotations import quote
 
+from flows.files.store import checkpoints, local_out, pull_if_remote
 from flows.review.page import PageRefresher
 from flows.run import lock as runlock
 from flows.run import redaction
@@ -190,7 +191,7 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
         variables.setdefault(date_var, _scheduled_date())
     if shared_limits is None:
         shared_limits = _uses_server()
-    opts = RunOptions(out=Path(out) if out else None, variables=variables, budget=budget,
+    opts = RunOptions(out=local_out(out), variables=variables, budget=budget,
                       no_cache=no_cache, regenerate=set(regenerate or []),
                       resubmit_unconfirmed=resubmit_unconfirmed)
     plan = with_tags(make_plan(storyboard, opts.variables, opts.budget), cost_tags)
@@ -213,7 +214,9 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
 async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool = False) -> RunSummary:
     run_dir = run_dir_for(plan, opts.out)
     with runlock.own(run_dir):  # one owner per run folder (a second run gets BusyError)
-        return await _run_plan(plan, opts, log, shared_limits, run_dir)
+        await pull_if_remote(run_dir)  # out on a store: its state first (flows/files/store.py)
+        async with checkpoints(run_dir):  # and its journal there while it works
+            return await _run_plan(plan, opts, log, shared_limits, run_dir)
 
 
 async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,

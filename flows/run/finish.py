@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from flows.files.folder import resolved, stored
+from flows.files.store import publish_if_remote
 from flows.media.conform import OutputFormat, conform
 from flows.media.finishing import make_cut
 from flows.money.journal import Journal
@@ -158,6 +159,7 @@ async def finish_cut(plan: Plan, run_dir: Path, journal: Journal,
     await previews
     spent, reserved = money()
     await _write_page(plan, run_dir, journal, final, spent, reserved, placed(cut_json, run_dir))
+    await publish_if_remote(run_dir)  # --out s3://...: the deliverables and state to the store
     return cut_json, out
 
 

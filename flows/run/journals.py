@@ -65,7 +65,10 @@ def run_key(run_dir: Path, *, record: bool = False) -> str:
     found = _marker(run_dir)
     if found is not None:
         return found["key"]
-    key = str(absolute(run_dir))
+    from flows.files.store import remote_of
+
+    # a run on a store (flows/files/store.py) is its URL on every machine, whatever the scratch
+    key = remote_of(run_dir) or str(absolute(run_dir))
     if record:
         run_dir.mkdir(parents=True, exist_ok=True)
         url = db_url()

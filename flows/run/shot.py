@@ -250,7 +250,7 @@ class Take:
         for opt, key in zip(shot.options, self.keys, strict=True):
             placeholder = opt.provider == "local"
             if not (placeholder and vendor_before):
-                hit = ctx.cache.get(key) if ctx.cache is not None else None
+                hit = await ctx.cache.aget(key) if ctx.cache is not None else None
                 if hit is not None:
                     first = shot.options[0]
                     note = None if opt is first else (

@@ -9,7 +9,8 @@ start a run, so nothing it names is read or written just because it is readable 
   bytes checked are the bytes hashed and sent.
 * a deployment's `storyboard` parameter must name a file inside the project (the flow run's
   working folder) unless STORYREEL_ALLOW_OUTSIDE_PROJECT=1 is set on the worker; `out`, from
-  the CLI or a parameter, must be a folder we may write (or one we may create).
+  the CLI or a parameter, must be a folder we may write (or one we may create), or an
+  s3:// URL inside a prefix STORYREEL_ALLOWED_STORES lists (flows/files/store.py).
 """
 
 from __future__ import annotations
@@ -219,6 +220,11 @@ def check_storyboard_path(storyboard: str | Path, project: Path | None = None) -
 def check_out_dir(out: str | Path | None) -> None:
     """`out` is a folder we may write, or one we may create."""
     if out is None:
+        return
+    from flows.files.store import check_out_url, is_store_url
+
+    if is_store_url(out):  # a run folder on object storage: only where the operator allows
+        check_out_url(str(out))
         return
     problem = path_problem(str(out), PATH_MAX)
     if problem:

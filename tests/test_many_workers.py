@@ -1,14 +1,16 @@
 """Many workers, one budget, no double payment, with real parts: a Prefect server on the
 session's PostgreSQL cluster, two `prefect worker start` processes on one process pool, RUNS
 flow runs of a two-shot fal storyboard triggered at once, one shared daily spend window
-(STORYREEL_LEDGER_URL) and the journals and run leases (STORYREEL_DB_URL) in one database.
+(STORYREEL_LEDGER_URL) and the journals and run leases (STORYREEL_DB_URL) in one database,
+outputs to an S3-compatible store (moto's server on loopback, `out=s3://...`), each worker with
+its own local scratch (STORYREEL_HOME), as two machines would have.
 
 Half the runs go to one worker (its own work queue of the pool), half to the other. While
 every shot is at the (emulated) vendor, the first worker dies with SIGKILL, its flow-run
 processes with it, as when a machine or container is lost. Its runs are triggered again with
 the same `out` (on the other worker's queue), take over once their leases lapse
 (STORYREEL_LEASE_S=3 here) and poll the jobs their journals say are at the vendor. Then: every
-run has its cut and report, the emulator saw each shot submitted once, and the window's spent
+run has its cut and report in the store, the emulator saw each shot submitted once, and the window's spent
 equals what the emulator charged.
 
 RUNS is 6, not the issue's 20: each flow run is a Python process that imports Prefect and the
@@ -34,6 +36,7 @@ import pytest
 from flows.media.probe import probe
 from flows.money.journal_pg import open_db
 from tests.pg import fresh_pg_database, start, stop, tail
+from tests.s3_kit import BUCKET
 from tests.storyboards import charged, cost_rows, total, write_board
 from tests.test_prefect_server import Server, client, database_url, server  # noqa: F401
 
@@ -92,7 +95,7 @@ async def _wait(probe_fn: Any, timeout: float, what: str, logs: list[Path]) -> A
 
 
 async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
-        server: Server, emu: Any, tmp_path: Path, pg_server: str) -> None:  # noqa: F811
+        server: Server, emu: Any, tmp_path: Path, pg_server: str, s3: Any) -> None:  # noqa: F811
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.client.schemas.objects import StateType
     from prefect.workers.process import ProcessWorker
@@ -109,7 +112,7 @@ async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
             name=f"{name}.yaml", title=name,
             defaults={"provider": "fal", "model": "kling-3-pro", "duration": 3, "retries": 0},
             budget={"max_usd": 5, "window": {"scope": "many", "daily_usd": 100}})
-        outs[name] = tmp_path / "out" / name
+        outs[name] = f"s3://{BUCKET}/many/{name}"
 
     async with client(server) as c:
         await c.create_work_pool(WorkPoolCreate(
@@ -128,15 +131,19 @@ async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
            "STORYREEL_POLL_MAX_S": "0.5", "STORYREEL_CACHE_DIR": str(tmp_path / "cache"),
            "STORYREEL_ALLOW_OUTSIDE_PROJECT": "1", "STORYREEL_LEDGER_URL": db,
            "STORYREEL_DB_URL": db, "STORYREEL_LEASE_S": "3", "STORYREEL_WINDOW_LEASE_S": "6",
-           "PREFECT_WORKER_QUERY_SECONDS": "1"}
+           "PREFECT_WORKER_QUERY_SECONDS": "1", "STORYREEL_ALLOWED_STORES": f"s3://{BUCKET}/many",
+           **{k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                         "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
     logs: list[Path] = []
     workers: list[Any] = []
 
     def worker(name: str, queue: str) -> Any:
         log = tmp_path / f"{name}.log"
         logs.append(log)
+        home = {"STORYREEL_HOME": str(tmp_path / f"{name}-home")}  # its own disk
         proc = start([sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
-                      "--name", name, "--work-queue", queue], log, env=env, cwd=tmp_path)
+                      "--name", name, "--work-queue", queue], log, env={**env, **home},
+                     cwd=tmp_path)
         workers.append(proc)
         return proc
 
@@ -216,8 +223,14 @@ async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
         for proc in workers:
             stop(proc)
 
-    # every run ends with its outputs
-    for name, out in outs.items():
+    # every run ends with its outputs, in the store
+    got = {}
+    for name in outs:
+        got[name] = out = tmp_path / "got" / name
+        out.mkdir(parents=True)
+        for f in ("final.mp4", "cost.csv", "run.json", "review.html"):
+            s3.download_file(BUCKET, f"many/{name}/{f}", str(out / f))
+    for name, out in got.items():
         assert abs(probe(out / "final.mp4").duration - 3.0 * SHOTS) < 0.2, name
         rows = cost_rows(out)
         assert sorted(r["shot_id"] for r in rows) == [f"s{j}" for j in range(SHOTS)], rows
@@ -226,7 +239,7 @@ async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
     per_shot = Counter(j.request.get("prompt") for j in emu.jobs("fal"))
     assert len(per_shot) == RUNS * SHOTS and set(per_shot.values()) == {1}, per_shot
     bill = charged(emu, "fal")
-    assert sum(total(cost_rows(o)) for o in outs.values()) == bill
+    assert sum(total(cost_rows(o)) for o in got.values()) == bill
     [(spent, reserved)] = _sql(db, "SELECT spent_micros, reserved_micros FROM spend_windows "
                                    "WHERE scope = 'many' AND period = 'day'")
     assert (spent, reserved) == (int(bill * 1_000_000), 0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -175,7 +176,10 @@ def layout(clips: list[Path], fmt: OutputFormat, transitions: list[Transition] |
     if len(transitions) != len(clips) - 1:
         raise ValueError(f"{len(clips)} clips need {len(clips) - 1} transitions, "
                          f"got {len(transitions)}")
-    infos = [probe(c) for c in clips]
+    # PyAV lets go of the GIL while it opens and reads: 20 clips probed in 4 threads took
+    # 0.07 s against 0.12-0.19 s one after another (bench/README.md P9)
+    with ThreadPoolExecutor(min(4, len(clips))) as pool:
+        infos = list(pool.map(probe, clips))
     for c, info in zip(clips, infos, strict=True):
         _check_house(c, info, fmt)
     frames = [i.nb_frames for i in infos]

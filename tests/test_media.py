@@ -319,6 +319,12 @@ async def test_contact_sheet(conformed, tmp_path: Path) -> None:
     with Image.open(png) as im:
         assert im.size == (4 + 4 * 320 + 3 * 4 + 4, 4 + 2 * 180 + 4 + 4)
         assert len(np.unique(np.asarray(im.convert("L")))) > 10
+    # tiles a keyframe interval apart or more: drawn in-process (PyAV), the same layout
+    png = await contact_sheet(cut, tmp_path / "sheet2.png", tiles=2, columns=2)
+    with Image.open(png) as im:
+        assert im.size == (4 + 2 * 320 + 4 + 4, 4 + 180 + 4)
+        px = np.asarray(im.convert("RGB"))
+        assert (px[0, 0] == 0x20).all() and len(np.unique(px[4:184, 4:324].sum(axis=2))) > 10
 
 
 async def test_run_ffmpeg_errors_and_timeout() -> None:

@@ -1,9 +1,10 @@
 """A contact sheet: evenly spaced frames of the cut tiled into one PNG (docs/ffmpeg-notes.md).
 
 Drawn in this process with PyAV (FFmpeg's libraries), not by an ffmpeg command: one demuxer,
-one decoder, a seek per tile. When the tiles are at least a keyframe interval apart (house
-clips have one every 2 s), each tile is the keyframe at or before its time: one decoded frame
-per tile instead of up to 48; closer tiles decode up to their exact frame. The ffmpeg command
+one decoder, a seek per tile, when the tiles are at least a keyframe interval apart (house
+clips have one every 2 s): each tile is then the keyframe at or before its time, one decoded
+frame per tile. Closer tiles (a short cut) need their exact frames: one ffmpeg command, an
+accurate input seek per tile, draws those. The ffmpeg command
 it replaces (one input seek per tile, a tile filter) took 0.5-0.7 s of the edit loop's end
 (12 tiles of a 100 s 720p cut), most of it starting 12 demuxers and decoders; this takes a
 tenth of that (bench/README.md P9).
@@ -42,14 +43,38 @@ async def contact_sheet(video: Path, dest_png: Path, *, tiles: int = 12, columns
     # Keep away from the very end, where a seek can land past the last frame.
     last = max(0.0, info.duration - 1.5 / max(info.fps, 1.0))
     times = [min(last, (i + 0.5) * info.duration / tiles) for i in range(tiles)]
-    exact = info.duration / tiles < KEYFRAME_INTERVAL
     tmp = temp_name(dest_png)
     try:
-        await asyncio.to_thread(_draw, video, tmp, times, columns, width, exact)
+        if info.duration / tiles >= KEYFRAME_INTERVAL:
+            await asyncio.to_thread(_draw, video, tmp, times, columns, width, False)
+        else:  # exact frames: one ffmpeg decoding each input from its keyframe was faster
+            # than seeking and decoding here beside the run's other threads (bench P9 demo)
+            await _draw_ffmpeg(video, tmp, times, columns, width)
         os.replace(tmp, dest_png)
     finally:
         tmp.unlink(missing_ok=True)
     return dest_png
+
+
+async def _draw_ffmpeg(video: Path, out: Path, times: list[float], columns: int,
+                       width: int) -> None:
+    """The same sheet by one ffmpeg: an accurate input seek per tile, the tile filter."""
+    from flows.media.ffmpeg_exec import run_ffmpeg
+
+    rows = math.ceil(len(times) / columns)
+    args: list[str] = []
+    chains = []
+    for i, t in enumerate(times):  # one decoder thread per input: 12 pools cost more
+        args += ["-threads", "1", "-ss", f"{t:.3f}", "-i", str(video)]
+        chains.append(f"[{i}:v:0]trim=end_frame=1,setpts=PTS-STARTPTS,"
+                      f"scale={width}:-2,setsar=1[t{i}]")
+    labels = "".join(f"[t{i}]" for i in range(len(times)))
+    graph = ";".join([*chains, f"{labels}concat=n={len(times)}:v=1:a=0,tile={columns}x{rows}"
+                               f":padding={PAD}:margin={PAD}:color=0x202020[out]"])
+    await run_ffmpeg([*args, "-filter_complex", graph, "-map", "[out]", "-frames:v", "1",
+                      "-update", "1", "-c:v", "png", "-f", "image2", str(out)])
+    if not out.is_file() or out.stat().st_size == 0:
+        raise MediaError(f"{out.name}: ffmpeg wrote no contact sheet")
 
 
 def _draw(video: Path, out: Path, times: list[float], columns: int, width: int,

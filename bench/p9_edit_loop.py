@@ -137,6 +137,7 @@ def main() -> int:
     ap.add_argument("--before", help="another checkout: its code edited the same way, "
                                      "runs alternating with this one's")
     ap.add_argument("--no-demo", action="store_true")
+    ap.add_argument("--no-edit", action="store_true", help="the demo edit only")
     ap.add_argument("--report", action="store_true", help="print the last run's results again")
     args = ap.parse_args()
     if args.report:
@@ -150,13 +151,13 @@ def main() -> int:
     try:
         with h.prefect_server(work) as (api, _pid):
             env = h.base_env(emu, work, prefect_home=work / "ph", api_url=api)
-            edits = edit_loop(args, work, env, tag)
+            edits = {} if args.no_edit else edit_loop(args, work, env, tag)
             demos = {} if args.no_demo else demo_loop(args, work, env)
     finally:
         emu.stop()
     out = {"machine": h.machine(), "args": vars(args), "edits": edits, "demo": demos,
            "load_at_end": h.busy_note()}
-    h.save("p9", out)
+    h.save("p9" + ("-demo" if args.no_edit else ""), out)
     print(report(out))
     return 0
 

@@ -93,6 +93,9 @@ def test_cli_run_demo(demo_run: DemoRun) -> None:
     cmd, env, out, proc = demo_run.cmd, demo_run.env, demo_run.out, demo_run.first
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"cut:    {out / 'final.mp4'}" in proc.stdout
+    # what the user waits for is said first, before the contact sheet, page and reports
+    early = proc.stdout.index(f"cut ready: {out / 'final.mp4'}")
+    assert early < proc.stdout.index(f"cut:    {out / 'final.mp4'}")
     assert (out / "final.mp4").stat().st_size > 10_000
     before = rendered(out)
     assert before["final.mp4"] and any(k.startswith("clips/") for k in before), before

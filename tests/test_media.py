@@ -17,7 +17,13 @@ from PIL import Image
 
 from flows.media import animatic as animatic_mod
 from flows.media.animatic import render_animatic, wrap
-from flows.media.assemble import Transition, assemble, concat_list, junction_frames
+from flows.media.assemble import (
+    Transition,
+    assemble,
+    concat_list,
+    junction_frames,
+    segments_dir,
+)
 from flows.media.conform import OutputFormat, conform
 from flows.media.contact_sheet import contact_sheet
 from flows.media.ffmpeg_exec import _Slots, run_ffmpeg, run_ffmpeg_sync
@@ -202,6 +208,35 @@ async def test_assemble_transitions(conformed, tmp_path: Path) -> None:
     assert np.abs(mid - _gray(clips[1], 6)).mean() > 1 and np.abs(mid - _gray(clips[0], 18)).mean() > 1
 
 
+def _video_packets(path: Path) -> list[bytes]:
+    with av.open(str(path)) as c:
+        return [bytes(p) for p in c.demux(video=0) if p.size]
+
+
+async def test_edited_cut_renders_only_the_segments_of_the_changed_clip(conformed,
+                                                                        tmp_path: Path) -> None:
+    """The edit loop: clip 3 of 3 replaced, cut again into the same file. The body and the
+    junction that touch only clips 1-2 are the previous cut's files, untouched; the cut's
+    picture is the one a cut made from nothing has (packet for packet); nothing else stays."""
+    xf = [Transition("crossfade", 0.25), Transition("crossfade", 0.25)]
+    first = [conformed[n][0] for n in ("land24", "anamorphic25", "vp9_60")]
+    edited = [*first[:2], conformed["sync25"][0]]
+    out = tmp_path / "loop" / "final.mp4"
+    out.parent.mkdir()
+    await assemble(first, out, FMT, xf)
+    segs = segments_dir(out)
+    before = {p.name: p.stat().st_mtime_ns for p in segs.iterdir()}
+    assert len(before) == 5  # 3 bodies, 2 junctions
+    await assemble(edited, out, FMT, xf)
+    after = {p.name: p.stat().st_mtime_ns for p in segs.iterdir()}
+    kept = {k for k in before if after.get(k) == before[k]}
+    assert len(after) == 5 and len(kept) == 3  # clip 1's body, junction 1-2, clip 2's body
+    fresh = tmp_path / "fresh" / "final.mp4"
+    fresh.parent.mkdir()
+    await assemble(edited, fresh, FMT, xf)
+    assert _video_packets(out) == _video_packets(fresh)
+
+
 async def test_transition_clamped_to_half_the_shorter_clip(conformed, tmp_path: Path) -> None:
     clips = [conformed["land24"][0], conformed["long30"][0]]  # 24 frames each
     info = await assemble(clips, tmp_path / "c.mp4", FMT, [Transition("crossfade", 5.0)])
@@ -319,6 +354,12 @@ async def test_contact_sheet(conformed, tmp_path: Path) -> None:
     with Image.open(png) as im:
         assert im.size == (4 + 4 * 320 + 3 * 4 + 4, 4 + 2 * 180 + 4 + 4)
         assert len(np.unique(np.asarray(im.convert("L")))) > 10
+    # tiles a keyframe interval apart or more: drawn in-process (PyAV), the same layout
+    png = await contact_sheet(cut, tmp_path / "sheet2.png", tiles=2, columns=2)
+    with Image.open(png) as im:
+        assert im.size == (4 + 2 * 320 + 4 + 4, 4 + 180 + 4)
+        px = np.asarray(im.convert("RGB"))
+        assert (px[0, 0] == 0x20).all() and len(np.unique(px[4:184, 4:324].sum(axis=2))) > 10
 
 
 async def test_run_ffmpeg_errors_and_timeout() -> None:

@@ -1,25 +1,33 @@
 """A contact sheet: evenly spaced frames of the cut tiled into one PNG (docs/ffmpeg-notes.md).
 
-One input seek per tile in a single ffmpeg process: evenly spaced timestamps, and fast (1.4 s
-for 20 tiles of a 100 s 720p cut, against 5.9 s decoding all). When the tiles are at least a
-keyframe interval apart (house clips have one every 2 s), each tile is the keyframe at or
-before its time: one decoded frame per tile instead of up to 48; with one decoder thread per
-input, 12 tiles of a 100 s 720p cut take 0.6 s instead of 0.94 s, at the end of every run.
+Drawn in this process with PyAV (FFmpeg's libraries), not by an ffmpeg command: one demuxer,
+one decoder, a seek per tile, when the tiles are at least a keyframe interval apart (house
+clips have one every 2 s): each tile is then the keyframe at or before its time, one decoded
+frame per tile. Closer tiles (a short cut) need their exact frames: one ffmpeg command, an
+accurate input seek per tile, draws those. The ffmpeg command
+it replaces (one input seek per tile, a tile filter) took 0.5-0.7 s of the edit loop's end
+(12 tiles of a 100 s 720p cut), most of it starting 12 demuxers and decoders; this takes a
+tenth of that (bench/README.md P9).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
+import struct
+import zlib
 from pathlib import Path
+from typing import Any
 
 from flows.media.conform import temp_name
-from flows.media.ffmpeg_exec import run_ffmpeg
 from flows.media.probe import probe
 from providers.errors import MediaError
 
 TILE_WIDTH = 320
 KEYFRAME_INTERVAL = 2.0  # seconds: conform's -g 2*fps
+PAD = 4  # pixels between tiles and around them
+BACKGROUND = (0x20, 0x20, 0x20)
 
 
 async def contact_sheet(video: Path, dest_png: Path, *, tiles: int = 12, columns: int = 4) -> Path:
@@ -31,31 +39,102 @@ async def contact_sheet(video: Path, dest_png: Path, *, tiles: int = 12, columns
     if info.duration <= 0:
         raise MediaError(f"{video.name}: no duration, cannot pick frames")
     columns = min(columns, tiles)
-    rows = math.ceil(tiles / columns)
     width = min(TILE_WIDTH, info.width) // 2 * 2
     # Keep away from the very end, where a seek can land past the last frame.
     last = max(0.0, info.duration - 1.5 / max(info.fps, 1.0))
     times = [min(last, (i + 0.5) * info.duration / tiles) for i in range(tiles)]
-
-    # one decoder thread per input: 12 thread pools cost more than the frames they decode
-    seek = ["-threads", "1"] + (
-        ["-noaccurate_seek"] if info.duration / tiles >= KEYFRAME_INTERVAL else [])
-    args: list[str] = []
-    chains = []
-    for i, t in enumerate(times):
-        args += [*seek, "-ss", f"{t:.3f}", "-i", str(video)]
-        chains.append(f"[{i}:v:0]trim=end_frame=1,setpts=PTS-STARTPTS,"
-                      f"scale={width}:-2,setsar=1[t{i}]")
-    labels = "".join(f"[t{i}]" for i in range(tiles))
-    graph = ";".join([*chains, f"{labels}concat=n={tiles}:v=1:a=0,"
-                               f"tile={columns}x{rows}:padding=4:margin=4:color=0x202020[out]"])
     tmp = temp_name(dest_png)
     try:
-        await run_ffmpeg([*args, "-filter_complex", graph, "-map", "[out]", "-frames:v", "1",
-                          "-update", "1", "-c:v", "png", "-f", "image2", str(tmp)])
-        if not tmp.is_file() or tmp.stat().st_size == 0:
-            raise MediaError(f"{dest_png.name}: ffmpeg wrote no contact sheet")
+        if info.duration / tiles >= KEYFRAME_INTERVAL:
+            await asyncio.to_thread(_draw, video, tmp, times, columns, width, False)
+        else:  # exact frames: one ffmpeg decoding each input from its keyframe was faster
+            # than seeking and decoding here beside the run's other threads (bench P9 demo)
+            await _draw_ffmpeg(video, tmp, times, columns, width)
         os.replace(tmp, dest_png)
     finally:
         tmp.unlink(missing_ok=True)
     return dest_png
+
+
+async def _draw_ffmpeg(video: Path, out: Path, times: list[float], columns: int,
+                       width: int) -> None:
+    """The same sheet by one ffmpeg: an accurate input seek per tile, the tile filter."""
+    from flows.media.ffmpeg_exec import run_ffmpeg
+
+    rows = math.ceil(len(times) / columns)
+    args: list[str] = []
+    chains = []
+    for i, t in enumerate(times):  # one decoder thread per input: 12 pools cost more
+        args += ["-threads", "1", "-ss", f"{t:.3f}", "-i", str(video)]
+        chains.append(f"[{i}:v:0]trim=end_frame=1,setpts=PTS-STARTPTS,"
+                      f"scale={width}:-2,setsar=1[t{i}]")
+    labels = "".join(f"[t{i}]" for i in range(len(times)))
+    graph = ";".join([*chains, f"{labels}concat=n={len(times)}:v=1:a=0,tile={columns}x{rows}"
+                               f":padding={PAD}:margin={PAD}:color=0x202020[out]"])
+    await run_ffmpeg([*args, "-filter_complex", graph, "-map", "[out]", "-frames:v", "1",
+                      "-update", "1", "-c:v", "png", "-f", "image2", str(out)])
+    if not out.is_file() or out.stat().st_size == 0:
+        raise MediaError(f"{out.name}: ffmpeg wrote no contact sheet")
+
+
+def _draw(video: Path, out: Path, times: list[float], columns: int, width: int,
+          exact: bool) -> None:
+    import av
+    import numpy as np
+
+    try:
+        with av.open(str(video)) as container:
+            stream = container.streams.video[0]
+            frames = [_frame_at(container, stream, t, exact) for t in times]
+            pictures = [_rgb(f, width) for f in frames]
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(f"{video.name}: cannot draw a contact sheet ({exc})") from None
+    h = max(p.shape[0] for p in pictures)
+    rows = math.ceil(len(pictures) / columns)
+    sheet = np.empty((PAD + rows * (h + PAD), PAD + columns * (width + PAD), 3), np.uint8)
+    sheet[:] = BACKGROUND
+    for i, p in enumerate(pictures):
+        y, x = PAD + (i // columns) * (h + PAD), PAD + (i % columns) * (width + PAD)
+        sheet[y:y + p.shape[0], x:x + p.shape[1]] = p
+    _write_png(sheet, out)
+
+
+def _frame_at(container: Any, stream: Any, t: float, exact: bool) -> Any:
+    """The keyframe at or before `t` (exact=False), or the frame showing at `t`."""
+    tb = stream.time_base
+    start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+    container.seek(int((t + start) / tb), stream=stream, backward=True, any_frame=False)
+    best = None
+    for frame in container.decode(stream):
+        if not exact or frame.pts is None:
+            return frame
+        if best is not None and float(frame.pts * tb) - start > t + 1e-6:
+            return best
+        best = frame
+    if best is None:
+        raise MediaError(f"no frame at {t:.3f} s")
+    return best
+
+
+def _rgb(frame: Any, width: int) -> Any:
+    height = max(2, round(frame.height * width / frame.width / 2) * 2)
+    return frame.reformat(width=width, height=height, format="rgb24",
+                          interpolation="BICUBIC").to_ndarray()
+
+
+def _write_png(pixels: Any, out: Path) -> None:
+    """RGB rows, filter type 0, zlib level 6 (https://www.w3.org/TR/png-3/): ffmpeg's PNG
+    encoder (PyAV's) took ~0.3 s for a 1300x556 sheet, zlib ~0.05 s."""
+    import numpy as np
+
+    h, w = pixels.shape[:2]
+    rows = np.zeros((h, 1 + 3 * w), np.uint8)
+    rows[:, 1:] = pixels.reshape(h, 3 * w)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    out.write_bytes(b"\x89PNG\r\n\x1a\n"
+                    + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                    + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)) + chunk(b"IEND", b""))

@@ -19,7 +19,14 @@ from typing import Any
 
 from flows.files.folder import stored
 from flows.media import aac
-from flows.media.assemble import Transition, assemble, layout, segments_list, verify_cut
+from flows.media.assemble import (
+    Transition,
+    assemble,
+    layout,
+    segments_dir,
+    segments_list,
+    verify_cut,
+)
 from flows.media.audio import (
     Loudness,
     Music,
@@ -121,7 +128,8 @@ async def make_cut(cut: Cut, dest: Path) -> CutReport:
 
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".assemble-") as tmpdir:
         work = Path(tmpdir)
-        listfile = await segments_list(clips, frames, joins, transitions, fmt, work)
+        listfile = await segments_list(clips, frames, joins, transitions, fmt, work,
+                                       segments_dir(dest))
         inputs = ["-f", "concat", "-safe", "0", "-i", str(listfile)]
         if cut.music is not None:
             inputs += ["-stream_loop", "-1", "-i", str(cut.music.path)]

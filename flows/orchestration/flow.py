@@ -198,8 +198,9 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
     if "fal" in plan.providers_used():  # the account's unit prices, before the caps are checked
         plan = await price_plan(plan, (await _resolve_keys(plan, {"fal"}))["fal"])
     preflight(plan)
-    summary = await run_plan(plan, opts, logger.info, shared_limits=shared_limits)
-    await _artifacts(plan, summary)
+    # the artifacts are made as soon as the reports are, beside the contact sheet and the page
+    summary = await run_plan(plan, opts, logger.info, shared_limits=shared_limits,
+                             on_reports=lambda s: _artifacts(plan, s))
     for line in summary.table.splitlines():
         logger.info(line)
     if not summary.ok:
@@ -211,16 +212,18 @@ async def render_storyboard(storyboard: str, vars: dict[str, Any] | None = None,
             "summary": summary.table, "windows": summary.windows}
 
 
-async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool = False) -> RunSummary:
+async def run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool = False,
+                   on_reports: Any = None) -> RunSummary:
+    """`on_reports(summary)`: started once the reports are written (flows/run/session.py)."""
     run_dir = run_dir_for(plan, opts.out)
     with runlock.own(run_dir):  # one owner per run folder (a second run gets BusyError)
         await pull_if_remote(run_dir)  # out on a store: its state first (flows/files/store.py)
         async with checkpoints(run_dir):  # and its journal there while it works
-            return await _run_plan(plan, opts, log, shared_limits, run_dir)
+            return await _run_plan(plan, opts, log, shared_limits, run_dir, on_reports)
 
 
 async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
-                    run_dir: Path) -> RunSummary:
+                    run_dir: Path, on_reports: Any = None) -> RunSummary:
     journal = open_journal(run_dir)
     keys = await _resolve_keys(plan)
     limits = plan.storyboard.limits
@@ -277,7 +280,7 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
             await aupdate_progress_artifact(await progress, 100.0)  # after every throttled update
             await warm
             await page.close()
-            return await finish(plan, run_dir, journal, ctx.ledger, results)
+            return await finish(plan, run_dir, journal, ctx.ledger, results, reported=on_reports)
         finally:
             await page.close()
             await asyncio.to_thread(close_window, ctx.ledger)  # no-op after finish's

@@ -29,6 +29,7 @@ from flows.media.finishing import make_cut
 from flows.money.journal import Journal
 from flows.run import uptodate
 from flows.run.deliverable import cut_for
+from flows.run.progress import note
 from flows.storyboard.plan import Plan
 from providers.errors import SpecError, StoryreelError, redact
 
@@ -126,6 +127,7 @@ async def finish_cut(plan: Plan, run_dir: Path, journal: Journal,
     # the review page's take previews (one ffmpeg each) beside the cut, not after it
     previews = asyncio.create_task(_take_previews(plan, run_dir, journal, cut_clips))
     sheet: asyncio.Task[None] | None = None
+    poster: asyncio.Task[None] | None = None
     try:
         # content-addressed cut (flows/run/uptodate.py): the same clips and settings are not cut
         # again; a cut holding a slate has no key (its reason may change)
@@ -146,21 +148,38 @@ async def finish_cut(plan: Plan, run_dir: Path, journal: Journal,
         else:
             cut_json = dict(record.get("report") or {})
             redraw = contact_sheet and not (run_dir / "contact_sheet.png").exists()
+        # what the user waits for first, said as soon as it is true; then the rest at once:
+        # the contact sheet (in this process, PyAV), the page's poster of the cut (ffmpeg) and
+        # the reports (a thread), each on what it needs and nothing more
+        note(f"cut ready: {final}")
         if redraw:
             sheet = asyncio.create_task(draw_contact_sheet(final, run_dir))
+        poster = asyncio.create_task(_cut_poster(final, run_dir))
         out = await reports(cut_json)
         if sheet is not None:
             await sheet
+        await poster
     except BaseException:  # never leave its ffmpeg running
         previews.cancel()
         if sheet is not None:
             sheet.cancel()
+        if poster is not None:
+            poster.cancel()
         raise
     await previews
     spent, reserved = money()
     await _write_page(plan, run_dir, journal, final, spent, reserved, placed(cut_json, run_dir))
     await publish_if_remote(run_dir)  # --out s3://...: the deliverables and state to the store
     return cut_json, out
+
+
+async def _cut_poster(final: Path, run_dir: Path) -> None:
+    """The review page's poster of the cut, made beside the contact sheet and the reports
+    (the page, written after them, finds it up to date)."""
+    from flows.review.previews import preview
+
+    with contextlib.suppress(StoryreelError):
+        await preview(final, run_dir, "final", video_copy=False)
 
 
 async def _take_previews(plan: Plan, run_dir: Path, journal: Journal, cut: list[Path]) -> None:

@@ -223,3 +223,10 @@ def sink(plan: Any, ledger: Any) -> Callable[[ShotEvent], None] | None:
         return None
     _current.start(plan)
     return _current.bind(ledger)
+
+
+def note(line: str) -> None:
+    """A line the user can act on now (final.mp4 is written), printed at once by the CLI's
+    display (above its table on a terminal); runs without a display print nothing here."""
+    if _current is not None:
+        print(line, flush=True)

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,10 +192,13 @@ class RunSummary:
 
 
 async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
-                 results: list[ShotResult], contact_sheet: bool = True) -> RunSummary:
+                 results: list[ShotResult], contact_sheet: bool = True,
+                 reported: Callable[[RunSummary], Awaitable[Any]] | None = None) -> RunSummary:
     """Placeholders for missing shots, the finished cut, cost.csv, run.json, review.html: the
-    finish `storyreel cut` shares (flows/run/finish.py)."""
+    finish `storyreel cut` shares (flows/run/finish.py). `reported(summary)`: started as soon
+    as the reports are written (the flow's artifacts), beside the contact sheet and the page."""
     final = run_dir / "final.mp4"
+    after: list[asyncio.Future[Any]] = []
 
     async def reports(cut_json: dict[str, Any]) -> RunSummary:
         # the reports (pandas) in a thread, while ffmpeg draws the contact sheet
@@ -205,12 +209,21 @@ async def finish(plan: Plan, run_dir: Path, journal: Journal, ledger: Ledger,
         summary.windows = await asyncio.to_thread(close_window, ledger)
         write_run_json(plan, run_dir, journal.run_id, results, totals, cut=cut_json,
                        windows=summary.windows)
+        if reported is not None:
+            after.append(asyncio.ensure_future(reported(summary)))
         return summary
 
-    _, summary = await finish_cut(
-        plan, run_dir, journal, [r.conformed for r in results],
-        [f"{r.status}: {r.reason}" for r in results], reports=reports,
-        money=lambda: (ledger.spent_usd, ledger.reserved_usd), contact_sheet=contact_sheet)
+    try:
+        _, summary = await finish_cut(
+            plan, run_dir, journal, [r.conformed for r in results],
+            [f"{r.status}: {r.reason}" for r in results], reports=reports,
+            money=lambda: (ledger.spent_usd, ledger.reserved_usd), contact_sheet=contact_sheet)
+    except BaseException:
+        for task in after:
+            task.cancel()
+        raise
+    for task in after:
+        await task
     return summary
 
 

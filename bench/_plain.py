@@ -17,7 +17,6 @@ from flows.run.session import (
     cache_for,
     finish,
     ledger_for,
-    make_plan,
     open_journal,
     output_format,
     preflight,
@@ -25,6 +24,7 @@ from flows.run.session import (
 )
 from flows.run.shot import RunContext, ShotResult, render_shot
 from flows.storyboard.keys import env_key
+from flows.storyboard.plan import make_plan
 from providers.http import new_client
 
 

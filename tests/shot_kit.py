@@ -22,7 +22,6 @@ from flows.run.redaction import redact_data
 from flows.run.session import (
     RunOptions,
     close_window,
-    make_plan,
     new_context,
     open_journal,
     preflight,
@@ -30,6 +29,7 @@ from flows.run.session import (
 )
 from flows.run.shot import render_shot
 from flows.storyboard.keys import env_key
+from flows.storyboard.plan import make_plan
 from providers.http import new_client
 from tests.storyboards import cost_rows
 

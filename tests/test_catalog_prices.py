@@ -86,7 +86,7 @@ def test_bad_price_rules_are_refused(price: dict[str, Any]) -> None:
 
 
 def test_a_bad_billing_rule_in_a_storyboard_override_is_a_spec_error(tmp_path: Path) -> None:
-    from flows.run.session import make_plan
+    from flows.storyboard.plan import make_plan
     from providers.errors import SpecError
 
     spec = write_board(tmp_path, [{"id": "a", "prompt": "a kite", "provider": "fal",
@@ -144,7 +144,7 @@ def test_audio_on_by_default_costs_the_surcharge_until_the_request_turns_it_off(
 
 def test_planning_prices_a_shot_with_its_own_params(tmp_path: Path) -> None:
     """A shot that turns Kling 3's audio back on is planned at the audio rate."""
-    from flows.run.session import make_plan
+    from flows.storyboard.plan import make_plan
 
     shots = [{"id": "quiet", "prompt": "a kite", "provider": "fal", "model": "kling-3-pro",
               "duration": 5},

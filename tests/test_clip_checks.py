@@ -83,7 +83,7 @@ def test_thresholds() -> None:
 # -- the storyboard's `checks:` ------------------------------------------------------------------
 
 def _plan(tmp_path: Path, shots: list[dict], **top: object):
-    from flows.run.session import make_plan
+    from flows.storyboard.plan import make_plan
 
     return make_plan(write_board(tmp_path, shots, **top))
 

@@ -20,9 +20,10 @@ from flows.money.status import GOOD
 from flows.run import lock as runlock
 from flows.run.chain import start_shots
 from flows.run.context import ShotResult
-from flows.run.session import RunOptions, close_window, make_plan, new_context, open_journal
+from flows.run.session import RunOptions, close_window, new_context, open_journal
 from flows.run.shot import render_shot
 from flows.storyboard.keys import env_key
+from flows.storyboard.plan import make_plan
 from providers.http import new_client
 from tests.storyboards import cost_rows
 

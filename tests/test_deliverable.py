@@ -20,7 +20,7 @@ from flows.media.audio import Music
 from flows.media.conform import OutputFormat, conform
 from flows.media.ffmpeg_exec import ffmpeg_exe
 from flows.media.finishing import Cut, make_cut
-from flows.run.session import make_plan
+from flows.storyboard.plan import make_plan
 from providers.errors import SpecError
 
 FPS = 24

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from flows.media.probe import probe
-from flows.run.session import make_plan
+from flows.storyboard.plan import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_SPECS = [p for p in sorted((ROOT / "specs").glob("*.yaml"))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flows.media.probe import probe
-from flows.run.session import make_plan
+from flows.storyboard.plan import make_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "specs" / "vendors-demo.yaml"

@@ -13,7 +13,8 @@ import pytest
 
 from flows.money.journal import Journal
 from flows.run.early import submit_early
-from flows.run.session import RunOptions, ledger_for, make_plan
+from flows.run.session import RunOptions, ledger_for
+from flows.storyboard.plan import make_plan
 from tests.storyboards import charged, cost_rows, total, write_board
 
 pytestmark = pytest.mark.e2e

@@ -210,8 +210,9 @@ async def test_a_run_books_what_fal_charged_at_the_accounts_price(priced_env: Em
     """Plan with live prices, render each shot on a RunContext (no Prefect), write cost.csv:
     every fal row is the emulator's charge to the cent, labelled vendor_units."""
     from flows.money.report import rows_from_journal, write_cost_csv
-    from flows.run.session import RunOptions, make_plan, new_context, open_journal
+    from flows.run.session import RunOptions, new_context, open_journal
     from flows.run.shot import render_shot
+    from flows.storyboard.plan import make_plan
     from flows.storyboard.prices import price_plan
     from providers.http import new_client
 

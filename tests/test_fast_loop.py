@@ -138,8 +138,8 @@ def test_noop_rerun_touches_no_vendor_ffmpeg_or_prefect(loop: Loop) -> None:
 
 def test_noop_check_is_exact(loop: Loop) -> None:
     """Anything the cut depends on makes it not up to date (checked without running)."""
-    from flows.run.session import make_plan
     from flows.run.uptodate import check
+    from flows.storyboard.plan import make_plan
 
     spec = loop.tmp / "board.yaml"
     assert check(make_plan(spec), loop.out).final is not None
@@ -169,7 +169,8 @@ def test_unchanged_cut_is_not_joined_again(loop: Loop) -> None:
     """finish() on the same clips and settings keeps final.mp4 (no ffmpeg for the cut)."""
     from flows.money.journal import Journal
     from flows.run.context import ShotResult
-    from flows.run.session import finish, ledger_for, make_plan
+    from flows.run.session import finish, ledger_for
+    from flows.storyboard.plan import make_plan
 
     plan = make_plan(loop.current)
     stamp = loop.final_stamp()
@@ -231,8 +232,8 @@ def test_edited_shot_alone_is_generated_again(loop: Loop) -> None:
 def test_failed_shot_is_not_up_to_date(loop: Loop, tmp_path: Path) -> None:
     """A shot that ended as a slate is tried again: the folder is not up to date."""
     from flows.money.journal import Journal
-    from flows.run.session import make_plan
     from flows.run.uptodate import check
+    from flows.storyboard.plan import make_plan
 
     out = tmp_path / "copy"
     shutil.copytree(loop.out, out)

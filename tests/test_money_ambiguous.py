@@ -85,7 +85,7 @@ async def test_job_past_its_deadline_on_a_vendor_that_cannot_cancel_keeps_its_mo
         shot_run, emu_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vendor: str) -> None:
     emu = emu_env
     monkeypatch.setenv("STORYREEL_JOB_DEADLINE_S", "1.0")
-    from flows.run.session import make_plan
+    from flows.storyboard.plan import make_plan
 
     board = [shot("a", vendor, retries=1)]
     estimate = make_plan(write_board(tmp_path, board)).shots[0].primary.estimate_usd

@@ -47,7 +47,7 @@ async def test_cap_holds_under_concurrency_with_random_failures(
                       "model": model, "duration": duration(), "retries": rng.randint(0, 1),
                       "fallback": [f"{other[0]}:{other[1]}"]})
     # a fallback must accept its shot's duration (planning refuses it otherwise): keep fits
-    from flows.run.session import make_plan
+    from flows.storyboard.plan import make_plan
     from providers.errors import SpecError
 
     for s in shots:

@@ -122,7 +122,7 @@ async def test_a_resubmitted_intent_stays_priced(shot_run, emu_env, tmp_path) ->
 
     from flows.money.journal import Journal
     from flows.run.context import clip_key
-    from flows.run.session import make_plan
+    from flows.storyboard.plan import make_plan
 
     emu = emu_env
     spec = write_board(tmp_path, [{"id": "a", "prompt": "a kite", **FAL}], budget={"max_usd": 2})
@@ -156,7 +156,7 @@ async def test_a_resubmitted_intent_stays_priced(shot_run, emu_env, tmp_path) ->
     ({}, {"max_usd_per_shot": float("inf")}, "budget.max_usd_per_shot"),
 ])
 def test_bad_prices_and_caps_are_spec_errors(tmp_path, pricing, budget, place) -> None:
-    from flows.run.session import make_plan
+    from flows.storyboard.plan import make_plan
     from providers.errors import SpecError
 
     spec = write_board(tmp_path, [{"id": "a", "prompt": "a kite", **FAL}], budget=budget,
@@ -209,7 +209,8 @@ def test_a_run_folder_has_one_owner(tmp_path) -> None:
 
 
 def test_default_run_folders_never_collide(tmp_path, monkeypatch) -> None:
-    from flows.run.session import make_plan, run_dir_for
+    from flows.run.session import run_dir_for
+    from flows.storyboard.plan import make_plan
 
     monkeypatch.chdir(tmp_path)
     spec = write_board(tmp_path, [{"id": "a", "prompt": "a kite", "provider": "local"}])

@@ -21,9 +21,10 @@ import pytest
 from flows.money.report import rows_from_journal, write_cost_csv
 from flows.money.spend import totals
 from flows.run.reconcile import reconcile
-from flows.run.session import RunOptions, make_plan, new_context, open_journal
+from flows.run.session import RunOptions, new_context, open_journal
 from flows.run.shot import render_shot
 from flows.storyboard.keys import env_key
+from flows.storyboard.plan import make_plan
 from providers.http import new_client
 from tests.money_kit import cents, shot, wait_idle
 from tests.storyboards import charged, cost_rows, total, write_board

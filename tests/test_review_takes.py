@@ -94,7 +94,7 @@ async def test_takes_pay_one_job_each_and_the_review_page_shows_them(
 
 def test_plan_prices_the_takes_and_the_per_shot_cap_counts_them(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.run.session import make_plan
+    from flows.storyboard.plan import make_plan
 
     monkeypatch.setenv("RUNWAYML_API_SECRET", "not-used")
     plan = make_plan(_board(tmp_path))

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from flows.cli.commands import main
-from flows.run.session import make_plan
 from flows.storyboard.files import check_out_dir, check_run_params, check_storyboard_path
 from flows.storyboard.loading import MAX_FILE_BYTES, parse_storyboard
+from flows.storyboard.plan import make_plan
 from providers.errors import SpecError
 from tests.storyboards import write_board
 

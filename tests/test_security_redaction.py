@@ -13,7 +13,8 @@ import pytest
 
 from flows.run import redaction
 from flows.run.context import ShotResult
-from flows.run.session import make_plan, placeholder, write_run_json
+from flows.run.session import placeholder, write_run_json
+from flows.storyboard.plan import make_plan
 from providers.errors import ProviderError, StoryreelError, redact, register_secret
 from tests.storyboards import write_board
 

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from flows.cli.commands import main
-from flows.run.session import make_plan
 from flows.storyboard.loading import parse_storyboard
-from flows.storyboard.plan import build_plan
+from flows.storyboard.plan import build_plan, make_plan
 from providers.errors import SpecError
 
 BASE = """\

@@ -248,9 +248,10 @@ async def test_a_retried_task_holds_its_job_once(emu_env: Any, tmp_path: Path,
     job's money is held once, in the ledger and in the window, and settled at the vendor's
     charge."""
     from flows.run.early import submit_early
-    from flows.run.session import RunOptions, close_window, make_plan, new_context, open_journal
+    from flows.run.session import RunOptions, close_window, new_context, open_journal
     from flows.run.shot import _settle_other
     from flows.storyboard.keys import env_key
+    from flows.storyboard.plan import make_plan
     from providers.http import new_client
 
     url = f"sqlite:///{tmp_path / 'budgets.sqlite'}"

@@ -52,7 +52,7 @@ def _tags(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flows.run.session import make_plan
+    from flows.storyboard.plan import make_plan
 
     plan = make_plan(args.spec, _vars(args.var))
     print(f"{args.spec}: ok ({len(plan.shots)} shots, {plan.total_duration:g} s, "
@@ -75,8 +75,8 @@ def _check_lines(plan: Any) -> list[str]:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from flows.run.session import make_plan
     from flows.storyboard.keys import missing_keys
+    from flows.storyboard.plan import make_plan
     from flows.storyboard.prices import price_plan_sync
 
     plan = price_plan_sync(make_plan(args.spec, _vars(args.var), args.budget))

@@ -37,7 +37,6 @@ from flows.run.session import (
     RunSummary,
     close_window,
     finish,
-    make_plan,
     new_context,
     open_journal,
     preflight,
@@ -49,7 +48,7 @@ from flows.run.session import (
 from flows.run.shot import RunContext, ShotResult, render_shot, settle_orphans
 from flows.storyboard.files import check_run_params
 from flows.storyboard.keys import env_key
-from flows.storyboard.plan import Plan, ShotPlan
+from flows.storyboard.plan import Plan, ShotPlan, make_plan
 from flows.storyboard.prices import price_plan
 from flows.storyboard.tags import with_tags
 from providers.errors import BudgetError, ContentPolicyError, PlanError, SpecError, redact

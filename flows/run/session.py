@@ -26,7 +26,7 @@ from flows.run.finish import finish_cut, output_format, slate
 from flows.run.redaction import redact_data
 from flows.run.shot import RunContext, ShotResult
 from flows.storyboard.keys import require_keys
-from flows.storyboard.plan import Plan, make_plan  # noqa: F401  (callers import it from here)
+from flows.storyboard.plan import Plan
 from providers.errors import BudgetError, MediaError, StoryreelError, redact
 
 

@@ -47,7 +47,9 @@ async def test_review_page_in_a_real_browser(review_run, emu_env, tmp_path: Path
     emu.inject("fal", "job", "policy", message="the vendor refused it")
     shots = [
         {"id": "refused", "prompt": "A red kite over the sea", "duration": 5, "retries": 0},
-        {"id": "harbour", "prompt": f"The harbour at night {HOSTILE}", "duration": 5},
+        # on runway, so the fal fault above can only meet `refused` (shots start together)
+        {"id": "harbour", "prompt": f"The harbour at night {HOSTILE}", "duration": 5,
+         "provider": "runway", "model": "gen4.5"},
         {"id": "lamp", "prompt": "Close-up of the lamp", "duration": 5, "provider": "runway",
          "model": "gen4.5"},
     ]

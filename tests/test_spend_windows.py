@@ -1,5 +1,5 @@
 """Spend windows shared by every run (flows/money/window.py), with real parts: SQLite files
-shared by processes, a throw-away PostgreSQL cluster (tests/pg.py), the real CLI in six
+shared by processes, a throw-away PostgreSQL cluster (tests/pg.py), the real CLI in four
 concurrent processes against the vendor emulator, SIGKILL mid-flight.
 
 What a window promises, and what is checked here:
@@ -326,11 +326,11 @@ def test_plan_shows_the_window_and_refuses_what_does_not_fit(
     store.close()
 
 
-# -- real runs: six CLI processes sharing one daily window -----------------------------------
+# -- real runs: four CLI processes sharing one daily window -----------------------------------
 
-# six runs of 3 shots at $0.35 ask $6.30 of a $2.00 window: contended. (Eight were measured
-# at ~25% more suite time for the same checks: each run is a Python process importing Prefect.)
-RUNS = 6
+# four runs of 3 shots at $0.35 ask $4.20 of a $2.00 window: contended. (Eight cost twice the
+# CPU for the same checks: each run is a Python process importing Prefect, on 2 cores.)
+RUNS = 4
 SHOTS = 3
 LIMIT = D("2.00")
 

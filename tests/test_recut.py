@@ -159,7 +159,13 @@ def test_cut_after_a_pick_is_the_film_the_run_makes(made: Made, tmp_path: Path,
     final.unlink()
     proc = made.cli("run", str(made.spec), "--out", str(work))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((work / "cut.json").read_text())["report"] == record["report"]
+    again = json.loads((work / "cut.json").read_text())["report"]
+    # the same film; its measured loudness (rounded to 0.1 LU) may differ by a rounding step,
+    # as the cut's AAC is encoded afresh here and partly reused after the pick
+    lufs = again["loudness"].pop("integrated_lufs"), record["report"]["loudness"]["integrated_lufs"]
+    assert abs(lufs[0] - lufs[1]) <= 0.15, lufs
+    assert again == {**record["report"], "loudness": {
+        k: v for k, v in record["report"]["loudness"].items() if k != "integrated_lufs"}}
     assert pictures(final) == cut_pictures  # frame for frame
     # the sound too, sample for sample but for the last AAC frames (their flush differs from
     # one encode of the same mix to the next, a cut with itself included)

@@ -39,7 +39,13 @@ from flows.money.journal_pg import open_db
 from tests.pg import fresh_pg_database, start, stop, tail
 from tests.s3_kit import BUCKET
 from tests.storyboards import charged, cost_rows, total, write_board
-from tests.test_prefect_server import Server, client, database_url, server  # noqa: F401
+from tests.test_prefect_server import (  # noqa: F401
+    Server,
+    client,
+    database_url,
+    server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.server
 
@@ -82,17 +88,6 @@ def _flow_run_of(pid: int) -> str | None:
 def _sql(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return conn.execute(query, args).fetchall()
-
-
-async def _wait(probe_fn: Any, timeout: float, what: str, logs: list[Path]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe_fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}:\n" + "\n".join(tail(p) for p in logs))
-        await asyncio.sleep(0.3)
 
 
 async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
@@ -165,7 +160,7 @@ async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
                     "AND status IN ('submitted', 'running')")
                 return n == RUNS * SHOTS and emu.stats("fal")["submits"] == RUNS * SHOTS
 
-            await _wait(all_at_vendor, 120, "every shot to be at the vendor", logs)
+            await wait_for(all_at_vendor, 120, "every shot to be at the vendor", logs, every=0.3)
             t_submitted = time.monotonic() - t0
 
             # the machine dies: the worker and every flow run it started, at once
@@ -190,7 +185,7 @@ async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
                     "AND lease_until <= now()", keys)
                 return rows[0][0] == len(keys)
 
-            await _wait(lapsed, 30, "the dead runs' leases to lapse", logs)
+            await wait_for(lapsed, 30, "the dead runs' leases to lapse", logs, every=0.3)
             again = {n: await c.create_flow_run_from_deployment(
                          deployment, parameters={"storyboard": str(boards[n]),
                                                  "out": str(outs[n])}, work_queue_name="default")
@@ -203,7 +198,7 @@ async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
                 return sorted(o.rsplit("flow run ", 1)[-1].rstrip(")") for (o,) in rows) \
                     == sorted(str(r.id) for r in again.values())
 
-            await _wait(taken_over, 120, "the new owners to take the dead runs over", logs)
+            await wait_for(taken_over, 120, "the new owners to take the dead runs over", logs, every=0.3)
             t_takeover = time.monotonic() - t0
             assert emu.stats("fal")["submits"] == RUNS * SHOTS  # taking over paid nothing
             emu.advance(LATENCY)  # now every job at the vendor finishes
@@ -216,7 +211,7 @@ async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
                 assert not bad, (bad, [tail(p) for p in logs])
                 return all(s.type == StateType.COMPLETED for s in states)
 
-            await _wait(all_done, 180, "every run to complete", logs)
+            await wait_for(all_done, 180, "every run to complete", logs, every=0.3)
         print(f"\n{RUNS} runs on 2 workers: all at the vendor after {t_submitted:.1f} s, "
               f"{len(lost)} taken over after {t_takeover:.1f} s, all done after "
               f"{time.monotonic() - t0:.1f} s")

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,15 +107,17 @@ def prefect_cli(server: Server, *args: str, cwd: Path = ROOT, timeout: float = 1
                           capture_output=True, timeout=timeout, env=env or server.env)
 
 
-async def wait_for(probe_fn: Any, timeout: float, what: str) -> Any:
+async def wait_for(probe_fn: Any, timeout: float, what: str, logs: Sequence[Path] = (),
+                   every: float = 0.5) -> Any:
+    """probe_fn's first truthy answer; on timeout, fail with the tails of `logs`."""
     deadline = time.monotonic() + timeout
     while True:
         value = await probe_fn()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.5)
+            pytest.fail(f"timed out waiting for {what}" + "".join(f"\n{tail(p)}" for p in logs))
+        await asyncio.sleep(every)
 
 
 # -- deploy ----------------------------------------------------------------------------------

@@ -11,12 +11,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +22,10 @@ import numpy as np
 import pytest
 
 from flows.cli.commands import main
+from tests.cli_kit import Ran, storyreel
 from tests.review_kit import difference, frame_at
 from tests.test_deliverable import MUSIC_HZ, audio, band_db, cues, make_logo, make_music
 
-ROOT = Path(__file__).resolve().parent.parent
 FPS, W, H = 12, 320, 180
 BLUE = (0x20, 0x60, 0xE0)
 BOARD = f"""\
@@ -56,9 +53,9 @@ class Made:
     out: Path
     env: dict[str, str]
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "flows.cli", *args], env=self.env,
-                              cwd=ROOT, capture_output=True, text=True, timeout=600)
+    def cli(self, *args: str) -> Ran:
+        """The command in this process: what it does to the folder is the subject here."""
+        return storyreel(*args, env=self.env)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +65,7 @@ def made(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Made:
     make_logo(tmp / "logo.png")
     spec = tmp / "board.yaml"
     spec.write_text(BOARD, encoding="utf-8")
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "STORYREEL_CACHE_DIR": str(tmp / "cache"),
-           "PYTHONPATH": str(ROOT)}
+    env = {"PREFECT_API_URL": prefect_api, "STORYREEL_CACHE_DIR": str(tmp / "cache")}
     m = Made(spec, tmp / "run", env)
     proc = m.cli("run", str(spec), "--out", str(m.out))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -33,5 +33,8 @@ def storyreel(*args: str, env: Mapping[str, str] | None = None) -> Ran:
         for key, value in (env or {}).items():
             mp.setenv(key, value)
         with redirect_stdout(out), redirect_stderr(err):
-            code = main(list(args))
+            try:
+                code = main(list(args))
+            except SystemExit as stop:  # argparse's usage errors end the process with 2
+                code = stop.code if isinstance(stop.code, int) else 1
     return Ran(code, out.getvalue(), err.getvalue())

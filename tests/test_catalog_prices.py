@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from providers.catalog import ModelInfo, Price, find_model, load_catalog
+from tests.cli_kit import Ran, storyreel
 from tests.storyboards import write_board
 
 PAID_ENTRY: dict[str, Any] = {"vendor_model": "v", "durations": [5], "price": {"per_second": 0.1},
@@ -179,9 +178,8 @@ def test_estimates_are_at_or_above_the_public_price(provider: str, model: str, s
 
 # -- `storyreel providers` -------------------------------------------------------------------
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "providers", *args],
-                          capture_output=True, text=True, timeout=120)
+def _cli(*args: str) -> Ran:
+    return storyreel("providers", *args)
 
 
 def test_providers_stale_lists_the_prices_older_than_days() -> None:

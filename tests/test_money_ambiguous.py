@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli_kit import storyreel
 from tests.money_kit import (
     AT_RISK,
     NO_CANCEL,
@@ -32,7 +33,6 @@ from tests.money_kit import (
     charged,
     cli_env,
     cost_rows,
-    run_cli,
     run_json,
     shot,
     total,
@@ -180,7 +180,8 @@ def test_totals_agree_everywhere_with_money_at_risk(emu_env, prefect_api: str,
                        budget={"max_usd": 5}, defaults={"retries": 0})
     out = tmp_path / "out"
     env = cli_env(emu, prefect_api, tmp_path, STORYREEL_JOB_DEADLINE_S="2.0")
-    code, log = run_cli(env, "run", str(spec), "--out", str(out))
+    ran = storyreel("run", str(spec), "--out", str(out), env=env)  # in process: same command
+    code, log = ran.returncode, ran.stdout + ran.stderr
     assert code == 1, log[-3000:]  # two shots are missing from the cut
     rows = {r["shot_id"]: r for r in cost_rows(out)}
     assert rows["done"]["status"] == "done" and rows["done"]["cost_source"] == "vendor"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import resource
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,3 +67,30 @@ def shot_run(emu_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("STORYREEL_CACHE_DIR", str(tmp_path / "cache"))
     emu_env.configure(latency=0.2)
     return render_shots
+
+
+# -- where the suite's time goes ----------------------------------------------------------------
+# STORYREEL_TEST_TIMELINE=DIR writes one JSON line per test to DIR/<worker>.jsonl: when it ran
+# and the CPU it used, its own and its waited-for children's (CLI runs, ffmpeg, servers stopped
+# in it), which wall times on shared cores do not show.
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    folder = os.environ.get("STORYREEL_TEST_TIMELINE")
+    if not folder:
+        yield
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    t0, own0, kids0 = time.time(), _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+    yield
+    line = {"test": item.nodeid, "worker": worker, "start": t0, "wall": time.time() - t0,
+            "cpu": _cpu(resource.RUSAGE_SELF) - own0,
+            "children": _cpu(resource.RUSAGE_CHILDREN) - kids0}
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    with open(Path(folder) / f"{worker}.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime

@@ -15,7 +15,8 @@ import pytest
 from tests.emulator.core import Emulator
 from tests.storyboards import cost_rows
 
-pytest_plugins = ["tests.prefect_fixtures", "tests.review_kit", "tests.pg", "tests.s3_kit"]
+pytest_plugins = ["tests.prefect_fixtures", "tests.review_kit", "tests.pg", "tests.s3_kit",
+                  "tests.prefect_server_kit", "tests.schedule"]
 
 
 @pytest.fixture(scope="session")

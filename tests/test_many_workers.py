@@ -37,15 +37,9 @@ import pytest
 from flows.media.probe import probe
 from flows.money.journal_pg import open_db
 from tests.pg import fresh_pg_database, start, stop, tail
+from tests.prefect_server_kit import Server, client, wait_for
 from tests.s3_kit import BUCKET
 from tests.storyboards import charged, cost_rows, total, write_board
-from tests.test_prefect_server import (  # noqa: F401
-    Server,
-    client,
-    database_url,
-    server,
-    wait_for,
-)
 
 pytestmark = pytest.mark.server
 
@@ -91,7 +85,7 @@ def _sql(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 async def test_a_killed_worker_s_runs_are_finished_by_another_paying_once(
-        server: Server, emu: Any, tmp_path: Path, pg_server: str, s3: Any) -> None:  # noqa: F811
+        server: Server, emu: Any, tmp_path: Path, pg_server: str, s3: Any) -> None:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.client.schemas.objects import StateType
     from prefect.workers.process import ProcessWorker

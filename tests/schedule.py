@@ -31,8 +31,9 @@ FIRST = ("tests/test_prefect_server.py", "tests/test_many_workers.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # set by xdist in its workers (which see `--dist no` themselves); the addopts ask worksteal
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
-    if workers < 2 or config.getoption("dist", "no") != "worksteal":
+    if workers < 2:
         return
     items[:] = arrange(items, workers, _timings())
 

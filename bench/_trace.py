@@ -40,8 +40,8 @@ TRACED = {
     "flows.media.assemble": ["assemble", "layout", "segments_list", "verify_cut", "_verify"],
     "flows.media.aac": ["encode"],
     "flows.media.ffmpeg_exec": ["run_ffmpeg"],
-    "flows.media.conform": ["conform"],
-    "flows.run.shot": ["render_shot"],
+    "flows.media.conform": ["conform", "conform_measured"],
+    "flows.run.shot": ["render_shot", "_fetch_verified"],
 }
 _wrapped: dict[int, Any] = {}  # id(original) -> wrapper
 
@@ -51,8 +51,14 @@ def _label(name: str, args: tuple[Any, ...]) -> str:
         argv = [str(a) for a in args[0]]
         outs = [a for a in argv if "/" in a][-1:]
         return f"ffmpeg {Path(outs[0]).name if outs else ''}"
+    if name.endswith("run_ffmpeg") and args and callable(args[0]):  # a conform: by its source
+        argv = [str(a) for a in args[0](1)]
+        return f"ffmpeg < {Path(argv[argv.index('-i') + 1]).stem}" if "-i" in argv else "ffmpeg"
     if name.endswith("run_ffmpeg"):
         return "ffmpeg"
+    if name.endswith(("_fetch_verified", "conform_measured")):  # by the raw clip's name
+        raw = args[3] if name.endswith("_fetch_verified") else args[0]
+        return f"{name} {Path(str(raw)).stem}"
     if name.endswith("render_shot") and len(args) > 1:
         return f"render_shot {getattr(args[1], 'shot_id', '')}"
     return name

@@ -12,6 +12,7 @@ bench process).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import importlib.abc
@@ -26,6 +27,8 @@ from typing import Any
 
 T0 = time.monotonic()
 spans: list[tuple[str, float, float]] = []
+procs: list[tuple[str, float, float]] = []  # ffmpeg from its slot granted (spawned) to its end
+_granted: dict[int, float] = {}  # id(task) -> when its ffmpeg slot was granted
 events: list[tuple[float, str, int, str]] = []
 
 TRACED = {
@@ -73,6 +76,10 @@ def _wrap(name: str, fn: Any) -> Any:
                 return await fn(*a, **k)
             finally:
                 spans.append((_label(name, a), t, time.monotonic()))
+                if name.endswith("run_ffmpeg"):
+                    granted = _granted.pop(id(asyncio.current_task()), None)
+                    if granted is not None:
+                        procs.append((spans[-1][0], granted, spans[-1][2]))
         return aw
 
     @functools.wraps(fn)
@@ -95,6 +102,14 @@ def _patch(mod: Any) -> None:
     for k, v in list(vars(mod).items()):  # names imported from a traced module
         if callable(v) and id(v) in _wrapped:
             setattr(mod, k, _wrapped[id(v)])
+    if mod.__name__ == "flows.media.ffmpeg_exec":
+        slots = mod.SLOTS
+        acquire = slots.acquire
+
+        async def granted(*a: Any, **k: Any) -> None:
+            await acquire(*a, **k)
+            _granted[id(asyncio.current_task())] = time.monotonic()
+        slots.acquire = granted
     if mod.__name__ == "flows.run.progress":
         orig = mod.Progress.event
 
@@ -131,7 +146,7 @@ def main() -> int:
 
     def write() -> None:
         Path(trace).write_text(json.dumps({"start": T0, "end": time.monotonic(),
-                                           "spans": spans, "events": events}))
+                                           "spans": spans, "events": events, "procs": procs}))
 
     atexit.register(write)  # registered first: runs after Prefect's exit handlers
     # STORYREEL_BENCH_ROOT: another checkout's code (a "before" in the same bench run)

@@ -46,9 +46,9 @@ def analyse(t: dict[str, Any], cores: int) -> dict[str, Any]:
     fetched = {lab.split()[-1]: end for lab, _, end in spans if lab.startswith("shot._fetch")}
     conforms = {lab.split()[-1]: (s, e) for lab, s, e in spans
                 if lab.startswith("conform.conform_measured")}
-    ff = sorted((s, e) for lab, s, e in spans if lab.startswith("ffmpeg"))
-    # each conform's ffmpeg, by its source
-    starts = {lab.split()[-1]: s for lab, s, _ in spans
+    # ffmpeg processes, from the slot granted (spawn) to their end; conforms by their source
+    ff = sorted((s, e) for _, s, e in t["procs"])
+    starts = {lab.split()[-1]: s for lab, s, _ in t["procs"]
               if lab.startswith("ffmpeg < ") and lab.split()[-1] in fetched}
     lags = sorted(starts[r] - fetched[r] for r in starts)
     t0, t1 = min(fetched.values()), max(e for _, e in conforms.values())

@@ -83,8 +83,8 @@ async def shot_task(ctx: RunContext, shot: ShotPlan,
                     started: dict[str, asyncio.Future[ShotResult]] | None = None) -> ShotResult:
     """One shot. `started`: renders that run_plan began before their task runs existed, so
     that Prefect's start-up of each task run (4-7 ms of CPU, one after another) delays no
-    poll or download (bench/README.md P1); the task run is made once its own has finished
-    and takes over its outcome. A retry renders anew, resuming from the journal."""
+    poll or download (bench/README.md P1); the task run awaits its own. A retry renders anew,
+    resuming from the journal."""
     try:
         work = started.pop(shot.shot_id, None) if started else None
         return await (work if work is not None else render_shot(ctx, shot))
@@ -251,14 +251,6 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
 
         async def one(shot: ShotPlan) -> ShotResult:
             nonlocal done, reported
-            # the shot's work first, its task run once it has an outcome: a task run is API
-            # calls and the server's event ingest, and 100 of them made at the start ran on the
-            # same 2 cores while the vendors' clips waited to be fetched and conformed (the
-            # first conform 14 s in instead of 7, bench/README.md session 7). The task body
-            # takes over the finished render (its outcome, its error for Prefect's retry).
-            work = started.get(shot.shot_id)
-            if work is not None:
-                await asyncio.wait([work])
             try:
                 with tags(*{f"provider:{o.provider}" for o in shot.options}):
                     # quote(): Prefect must not walk (or copy) the shared run context

@@ -183,6 +183,8 @@ def main() -> int:
                     help="another checkout: a run of its code after each run of this one")
     args = ap.parse_args()
     extra = dict(e.split("=", 1) for e in args.env)
+    if "STORYREEL_FFMPEG_NICE" in extra:  # the baselines' ffmpeg get storyreel's priority
+        os.environ["STORYREEL_FFMPEG_NICE"] = extra["STORYREEL_FFMPEG_NICE"]
     media = None if args.media == "full" else tuple(int(x) for x in args.media.split("x"))
     work = h.workdir("p1")
     info = h.machine()

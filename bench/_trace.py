@@ -12,6 +12,7 @@ bench process).
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import importlib.abc
@@ -26,6 +27,8 @@ from typing import Any
 
 T0 = time.monotonic()
 spans: list[tuple[str, float, float]] = []
+procs: list[tuple[str, float, float]] = []  # ffmpeg from its slot granted (spawned) to its end
+_granted: dict[int, float] = {}  # id(task) -> when its ffmpeg slot was granted
 events: list[tuple[float, str, int, str]] = []
 
 TRACED = {
@@ -40,8 +43,8 @@ TRACED = {
     "flows.media.assemble": ["assemble", "layout", "segments_list", "verify_cut", "_verify"],
     "flows.media.aac": ["encode"],
     "flows.media.ffmpeg_exec": ["run_ffmpeg"],
-    "flows.media.conform": ["conform"],
-    "flows.run.shot": ["render_shot"],
+    "flows.media.conform": ["conform", "conform_measured"],
+    "flows.run.shot": ["render_shot", "_fetch_verified"],
 }
 _wrapped: dict[int, Any] = {}  # id(original) -> wrapper
 
@@ -51,8 +54,14 @@ def _label(name: str, args: tuple[Any, ...]) -> str:
         argv = [str(a) for a in args[0]]
         outs = [a for a in argv if "/" in a][-1:]
         return f"ffmpeg {Path(outs[0]).name if outs else ''}"
+    if name.endswith("run_ffmpeg") and args and callable(args[0]):  # a conform: by its source
+        argv = [str(a) for a in args[0](1)]
+        return f"ffmpeg < {Path(argv[argv.index('-i') + 1]).stem}" if "-i" in argv else "ffmpeg"
     if name.endswith("run_ffmpeg"):
         return "ffmpeg"
+    if name.endswith(("_fetch_verified", "conform_measured")):  # by the raw clip's name
+        raw = args[3] if name.endswith("_fetch_verified") else args[0]
+        return f"{name} {Path(str(raw)).stem}"
     if name.endswith("render_shot") and len(args) > 1:
         return f"render_shot {getattr(args[1], 'shot_id', '')}"
     return name
@@ -67,6 +76,10 @@ def _wrap(name: str, fn: Any) -> Any:
                 return await fn(*a, **k)
             finally:
                 spans.append((_label(name, a), t, time.monotonic()))
+                if name.endswith("run_ffmpeg"):
+                    granted = _granted.pop(id(asyncio.current_task()), None)
+                    if granted is not None:
+                        procs.append((spans[-1][0], granted, spans[-1][2]))
         return aw
 
     @functools.wraps(fn)
@@ -89,6 +102,14 @@ def _patch(mod: Any) -> None:
     for k, v in list(vars(mod).items()):  # names imported from a traced module
         if callable(v) and id(v) in _wrapped:
             setattr(mod, k, _wrapped[id(v)])
+    if mod.__name__ == "flows.media.ffmpeg_exec":
+        slots = mod.SLOTS
+        acquire = slots.acquire
+
+        async def granted(*a: Any, **k: Any) -> None:
+            await acquire(*a, **k)
+            _granted[id(asyncio.current_task())] = time.monotonic()
+        slots.acquire = granted
     if mod.__name__ == "flows.run.progress":
         orig = mod.Progress.event
 
@@ -125,7 +146,7 @@ def main() -> int:
 
     def write() -> None:
         Path(trace).write_text(json.dumps({"start": T0, "end": time.monotonic(),
-                                           "spans": spans, "events": events}))
+                                           "spans": spans, "events": events, "procs": procs}))
 
     atexit.register(write)  # registered first: runs after Prefect's exit handlers
     # STORYREEL_BENCH_ROOT: another checkout's code (a "before" in the same bench run)

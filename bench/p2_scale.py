@@ -11,12 +11,21 @@ CPU is each process's own user+system time (ffmpeg children excluded, listed apa
 Prefect server's CPU is read from /proc before and after (it keeps ingesting events after
 the flow returns, so we wait for it to go idle). Clips are 2 s (fal wan-2.7), served at
 --media and conformed to --size so that ffmpeg does not dominate the machine.
+
+    python bench/p2_scale.py --slope [--slope-shots 1 40] [--repeat 3] [--before CHECKOUT]
+
+--slope: what one more parallel shot adds to the wall (issue 25: 40 shots against 1, 1 s
+latency, goal <= 0.25 s): `storyreel run` (and the floor) at each size, latency 1 s, no
+jitter, P1's clips (5 s served at 1280x720, conformed to 320x180), medians of --repeat
+runs; slope = (wall(40) - wall(1)) / 39. --before: the same storyreel runs with another
+checkout's code, interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -37,7 +46,8 @@ def expected_polls(latency: float, first: float = 1.0, factor: float = 1.5, most
 
 
 def run(emu: Any, work: Path, kind: str, n: int, args: argparse.Namespace,
-        api: str | None = None, server_pid: int | None = None) -> dict[str, Any]:
+        api: str | None = None, server_pid: int | None = None,
+        root: Path | None = None) -> dict[str, Any]:
     emu.reset()
     tag = uuid.uuid4().hex[:8]
     out = work / f"{kind}-{tag}"
@@ -54,6 +64,9 @@ def run(emu: Any, work: Path, kind: str, n: int, args: argparse.Namespace,
         argv = (h.cli_argv(report, "run", str(spec), "--out", str(out)) if kind == "storyreel"
                 else [sys.executable, str(h.BENCH / "_measure.py"), str(report), "plain",
                       str(spec), str(out)])
+    if root is not None:  # another checkout's code, through its own bench driver
+        env["PYTHONPATH"] = str(root)
+        argv[1] = str(root / "bench" / "_measure.py")
     server_before = h.tree_cpu(server_pid) if server_pid else 0.0
     proc = h.run_child(argv, env=env, report=report, timeout=3600)
     if proc.returncode != 0:
@@ -79,7 +92,14 @@ def main() -> int:
     ap.add_argument("--size", default="160x90", help="output size (conform target)")
     ap.add_argument("--media", default="160x90", help="size the emulator serves")
     ap.add_argument("--kinds", nargs="+", default=["floor", "plain", "storyreel"])
+    ap.add_argument("--slope", action="store_true",
+                    help="wall per added parallel shot (latency 1 s, no jitter unless given)")
+    ap.add_argument("--slope-shots", type=int, nargs=2, default=[1, 40])
+    ap.add_argument("--repeat", type=int, default=3, help="runs per size with --slope")
+    ap.add_argument("--before", type=Path, help="another checkout, for before figures")
     args = ap.parse_args()
+    if args.slope:
+        return slope(args)
     media = tuple(int(x) for x in args.media.split("x"))
     work = h.workdir("p2")
     emu = h.start_emulator(args.latency, args.jitter, media)  # type: ignore[arg-type]
@@ -98,6 +118,60 @@ def main() -> int:
            "formula_polls": 1 + math.log2(args.latency / 1.0) + 3}
     print(report(out))
     h.save("p2", out)
+    return 0
+
+
+def slope(args: argparse.Namespace) -> int:
+    import statistics
+
+    # P1's clips unless told otherwise: 5 s, served at 720p, conformed to 320x180
+    for flag, name, value in [("--latency", "latency", 1.0), ("--jitter", "jitter", 0.0),
+                              ("--duration", "duration", 5), ("--media", "media", "1280x720"),
+                              ("--size", "size", "320x180")]:
+        if flag not in sys.argv:
+            setattr(args, name, value)
+    media = tuple(int(x) for x in args.media.split("x"))
+    work = h.workdir("p2-slope")
+    emu = h.start_emulator(args.latency, args.jitter, media)  # type: ignore[arg-type]
+    h.warm_media(emu, args.duration, resolution="720p")
+    who = [("floor", None), ("storyreel", None)]
+    if args.before:
+        who.append(("before", args.before.resolve()))
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {w: {} for w, _ in who}
+    try:
+        with h.prefect_server(work) as (api, pid):
+            for _ in range(args.repeat):
+                for n in args.slope_shots:
+                    for name, root in who:
+                        h.settle_server(pid)
+                        h.wait_quiet()
+                        kind = "floor" if name == "floor" else "storyreel"
+                        r = run(emu, work, kind, n, args, api if kind == "storyreel" else None,
+                                pid if kind == "storyreel" else None, root)
+                        r["load"] = list(os.getloadavg())
+                        runs[name].setdefault(n, []).append(r)
+    finally:
+        emu.stop()
+    lo, hi = args.slope_shots
+    lines = [f"P2 slope: {lo} vs {hi} parallel shots of {args.duration} s, latency "
+             f"{args.latency} s + U(0,{args.jitter}), media {args.media}, output {args.size}, "
+             f"median of {args.repeat}"]
+    out: dict[str, Any] = {"machine": h.machine(), "args": {k: str(v) for k, v in
+                                                            vars(args).items()},
+                           "runs": {w: {str(n): r for n, r in x.items()} for w, x in runs.items()}}
+    for name, by_n in runs.items():
+        w = {n: statistics.median(r["wall"] for r in rs) for n, rs in by_n.items()}
+        per = (w[hi] - w[lo]) / (hi - lo)
+        loads = [r["load"][0] for rs in by_n.values() for r in rs]
+        out.setdefault("slope", {})[name] = per
+        lines.append(f"  {name:9s}: wall {w[lo]:.2f} s at {lo}, {w[hi]:.2f} s at {hi} -> "
+                     f"{per:.3f} s per added shot (walls {[round(r['wall'], 2) for r in by_n[hi]]};"
+                     f" load average {min(loads):.1f}-{max(loads):.1f})")
+    out["load_at_end"] = h.busy_note()
+    lines.append(f"machine: {out['machine']['cpu']}, {out['machine']['cores']} cores; "
+                 f"{out['load_at_end']}")
+    print("\n".join(lines))
+    h.save("p2-slope", out)
     return 0
 
 

@@ -3,6 +3,7 @@ dependency: `pip install py-spy`). Prints the functions with the most on-CPU sam
 (inclusive, and own) and keeps the collapsed stacks for flame graphs.
 
     python bench/profile_run.py [--shots 200] [--plain] [--match flows.,providers.]
+    python bench/profile_run.py --shots 100 --p1   # P1's board: 5 s fal clips, 720p in, 320x180 out
 """
 
 from __future__ import annotations
@@ -25,20 +26,27 @@ def main() -> int:
     ap.add_argument("--jitter", type=float, default=1.0)
     ap.add_argument("--duration", type=int, default=2)
     ap.add_argument("--size", default="160x90")
+    ap.add_argument("--media", default="160x90", help="size the emulator serves")
+    ap.add_argument("--p1", action="store_true",
+                    help="P1's board: kling 5 s clips served at 1280x720, conformed to 320x180")
     ap.add_argument("--plain", action="store_true", help="profile bench/_plain.py (no Prefect)")
     ap.add_argument("--rate", type=int, default=200, help="samples per second")
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--all-threads", action="store_true",
                     help="sample every thread, not only the one holding the GIL (py-spy --gil)")
     args = ap.parse_args()
+    model = "wan-2.7"
+    if args.p1:
+        model, args.duration, args.size, args.media = "kling-2.5-turbo-pro", 5, "320x180", "1280x720"
     spy = shutil.which("py-spy")
     if not spy:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     work = h.workdir("profile")
-    emu = h.start_emulator(args.latency, args.jitter, (160, 90))
+    media = tuple(int(x) for x in args.media.split("x"))
+    emu = h.start_emulator(args.latency, args.jitter, media)  # type: ignore[arg-type]
     h.warm_media(emu, args.duration, resolution="720p")
     tag = uuid.uuid4().hex[:8]
-    spec = h.storyboard(work / "spec.yaml", args.shots, model="wan-2.7", duration=args.duration,
+    spec = h.storyboard(work / "spec.yaml", args.shots, model=model, duration=args.duration,
                         size=args.size, tag=tag)
     stacks = work / "stacks.txt"
     try:

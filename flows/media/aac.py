@@ -40,7 +40,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ ENCODE_ARGS = ["-c:a", "aac", "-b:a", "192k", "-ar", str(SAMPLE_RATE)]
 # a change in any of these: nothing recorded before is reused
 SETTINGS = {"v": 1, "encode": ENCODE_ARGS, "preroll": PREROLL, "window": WINDOW}
 RECORD_SUFFIX = ".audio.json"
+Video = tuple[Sequence[Path], Sequence[int], int]  # the cut's segments, their frames, the rate
 
 
 @dataclass(frozen=True)
@@ -242,10 +243,11 @@ class _Source:
 
 async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, *,
                  previous: Path | None = None, reuse: Reuse = Reuse(),
-                 slots: int | None = None) -> AudioStats:
+                 slots: int | None = None, video: Video | None = None) -> AudioStats:
     """Write the cut's audio (the concat list's, `parts` long) as one AAC track into `out`
     (.m4a). With `previous`, that file's packets `reuse` names are copied and only the rest
-    is encoded. `slots`: how many encoders may run at once (default: the ffmpeg slot count)."""
+    is encoded. `slots`: how many encoders may run at once (default: the ffmpeg slot count).
+    `video`: `out` is the cut (.mp4), this track beside that video (`_splice`)."""
     total = sum(p.samples for p in parts)
     if total <= 0:
         raise MediaError("the cut has no audio samples")
@@ -287,11 +289,12 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
     except ExceptionGroup as group:
         raise group.exceptions[0] from None
     try:
-        stats.splices = await asyncio.to_thread(_splice, sources, out, total)
+        stats.splices = await asyncio.to_thread(_splice, sources, out, total, video)
     except _Unmatched:
         if not (head or tail):
             raise MediaError("the AAC chunks were encoded with different settings") from None
-        return await encode(listfile, parts, out, work, slots=slots)  # the old track differs
+        return await encode(listfile, parts, out, work, slots=slots,  # the old track differs
+                            video=video)
     return stats
 
 
@@ -321,11 +324,13 @@ class _Unmatched(Exception):
     """The previous track's codec parameters are not the new chunks'."""
 
 
-def _splice(sources: Sequence[_Source], out: Path, total: int) -> list[int]:
+def _splice(sources: Sequence[_Source], out: Path, total: int,
+            video: Video | None = None) -> list[int]:
     """Mux one packet per frame, in order, into one AAC track in `out`: each source's within
     its range, and in each splice window the choice of `_choose`. Checks that the packets
     follow each other exactly (-1024, 0, 1024, ...) and end at `total`. Returns the samples
-    where the track switches from one source to another."""
+    where the track switches from one source to another. With `video` (the cut's segments,
+    their frames, the rate), `out` is the cut itself: that video and this track."""
     import av
 
     containers = [av.open(str(s.path)) for s in sources]
@@ -339,17 +344,25 @@ def _splice(sources: Sequence[_Source], out: Path, total: int) -> list[int]:
             if (s.codec_context.extradata != first.codec_context.extradata
                     or s.codec_context.channels != first.codec_context.channels):
                 raise _Unmatched
-        packets = [{p.pts + src.offset: p for p in c.demux(s) if p.pts is not None}
-                   for c, s, src in zip(containers, streams, sources, strict=True)]
+        read: dict[tuple[Path, int], dict[int, Any]] = {}  # the previous track: read once
+        packets = []
+        for c, s, src in zip(containers, streams, sources, strict=True):
+            key = (src.path, src.offset)
+            if key not in read:
+                read[key] = {p.pts + src.offset: p for p in c.demux(s) if p.pts is not None}
+            packets.append(read[key])
         owner: dict[int, int] = {}  # frame time -> source, where a window decided
         for i in range(1, len(sources)):
             if sources[i].window is not None:
                 owner.update({t: i - 1 + side for t, side in
                               _choose(packets[i - 1], packets[i], sources[i].window, first)})
-        switches, previous = [], 0
-        with av.open(str(out), "w", format="mp4") as dst:
-            ost = dst.add_stream_from_template(first)
-            end, t, i = None, -FRAME, 0
+        switches: list[int] = []
+        end: int | None = None
+
+        def chosen() -> Iterator[Any]:
+            """One packet per frame, in order, retimed onto the cut's samples."""
+            nonlocal end
+            t, i, previous = -FRAME, 0, 0
             while t < total:
                 while i + 1 < len(sources) and t >= sources[i + 1].lo:
                     i += 1
@@ -361,10 +374,21 @@ def _splice(sources: Sequence[_Source], out: Path, total: int) -> list[int]:
                     switches.append(t)
                     previous = src_i
                 pkt.pts = pkt.dts = t
-                pkt.stream = ost
                 end = t + (pkt.duration or FRAME)
-                dst.mux(pkt)
+                yield pkt
                 t += FRAME
+
+        if video is None:
+            with av.open(str(out), "w", format="mp4") as dst:
+                ost = dst.add_stream_from_template(first)
+                for pkt in chosen():
+                    pkt.stream = ost
+                    dst.mux(pkt)
+        else:  # the cut itself: its video beside, in one file (flows/media/mux.py)
+            from flows.media.mux import write_cut
+
+            segments, frames, fps = video
+            write_cut(out, segments, frames, fps, chosen(), first, -(-total // FRAME) + 1)
     finally:
         for c in containers:
             c.close()

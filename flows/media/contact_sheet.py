@@ -8,11 +8,17 @@ accurate input seek per tile, draws those. The ffmpeg command
 it replaces (one input seek per tile, a tile filter) took 0.5-0.7 s of the edit loop's end
 (12 tiles of a 100 s 720p cut), most of it starting 12 demuxers and decoders; this takes a
 tenth of that (bench/README.md P9).
+
+Tiles kept. A tile in-process is its keyframe decoded alone, so it is a function of that
+packet and the stream's headers: tiles are kept beside the sheet (TILES_DIR, only the last
+sheet's), named by the sha256 of those bytes and the tile width, and the next sheet decodes
+only the keyframes it has not seen (an edit of one shot of 20: one or two of 12 tiles).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import os
 import struct
@@ -28,6 +34,11 @@ TILE_WIDTH = 320
 KEYFRAME_INTERVAL = 2.0  # seconds: conform's -g 2*fps
 PAD = 4  # pixels between tiles and around them
 BACKGROUND = (0x20, 0x20, 0x20)
+
+
+def tiles_dir(dest_png: Path) -> Path:
+    """Beside the sheet: its decoded tiles, named by content."""
+    return dest_png.parent / f".{dest_png.stem}.tiles"
 
 
 async def contact_sheet(video: Path, dest_png: Path, *, tiles: int = 12, columns: int = 4) -> Path:
@@ -46,7 +57,8 @@ async def contact_sheet(video: Path, dest_png: Path, *, tiles: int = 12, columns
     tmp = temp_name(dest_png)
     try:
         if info.duration / tiles >= KEYFRAME_INTERVAL:
-            await asyncio.to_thread(_draw, video, tmp, times, columns, width, False)
+            await asyncio.to_thread(_draw, video, tmp, times, columns, width, False,
+                                    tiles_dir(dest_png))
         else:  # exact frames: one ffmpeg decoding each input from its keyframe was faster
             # than seeking and decoding here beside the run's other threads (bench P9 demo)
             await _draw_ffmpeg(video, tmp, times, columns, width)
@@ -78,15 +90,18 @@ async def _draw_ffmpeg(video: Path, out: Path, times: list[float], columns: int,
 
 
 def _draw(video: Path, out: Path, times: list[float], columns: int, width: int,
-          exact: bool) -> None:
+          exact: bool, keep: Path | None = None) -> None:
+    """`keep`: where tiles are kept by content (keyframe tiles only, `exact` False)."""
     import av
     import numpy as np
 
     try:
         with av.open(str(video)) as container:
             stream = container.streams.video[0]
-            frames = [_frame_at(container, stream, t, exact) for t in times]
-            pictures = [_rgb(f, width) for f in frames]
+            if keep is not None and not exact:
+                pictures = _kept_tiles(container, stream, times, width, keep)
+            else:
+                pictures = [_rgb(_frame_at(container, stream, t, exact), width) for t in times]
     except (av.FFmpegError, OSError) as exc:
         raise MediaError(f"{video.name}: cannot draw a contact sheet ({exc})") from None
     h = max(p.shape[0] for p in pictures)
@@ -114,6 +129,57 @@ def _frame_at(container: Any, stream: Any, t: float, exact: bool) -> Any:
     if best is None:
         raise MediaError(f"no frame at {t:.3f} s")
     return best
+
+
+def _kept_tiles(container: Any, stream: Any, times: list[float], width: int,
+                keep: Path) -> list[Any]:
+    """The keyframe at or before each time as a tile, from `keep` when a previous sheet
+    decoded the same keyframe (same bytes, same headers, same width); `keep` then holds
+    exactly these tiles."""
+    import hashlib
+
+    import numpy as np
+
+    tb = stream.time_base
+    start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+    headers = bytes(stream.codec_context.extradata or b"")
+    keep.mkdir(parents=True, exist_ok=True)
+    pictures, used = [], set()
+    for t in times:
+        container.seek(int((t + start) / tb), stream=stream, backward=True, any_frame=False)
+        packets = (p for p in container.demux(stream) if p.size)
+        first = next(packets, None)
+        if first is None:
+            raise MediaError(f"no frame at {t:.3f} s")
+        digest = hashlib.sha256(headers + bytes(first) + str(width).encode()).hexdigest()[:32]
+        path = keep / f"{digest}.npy"
+        used.add(path.name)
+        try:
+            pictures.append(np.load(path, allow_pickle=False))
+            continue
+        except (OSError, ValueError):
+            pass
+        frame = None
+        for pkt in itertools.chain([first], packets):
+            decoded = stream.codec_context.decode(pkt)
+            if decoded:
+                frame = decoded[0]
+                break
+        if frame is None:
+            decoded = stream.codec_context.decode(None)
+            if not decoded:
+                raise MediaError(f"no frame at {t:.3f} s")
+            frame = decoded[0]
+        tile = _rgb(frame, width)
+        tmp = temp_name(path)
+        with open(tmp, "wb") as f:
+            np.save(f, tile, allow_pickle=False)
+        os.replace(tmp, path)
+        pictures.append(tile)
+    for old in keep.glob("*.npy"):  # only this sheet's
+        if old.name not in used:
+            old.unlink(missing_ok=True)
+    return pictures
 
 
 def _rgb(frame: Any, width: int) -> Any:

@@ -1,0 +1,140 @@
+"""The end of the edit loop: the cut written in this process in one pass (flows/media/mux.py)
+and the contact sheet's tiles kept by content (flows/media/contact_sheet.py), checked against
+what the ffmpeg commands they replace make, with the real ffmpeg and decoders."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from flows.media import assemble as assemble_mod
+from flows.media import contact_sheet as sheet_mod
+from flows.media.assemble import Transition, assemble, segments_dir, segments_list
+from flows.media.conform import PCM_ARGS, OutputFormat, as_argv, video_codec_args
+from flows.media.ffmpeg_exec import run_ffmpeg_sync
+
+FMT = OutputFormat(320, 180, 24)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Five 2 s house intermediates, each its own picture and tone."""
+    d = tmp_path_factory.mktemp("muxclips")
+    out = []
+    for i in range(5):
+        path = d / f"c{i}.mov"
+        run_ffmpeg_sync(["-f", "lavfi", "-i", f"testsrc2=s=320x180:r=24:d=2,hue=h={70 * i}",
+                         "-f", "lavfi", "-i", f"sine=f={300 + 90 * i}:r=48000:d=2",
+                         *as_argv(video_codec_args(FMT)), *as_argv(PCM_ARGS),
+                         "-frames:v", "48", "-f", "mov", str(path)])
+        out.append(path)
+    return out
+
+
+def _boxes(path: Path) -> list[str]:
+    """The file's top-level ISO BMFF boxes, in order."""
+    names, data = [], path.read_bytes()
+    at = 0
+    while at + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[at:at + 8])
+        if size == 1:
+            size = struct.unpack(">Q", data[at + 8:at + 16])[0]
+        names.append(kind.decode("latin-1"))
+        if size < 8:
+            break
+        at += size
+    return names
+
+
+def _without_parameter_sets(data: bytes) -> bytes:
+    """An AVC sample (4-byte lengths) without its SPS and PPS units (NAL types 7 and 8)."""
+    out, at = bytearray(), 0
+    while at < len(data):
+        n = int.from_bytes(data[at:at + 4], "big")
+        if data[at + 4] & 0x1F not in (7, 8):
+            out += data[at:at + 4 + n]
+        at += 4 + n
+    return bytes(out)
+
+
+def _packets(path: Path, kind: str) -> tuple[list[tuple[int, int, bool, bytes]], bytes]:
+    with av.open(str(path)) as c:
+        s = getattr(c.streams, kind)[0]
+        return ([(p.pts, p.dts, p.is_keyframe, bytes(p)) for p in c.demux(s) if p.size],
+                bytes(s.codec_context.extradata or b""))
+
+
+async def test_the_cut_is_written_in_one_pass_as_the_concat_copy_would(
+        clips: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argvs: list[list[str]] = []
+    real = assemble_mod.run_ffmpeg
+
+    async def spy(args: list[str], **kw: object) -> str:
+        argvs.append(list(args))
+        return await real(args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(assemble_mod, "run_ffmpeg", spy)
+    transitions = [Transition(), Transition("crossfade", 0.5), Transition(), Transition()]
+    dest = tmp_path / "final.mp4"
+    await assemble(clips, dest, FMT, transitions)
+    # ffmpeg rendered the junction's segments only: no mux, no faststart rewrite of the file
+    assert argvs and not any("concat" in a or "+faststart" in a for a in argvs)
+    boxes = _boxes(dest)
+    assert boxes.index("moov") < boxes.index("mdat")  # plays while it downloads
+
+    # the ffmpeg command it replaces, on the same segments and this cut's AAC track
+    frames, joins, kinds = assemble_mod.layout(clips, FMT, transitions)
+    listfile = await segments_list(clips, frames, joins, kinds, FMT, tmp_path,
+                                   segments_dir(dest))
+    ref = tmp_path / "ref.mp4"
+    run_ffmpeg_sync(["-f", "concat", "-safe", "0", "-i", str(listfile), "-i", str(dest),
+                     "-map", "0:v:0", "-map", "1:a:0", "-c", "copy", "-movflags", "+faststart",
+                     "-f", "mp4", str(ref)])
+    (got_v, got_x), (ref_v, ref_x) = _packets(dest, "video"), _packets(ref, "video")
+    assert got_x == ref_x and len(got_v) == len(ref_v) == sum(frames) - sum(joins)
+    # the same packets at the same times; the concat copy repeats the stream's parameter sets
+    # (the same as the headers') in each keyframe, this file has them in its headers only
+    assert [p[:3] for p in got_v] == [p[:3] for p in ref_v]
+    assert [p[3] for p in got_v] == [_without_parameter_sets(p[3]) for p in ref_v]
+    assert _packets(dest, "audio") == _packets(ref, "audio")
+    with av.open(str(dest)) as a, av.open(str(ref)) as b:
+        for kind in ("video", "audio"):
+            sa, sb = getattr(a.streams, kind)[0], getattr(b.streams, kind)[0]
+            assert (sa.start_time, sa.duration, sa.frames) == (sb.start_time, sb.duration,
+                                                               sb.frames)
+
+
+async def test_contact_sheet_decodes_only_the_keyframes_it_has_not_seen(
+        clips: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn: list[int] = []
+    real = sheet_mod._rgb
+
+    def spy(frame: object, width: int) -> object:
+        drawn.append(1)
+        return real(frame, width)
+
+    monkeypatch.setattr(sheet_mod, "_rgb", spy)
+    cut = tmp_path / "final.mp4"
+    await assemble(clips[:4], cut, FMT)  # 8 s: four tiles 2 s apart, one per clip's keyframe
+    png = tmp_path / "contact_sheet.png"
+    await sheet_mod.contact_sheet(cut, png, tiles=4, columns=2)
+    assert len(drawn) == 4 and len(list(sheet_mod.tiles_dir(png).glob("*.npy"))) == 4
+
+    drawn.clear()
+    await assemble([clips[0], clips[4], clips[2], clips[3]], cut, FMT)  # clip 1 edited
+    await sheet_mod.contact_sheet(cut, png, tiles=4, columns=2)
+    assert len(drawn) == 1  # the edited clip's tile; the others were kept
+    assert len(list(sheet_mod.tiles_dir(png).glob("*.npy"))) == 4  # only this sheet's
+
+    # the same picture as a sheet drawn from nothing
+    fresh = tmp_path / "fresh.png"
+    times = [(i + 0.5) * 2.0 for i in range(4)]
+    sheet_mod._draw(cut, fresh, times, 2, 320, False)
+    assert png.read_bytes() == fresh.read_bytes()
+    with av.open(str(png)) as c:
+        px = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    assert len(np.unique(px.reshape(-1, 3), axis=0)) > 10

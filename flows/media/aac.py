@@ -79,6 +79,7 @@ class AudioStats:
     encoded: int = 0  # samples encoded, pre- and post-roll included
     splices: list[int] = field(default_factory=list)  # where the packets switch source
     ranges: list[tuple[int, int]] = field(default_factory=list)  # what each encoder was fed
+    primed: bool = False  # the first range's encoder was fed its pre-roll before (aac_early)
 
 
 # -- the timeline's pieces -------------------------------------------------------------------
@@ -145,11 +146,9 @@ class Reuse:
     tail: int | None = None
 
 
-def reusable(dest: Path, parts: Sequence[Piece]) -> Reuse:
-    """What of the previous track in `dest` can be copied: the packets before the first
-    changed piece (less MARGIN frames) and, when the track is as long as before, those after
-    the last changed piece (plus MARGIN frames); all of it when nothing changed. Nothing when
-    the record is missing, stale or made with other settings."""
+def recorded(dest: Path) -> list[tuple[str, int]] | None:
+    """The pieces (identity, samples) of the track `dest` holds, as its record says; None when
+    the record is missing, stale (`dest` is another file now) or made with other settings."""
     dest = Path(dest)
     try:
         rec = json.loads(record_path(dest).read_text(encoding="utf-8"))
@@ -157,9 +156,19 @@ def reusable(dest: Path, parts: Sequence[Piece]) -> Reuse:
         if (rec["settings"] != SETTINGS or rec["file"] != dest.name
                 or [rec["size"], rec["mtime_ns"], rec["ino"]]
                 != [st.st_size, st.st_mtime_ns, st.st_ino]):
-            return Reuse()
-        old = [(str(i), int(n)) for i, n in rec["pieces"]]
+            return None
+        return [(str(i), int(n)) for i, n in rec["pieces"]]
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def reusable(dest: Path, parts: Sequence[Piece]) -> Reuse:
+    """What of the previous track in `dest` can be copied: the packets before the first
+    changed piece (less MARGIN frames) and, when the track is as long as before, those after
+    the last changed piece (plus MARGIN frames); all of it when nothing changed. Nothing when
+    the record is missing, stale or made with other settings."""
+    old = recorded(dest)
+    if old is None:
         return Reuse()
     new = [(p.ident, p.samples) for p in parts]
     total = sum(n for _, n in new)
@@ -259,6 +268,15 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
     stats = AudioStats(total=total, reused=head + (total - tail if tail else 0))
     sources = [_Source(previous, 0, -FRAME)] if head else []
     todo = ranges(head, end, slots or SLOTS.size) if head < total else []
+    primed = None  # an encoder of the first range started before the cut (aac_early.py)
+    if previous is not None:
+        from flows.media import aac_early
+
+        if todo and head and todo[0][0] == head:
+            primed = await aac_early.take(previous, parts, max(0, head - (WINDOW + PREROLL)
+                                                               * FRAME), head)
+        else:
+            aac_early.discard(previous)
     jobs = []
     for i, (a, b) in enumerate(todo):
         pcm, window = [], None
@@ -277,8 +295,11 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
             assert previous is not None
             sources.append(_Source(previous, 0, tail, back))
         sub, at = _sublist(listfile, parts, lo, hi, work / f"aac{i:02d}.txt")
-        jobs.append(_encode_chunk(sub, lo - at, hi - at, total - at, path,
-                                  [(a - at, b - at, p) for a, b, p in pcm]))
+        chunk = _encode_chunk(sub, lo - at, hi - at, total - at, path,
+                              [(a - at, b - at, p) for a, b, p in pcm])
+        if i == 0 and primed is not None:
+            chunk = _complete_primed(primed, sources, path, chunk, listfile, parts, hi, pcm[1:])
+        jobs.append(chunk)
         stats.encoded += hi - lo
         stats.ranges.append((lo, hi))
     stats.chunks = len(jobs)
@@ -291,11 +312,48 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
     try:
         stats.splices = await asyncio.to_thread(_splice, sources, out, total, video)
     except _Unmatched:
+        if primed is not None:
+            primed.kill()
         if not (head or tail):
             raise MediaError("the AAC chunks were encoded with different settings") from None
         return await encode(listfile, parts, out, work, slots=slots,  # the old track differs
                             video=video)
+    finally:
+        if primed is not None:
+            primed.kill()  # the encoder has exited: its folder
+    stats.primed = primed is not None and any(s.path == primed.out for s in sources)
     return stats
+
+
+async def _complete_primed(primed: Any, sources: list[_Source], path: Path, chunk: Any,
+                           listfile: Path, parts: Sequence[Piece], hi: int,
+                           side: Sequence[tuple[int, int, Path]]) -> int:
+    """The first range (the chunk encoder `chunk` would write `path`) from the primed encoder,
+    whose file `sources` then names; when its span cannot be completed, `chunk` after all."""
+    from flows.media import aac_early
+
+    k = next(i for i, s in enumerate(sources) if s.path == path)
+    chunk_source = sources[k]
+    segments = list_paths(listfile)
+    if len(segments) == len(parts):
+        sources[k] = _Source(primed.out, primed.lo, chunk_source.lo, primed.window)
+        try:
+            await aac_early.complete(primed, segments, parts, hi, side)
+            chunk.close()  # never started
+            return primed.lo
+        except MediaError:
+            sources[k] = chunk_source
+    primed.kill()
+    return await chunk
+
+
+def list_paths(listfile: Path) -> list[Path]:
+    """The files of a concat list written by `assemble.concat_list`."""
+    out = []
+    for line in listfile.read_text(encoding="utf-8").splitlines():
+        if line.startswith("file '") and line.endswith("'"):
+            out.append(Path(line[6:-1].replace("'\\''", "'")))
+    return out
 
 
 def _sublist(listfile: Path, parts: Sequence[Piece], lo: int, hi: int,

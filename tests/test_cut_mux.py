@@ -138,3 +138,65 @@ async def test_contact_sheet_decodes_only_the_keyframes_it_has_not_seen(
     with av.open(str(png)) as c:
         px = next(c.decode(video=0)).to_ndarray(format="rgb24")
     assert len(np.unique(px.reshape(-1, 3), axis=0)) > 10
+
+
+def _audio(path: Path) -> list[tuple[int, bytes]]:
+    with av.open(str(path)) as c:
+        return [(p.pts, bytes(p)) for p in c.demux(c.streams.audio[0]) if p.size]
+
+
+async def test_edited_span_encoder_primed_before_its_clip_exists(
+        clips: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The producer's loop: clip 3 of 4 is being made again. The span's encoder is fed its
+    pre-roll (clips 0-2) before the clip exists; once it does, the cut encodes only the rest,
+    and its audio is the same bytes as a cut made without priming."""
+    import asyncio
+
+    from flows.media import aac, aac_early
+
+    chunks: list[object] = []
+    real = aac._encode_chunk
+
+    async def spy(*a: object, **kw: object) -> int:
+        chunks.append(a)
+        return await real(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(aac, "_encode_chunk", spy)
+    first = [*clips[:4]]
+    edited = [clips[0], clips[1], clips[2], clips[4]]
+    primed_dest, plain_dest = tmp_path / "a" / "final.mp4", tmp_path / "b" / "final.mp4"
+    for d in (primed_dest, plain_dest):
+        d.parent.mkdir()
+        await assemble(first, d, FMT)
+    assert _audio(primed_dest) == _audio(plain_dest)
+
+    aac_early.prime(primed_dest, edited[:3], FMT)
+    task = aac_early._PRIMED[primed_dest.resolve()]
+    primed = await asyncio.shield(task)
+    assert primed is not None and primed.proc.returncode is None  # waiting for the clip
+    for _ in range(100):  # the pre-roll is encoded already, without the clip
+        if primed.out.stat().st_size > 0:
+            break
+        await asyncio.sleep(0.05)
+    assert primed.out.stat().st_size > 0
+
+    chunks.clear()
+    await assemble(edited, primed_dest, FMT)
+    assert chunks == []  # no chunk encoder: the primed one coded the span
+    assert primed.proc.returncode == 0 and not primed.folder.exists()
+    await assemble(edited, plain_dest, FMT)
+    assert len(chunks) == 1
+    assert _audio(primed_dest) == _audio(plain_dest)
+    assert aac.record_path(primed_dest).read_text() != ""
+
+    # primed for a cut that then changes before the span too: killed, and the cut is right
+    aac_early.prime(primed_dest, edited[:3], FMT)
+    primed = await asyncio.shield(aac_early._PRIMED[primed_dest.resolve()])
+    assert primed is not None
+    chunks.clear()
+    again = [clips[1], clips[0], clips[2], clips[3]]
+    await assemble(again, primed_dest, FMT)
+    await assemble(again, plain_dest, FMT)
+    assert len(chunks) == 2 and await asyncio.wait_for(primed.proc.wait(), 10) != 0
+    assert not primed.folder.exists()
+    assert _audio(primed_dest) == _audio(plain_dest)

@@ -27,9 +27,8 @@ class EarlyAudio:
         self.position = {s.shot_id: i for i, s in enumerate(plan.shots)}
         self.clips: dict[int, Path] = {}
         self.started = False
-        # only a plain cut is made by flows/media/assemble.py (cards, music or loudness: not)
-        self.enabled = (plan.finishing is None
-                        and (run_dir / "final.audio.json").is_file() and self.dest.is_file())
+        self.enabled = (_plain(plan) and (run_dir / "final.audio.json").is_file()
+                        and self.dest.is_file())
 
     def done(self, shot_id: str, clip: Path | None) -> None:
         i = self.position.get(shot_id)
@@ -57,3 +56,11 @@ class EarlyAudio:
         """Kill the primed encoder if the cut did not take it."""
         if self.started:
             aac_early.discard(self.dest)
+
+
+def _plain(plan: Plan) -> bool:
+    """The cut's audio is made by flows/media/assemble.py from the shots' clips alone: no
+    title card before them, no music or loudness pass, nothing drawn on the picture."""
+    fin = plan.finishing
+    return fin is None or (fin.title is None and fin.music is None and fin.loudness is None
+                           and fin.logo is None and (fin.burn is None or not any(fin.captions)))

@@ -200,3 +200,62 @@ async def test_edited_span_encoder_primed_before_its_clip_exists(
     assert len(chunks) == 2 and await asyncio.wait_for(primed.proc.wait(), 10) != 0
     assert not primed.folder.exists()
     assert _audio(primed_dest) == _audio(plain_dest)
+
+
+async def test_the_run_primes_the_span_of_the_first_shot_not_done_as_before(
+        clips: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from flows.run import early_audio
+    from flows.storyboard.plan import make_plan
+    from tests.storyboards import write_board
+
+    primed: list[list[Path]] = []
+    monkeypatch.setattr(early_audio.aac_early, "prime",
+                        lambda dest, cs, fmt: primed.append(list(cs)))
+    monkeypatch.setattr(early_audio.aac_early, "discard", lambda dest: None)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    await assemble(clips[:4], run_dir / "final.mp4", FMT)  # the previous cut: clips 0-3
+
+    def plan(transition: str = "cut") -> early_audio.Plan:
+        shots = [{"id": f"s{i}", "prompt": f"shot {i}", "duration": 5} for i in range(4)]
+        shots[0]["transition"] = {"kind": transition, "duration": 0.5}
+        board = write_board(tmp_path / transition, shots,
+                            output={"size": "320x180", "fps": 24},
+                            defaults={"provider": "fal", "model": "kling-2.5-turbo-pro"})
+        return make_plan(str(board), {}, None)
+
+    async def done(early: early_audio.EarlyAudio, shot: int, clip: Path | None) -> None:
+        early.done(f"s{shot}", clip)
+        for _ in range(500):  # until the watcher has looked at every clip it was given
+            await asyncio.sleep(0.01)
+            if not early.wake.is_set() and set(early.same) == set(early.clips):
+                break
+        await asyncio.sleep(0.02)
+
+    early = early_audio.EarlyAudio(plan(), run_dir)
+    await done(early, 0, clips[0])
+    assert primed == [[clips[0]]]  # s1 is not done: the span starts there
+    await done(early, 1, clips[1])  # ... and s1 is the same clip as before: from s2 on
+    assert primed == [[clips[0]], clips[:2]]
+    await done(early, 3, clips[3])
+    await done(early, 2, clips[4])  # s2 edited: what was primed is the span
+    assert primed == [[clips[0]], clips[:2]]
+    early.close()
+
+    primed.clear()
+    early = early_audio.EarlyAudio(plan(), run_dir)
+    await done(early, 1, clips[4])  # s1 edited, done before s0
+    assert primed == []
+    await done(early, 0, clips[0])
+    assert primed == [[clips[0]]]
+    early.close()
+
+    primed.clear()
+    for first, board in ((None, plan()), (clips[0], plan("crossfade"))):
+        early = early_audio.EarlyAudio(board, run_dir)  # a slate; a junction before the span
+        await done(early, 0, first)
+        await done(early, 2, clips[2])
+        early.close()
+    assert primed == []

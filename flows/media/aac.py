@@ -47,6 +47,7 @@ from typing import Any
 
 from flows.media.conform import SAMPLE_RATE, OutputFormat
 from flows.media.ffmpeg_exec import SLOTS, run_ffmpeg
+from flows.media.mux import VideoTrack
 from providers.errors import MediaError
 
 FRAME = 1024  # samples per AAC frame
@@ -58,7 +59,6 @@ ENCODE_ARGS = ["-c:a", "aac", "-b:a", "192k", "-ar", str(SAMPLE_RATE)]
 # a change in any of these: nothing recorded before is reused
 SETTINGS = {"v": 1, "encode": ENCODE_ARGS, "preroll": PREROLL, "window": WINDOW}
 RECORD_SUFFIX = ".audio.json"
-Video = tuple[Sequence[Path], Sequence[int], int]  # the cut's segments, their frames, the rate
 
 
 @dataclass(frozen=True)
@@ -252,11 +252,12 @@ class _Source:
 
 async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, *,
                  previous: Path | None = None, reuse: Reuse = Reuse(),
-                 slots: int | None = None, video: Video | None = None) -> AudioStats:
+                 slots: int | None = None, video: VideoTrack | None = None) -> AudioStats:
     """Write the cut's audio (the concat list's, `parts` long) as one AAC track into `out`
     (.m4a). With `previous`, that file's packets `reuse` names are copied and only the rest
     is encoded. `slots`: how many encoders may run at once (default: the ffmpeg slot count).
-    `video`: `out` is the cut (.mp4), this track beside that video (`_splice`)."""
+    `video`: `out` is the cut (.mp4), this track beside that video (`_splice`), whose
+    packets are read while the track is encoded."""
     total = sum(p.samples for p in parts)
     if total <= 0:
         raise MediaError("the cut has no audio samples")
@@ -307,6 +308,8 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
         async with asyncio.TaskGroup() as tg:  # a failure cancels (and kills) the others
             for job in jobs:
                 tg.create_task(job)
+            if video is not None:  # the cut's video read beside the encoders
+                tg.create_task(asyncio.to_thread(video.read_ahead))
     except ExceptionGroup as group:
         raise group.exceptions[0] from None
     try:
@@ -383,12 +386,12 @@ class _Unmatched(Exception):
 
 
 def _splice(sources: Sequence[_Source], out: Path, total: int,
-            video: Video | None = None) -> list[int]:
+            video: VideoTrack | None = None) -> list[int]:
     """Mux one packet per frame, in order, into one AAC track in `out`: each source's within
     its range, and in each splice window the choice of `_choose`. Checks that the packets
     follow each other exactly (-1024, 0, 1024, ...) and end at `total`. Returns the samples
-    where the track switches from one source to another. With `video` (the cut's segments,
-    their frames, the rate), `out` is the cut itself: that video and this track."""
+    where the track switches from one source to another. With `video`, `out` is the cut
+    itself: that video and this track (flows/media/mux.py)."""
     import av
 
     containers = [av.open(str(s.path)) for s in sources]
@@ -445,8 +448,7 @@ def _splice(sources: Sequence[_Source], out: Path, total: int,
         else:  # the cut itself: its video beside, in one file (flows/media/mux.py)
             from flows.media.mux import write_cut
 
-            segments, frames, fps = video
-            write_cut(out, segments, frames, fps, chosen(), first, -(-total // FRAME) + 1)
+            write_cut(out, video, chosen(), first, -(-total // FRAME) + 1)
     finally:
         for c in containers:
             c.close()

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from flows.media import aac
 from flows.media.conform import PCM_ARGS, OutputFormat, as_argv, temp_name, video_codec_args
 from flows.media.ffmpeg_exec import run_ffmpeg
-from flows.media.mux import NotJoinable
+from flows.media.mux import NotJoinable, VideoTrack
 from flows.media.probe import VideoInfo, probe
 from providers.errors import MediaError
 
@@ -306,9 +306,10 @@ async def assemble(
         reuse = aac.reusable(dest, parts)
         tmp = temp_name(dest)
         try:
+            video = VideoTrack(segments, segment_frames(frames, joins), fmt.fps)
             try:
                 await aac.encode(listfile, parts, tmp, work, previous=dest, reuse=reuse,
-                                 video=(segments, segment_frames(frames, joins), fmt.fps))
+                                 video=video)
             except NotJoinable:  # the concat demuxer's copy repeats each segment's headers
                 audio = work / "audio.m4a"
                 await aac.encode(listfile, parts, audio, work, previous=dest, reuse=reuse)
@@ -316,6 +317,8 @@ async def assemble(
                                   "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
                                   "-c", "copy", "-movflags", "+faststart", "-f", "mp4",
                                   str(tmp)])
+            finally:
+                video.close()
             _verify(tmp, fmt, total)
             os.replace(tmp, dest)
         finally:

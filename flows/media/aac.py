@@ -122,14 +122,28 @@ def record_path(dest: Path) -> Path:
 
 
 def remember(dest: Path, parts: Sequence[Piece]) -> None:
-    """Record the pieces `dest`'s audio was made of, with `dest`'s identity as written now."""
-    from flows.files.atomic import write_text_atomic
+    """Record the pieces `dest`'s audio was made of, with `dest`'s identity as written now.
+    Renamed into place but not fsynced: the cut was just written, and an fsync here waits for
+    its megabytes to reach the disk; a record lost or torn by a crash only costs a full encode
+    next time (`recorded` refuses it)."""
+    import os
+    import tempfile
 
     st = Path(dest).stat()
-    write_text_atomic(record_path(dest), json.dumps({
+    path = record_path(dest)
+    text = json.dumps({
         "settings": SETTINGS, "file": Path(dest).name, "size": st.st_size,
         "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
-        "pieces": [[p.ident, p.samples] for p in parts]}, separators=(",", ":")))
+        "pieces": [[p.ident, p.samples] for p in parts]}, separators=(",", ":"))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def forget(dest: Path) -> None:

@@ -319,9 +319,9 @@ async def assemble(
                                   str(tmp)])
             finally:
                 video.close()
-            _verify(tmp, fmt, total)
+            info = _verify(tmp, fmt, total)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
     aac.remember(dest, parts)
-    return probe(dest)
+    return info  # the file just verified, renamed

@@ -248,6 +248,7 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
         orphans = asyncio.ensure_future(settle_orphans(ctx))  # jobs of shots no longer planned
         # the cut's audio that waits on no unfinished shot starts before them (an edited shot)
         early = EarlyAudio(plan, run_dir)
+        early.follow(started)
         # review.html follows the run as shots finish (flows/review/page.py)
         page = PageRefresher(lambda: write_review(plan, run_dir, journal, ctx.ledger, None,
                                                   running=True))

@@ -13,7 +13,9 @@ nothing changes but a few tenths of a second of CPU spent while the run waited o
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
+from typing import Any
 
 from flows.media import aac, aac_early
 from flows.media.conform import OutputFormat
@@ -36,10 +38,23 @@ class EarlyAudio:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
+    def follow(self, work: dict[str, asyncio.Future[Any]]) -> None:
+        """Learn each shot's clip as soon as its work (render_shot) returns, before its task
+        run's own end (a server round trip that a busy Prefect server can hold up)."""
+        for shot_id, future in work.items():
+            future.add_done_callback(functools.partial(self._landed, shot_id))
+
+    def _landed(self, shot_id: str, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return  # retried by its task, which says `done` then
+        self.done(shot_id, getattr(future.result(), "conformed", None))
+
     def done(self, shot_id: str, clip: Path | None) -> None:
         i = self.position.get(shot_id)
         if i is None or self.record is None:
             return
+        if i in self.clips and self.clips[i] != clip:
+            self.same.pop(i, None)  # another take came back (a retry): looked at again
         self.clips[i] = clip
         if self.task is None:
             self.task = asyncio.ensure_future(self._watch())

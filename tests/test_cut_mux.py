@@ -259,3 +259,49 @@ async def test_the_run_primes_the_span_of_the_first_shot_not_done_as_before(
         await done(early, 2, clips[2])
         early.close()
     assert primed == []
+
+
+async def test_exact_frame_sheet_of_an_edit_decodes_only_its_new_frames(
+        clips: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ffmpeg_sheets: list[Path] = []
+    decoded: list[float] = []
+    real_ffmpeg, real_frame = sheet_mod._draw_ffmpeg, sheet_mod._frame_at
+
+    async def spy_ffmpeg(video: Path, out: Path, *a: object) -> None:
+        ffmpeg_sheets.append(out)
+        await real_ffmpeg(video, out, *a)  # type: ignore[arg-type]
+
+    def spy_frame(container: object, stream: object, t: float, exact: bool) -> object:
+        decoded.append(t)
+        return real_frame(container, stream, t, exact)
+
+    monkeypatch.setattr(sheet_mod, "_draw_ffmpeg", spy_ffmpeg)
+    monkeypatch.setattr(sheet_mod, "_frame_at", spy_frame)
+    cut = tmp_path / "final.mp4"
+    await assemble(clips[:4], cut, FMT)  # 8 s: 12 tiles 0.67 s apart, exact frames
+    png = tmp_path / "contact_sheet.png"
+    await sheet_mod.contact_sheet(cut, png)
+    assert len(ffmpeg_sheets) == 1 and decoded == []  # a new sheet: ffmpeg draws it
+    assert len(list(sheet_mod.tiles_dir(png).glob("*.npy"))) == 12
+
+    await assemble([clips[0], clips[4], clips[2], clips[3]], cut, FMT)  # clip 1 (2-4 s) edited
+    ffmpeg_sheets.clear()
+    await sheet_mod.contact_sheet(cut, png)
+    assert ffmpeg_sheets == [] and [round(t, 2) for t in decoded] == [2.33, 3.0, 3.67]
+    assert len(list(sheet_mod.tiles_dir(png).glob("*.npy"))) == 12
+
+    # the sheet ffmpeg draws of the edited cut from nothing: the same tiles where nothing
+    # changed, within swscale's rounding in the three decoded here
+    fresh = tmp_path / "fresh.png"
+    await real_ffmpeg(cut, fresh, [(i + 0.5) * 8 / 12 for i in range(12)], 4, 320)
+
+    def pixels(path: Path) -> np.ndarray:
+        with av.open(str(path)) as c:
+            return next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+
+    got, ref = pixels(png), pixels(fresh)
+    assert got.shape == ref.shape
+    rows = (4 + 180 + 4, 4 + 2 * (180 + 4))  # tiles 0-3, then 4-7 (3, 4, 5 are new)
+    assert (got[:rows[0], :4 + 3 * 324] == ref[:rows[0], :4 + 3 * 324]).all()
+    assert (got[rows[1]:] == ref[rows[1]:]).all()
+    assert np.abs(got - ref).mean() < 2

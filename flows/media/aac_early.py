@@ -98,6 +98,8 @@ async def _prime(dest: Path, clips: list[Path], fmt: OutputFormat) -> Primed | N
     pcm = await asyncio.to_thread(_pcm, clips, prefix, lo, start)
     if pcm is None:
         return None
+    for stale in dest.parent.glob(f".{dest.stem}.primed-*"):  # a killed run's (one per folder)
+        shutil.rmtree(stale, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.stem}.primed-"))
     window = (w0, head, folder / "head.pcm")
     window[2].write_bytes(pcm[(w0 - lo) * BYTES:(head + aac.FRAME - lo) * BYTES])

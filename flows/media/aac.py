@@ -40,13 +40,14 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flows.media.conform import SAMPLE_RATE, OutputFormat
 from flows.media.ffmpeg_exec import SLOTS, run_ffmpeg
+from flows.media.mux import VideoTrack
 from providers.errors import MediaError
 
 FRAME = 1024  # samples per AAC frame
@@ -78,6 +79,7 @@ class AudioStats:
     encoded: int = 0  # samples encoded, pre- and post-roll included
     splices: list[int] = field(default_factory=list)  # where the packets switch source
     ranges: list[tuple[int, int]] = field(default_factory=list)  # what each encoder was fed
+    primed: bool = False  # the first range's encoder was fed its pre-roll before (aac_early)
 
 
 # -- the timeline's pieces -------------------------------------------------------------------
@@ -120,14 +122,28 @@ def record_path(dest: Path) -> Path:
 
 
 def remember(dest: Path, parts: Sequence[Piece]) -> None:
-    """Record the pieces `dest`'s audio was made of, with `dest`'s identity as written now."""
-    from flows.files.atomic import write_text_atomic
+    """Record the pieces `dest`'s audio was made of, with `dest`'s identity as written now.
+    Renamed into place but not fsynced: the cut was just written, and an fsync here waits for
+    its megabytes to reach the disk; a record lost or torn by a crash only costs a full encode
+    next time (`recorded` refuses it)."""
+    import os
+    import tempfile
 
     st = Path(dest).stat()
-    write_text_atomic(record_path(dest), json.dumps({
+    path = record_path(dest)
+    text = json.dumps({
         "settings": SETTINGS, "file": Path(dest).name, "size": st.st_size,
         "mtime_ns": st.st_mtime_ns, "ino": st.st_ino,
-        "pieces": [[p.ident, p.samples] for p in parts]}, separators=(",", ":")))
+        "pieces": [[p.ident, p.samples] for p in parts]}, separators=(",", ":"))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def forget(dest: Path) -> None:
@@ -144,11 +160,9 @@ class Reuse:
     tail: int | None = None
 
 
-def reusable(dest: Path, parts: Sequence[Piece]) -> Reuse:
-    """What of the previous track in `dest` can be copied: the packets before the first
-    changed piece (less MARGIN frames) and, when the track is as long as before, those after
-    the last changed piece (plus MARGIN frames); all of it when nothing changed. Nothing when
-    the record is missing, stale or made with other settings."""
+def recorded(dest: Path) -> list[tuple[str, int]] | None:
+    """The pieces (identity, samples) of the track `dest` holds, as its record says; None when
+    the record is missing, stale (`dest` is another file now) or made with other settings."""
     dest = Path(dest)
     try:
         rec = json.loads(record_path(dest).read_text(encoding="utf-8"))
@@ -156,9 +170,19 @@ def reusable(dest: Path, parts: Sequence[Piece]) -> Reuse:
         if (rec["settings"] != SETTINGS or rec["file"] != dest.name
                 or [rec["size"], rec["mtime_ns"], rec["ino"]]
                 != [st.st_size, st.st_mtime_ns, st.st_ino]):
-            return Reuse()
-        old = [(str(i), int(n)) for i, n in rec["pieces"]]
+            return None
+        return [(str(i), int(n)) for i, n in rec["pieces"]]
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def reusable(dest: Path, parts: Sequence[Piece]) -> Reuse:
+    """What of the previous track in `dest` can be copied: the packets before the first
+    changed piece (less MARGIN frames) and, when the track is as long as before, those after
+    the last changed piece (plus MARGIN frames); all of it when nothing changed. Nothing when
+    the record is missing, stale or made with other settings."""
+    old = recorded(dest)
+    if old is None:
         return Reuse()
     new = [(p.ident, p.samples) for p in parts]
     total = sum(n for _, n in new)
@@ -242,10 +266,12 @@ class _Source:
 
 async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, *,
                  previous: Path | None = None, reuse: Reuse = Reuse(),
-                 slots: int | None = None) -> AudioStats:
+                 slots: int | None = None, video: VideoTrack | None = None) -> AudioStats:
     """Write the cut's audio (the concat list's, `parts` long) as one AAC track into `out`
     (.m4a). With `previous`, that file's packets `reuse` names are copied and only the rest
-    is encoded. `slots`: how many encoders may run at once (default: the ffmpeg slot count)."""
+    is encoded. `slots`: how many encoders may run at once (default: the ffmpeg slot count).
+    `video`: `out` is the cut (.mp4), this track beside that video (`_splice`), whose
+    packets are read while the track is encoded."""
     total = sum(p.samples for p in parts)
     if total <= 0:
         raise MediaError("the cut has no audio samples")
@@ -257,6 +283,15 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
     stats = AudioStats(total=total, reused=head + (total - tail if tail else 0))
     sources = [_Source(previous, 0, -FRAME)] if head else []
     todo = ranges(head, end, slots or SLOTS.size) if head < total else []
+    primed = None  # an encoder of the first range started before the cut (aac_early.py)
+    if previous is not None:
+        from flows.media import aac_early
+
+        if todo and head and todo[0][0] == head:
+            primed = await aac_early.take(previous, parts, max(0, head - (WINDOW + PREROLL)
+                                                               * FRAME), head)
+        else:
+            aac_early.discard(previous)
     jobs = []
     for i, (a, b) in enumerate(todo):
         pcm, window = [], None
@@ -275,8 +310,11 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
             assert previous is not None
             sources.append(_Source(previous, 0, tail, back))
         sub, at = _sublist(listfile, parts, lo, hi, work / f"aac{i:02d}.txt")
-        jobs.append(_encode_chunk(sub, lo - at, hi - at, total - at, path,
-                                  [(a - at, b - at, p) for a, b, p in pcm]))
+        chunk = _encode_chunk(sub, lo - at, hi - at, total - at, path,
+                              [(a - at, b - at, p) for a, b, p in pcm])
+        if i == 0 and primed is not None:
+            chunk = _complete_primed(primed, sources, path, chunk, listfile, parts, hi, pcm[1:])
+        jobs.append(chunk)
         stats.encoded += hi - lo
         stats.ranges.append((lo, hi))
     stats.chunks = len(jobs)
@@ -284,15 +322,55 @@ async def encode(listfile: Path, parts: Sequence[Piece], out: Path, work: Path, 
         async with asyncio.TaskGroup() as tg:  # a failure cancels (and kills) the others
             for job in jobs:
                 tg.create_task(job)
+            if video is not None:  # the cut's video read beside the encoders
+                tg.create_task(asyncio.to_thread(video.read_ahead))
     except ExceptionGroup as group:
         raise group.exceptions[0] from None
     try:
-        stats.splices = await asyncio.to_thread(_splice, sources, out, total)
+        stats.splices = await asyncio.to_thread(_splice, sources, out, total, video)
     except _Unmatched:
+        if primed is not None:
+            primed.kill()
         if not (head or tail):
             raise MediaError("the AAC chunks were encoded with different settings") from None
-        return await encode(listfile, parts, out, work, slots=slots)  # the old track differs
+        return await encode(listfile, parts, out, work, slots=slots,  # the old track differs
+                            video=video)
+    finally:
+        if primed is not None:
+            primed.kill()  # the encoder has exited: its folder
+    stats.primed = primed is not None and any(s.path == primed.out for s in sources)
     return stats
+
+
+async def _complete_primed(primed: Any, sources: list[_Source], path: Path, chunk: Any,
+                           listfile: Path, parts: Sequence[Piece], hi: int,
+                           side: Sequence[tuple[int, int, Path]]) -> int:
+    """The first range (the chunk encoder `chunk` would write `path`) from the primed encoder,
+    whose file `sources` then names; when its span cannot be completed, `chunk` after all."""
+    from flows.media import aac_early
+
+    k = next(i for i, s in enumerate(sources) if s.path == path)
+    chunk_source = sources[k]
+    segments = list_paths(listfile)
+    if len(segments) == len(parts):
+        sources[k] = _Source(primed.out, primed.lo, chunk_source.lo, primed.window)
+        try:
+            await aac_early.complete(primed, segments, parts, hi, side)
+            chunk.close()  # never started
+            return primed.lo
+        except MediaError:
+            sources[k] = chunk_source
+    primed.kill()
+    return await chunk
+
+
+def list_paths(listfile: Path) -> list[Path]:
+    """The files of a concat list written by `assemble.concat_list`."""
+    out = []
+    for line in listfile.read_text(encoding="utf-8").splitlines():
+        if line.startswith("file '") and line.endswith("'"):
+            out.append(Path(line[6:-1].replace("'\\''", "'")))
+    return out
 
 
 def _sublist(listfile: Path, parts: Sequence[Piece], lo: int, hi: int,
@@ -321,11 +399,13 @@ class _Unmatched(Exception):
     """The previous track's codec parameters are not the new chunks'."""
 
 
-def _splice(sources: Sequence[_Source], out: Path, total: int) -> list[int]:
+def _splice(sources: Sequence[_Source], out: Path, total: int,
+            video: VideoTrack | None = None) -> list[int]:
     """Mux one packet per frame, in order, into one AAC track in `out`: each source's within
     its range, and in each splice window the choice of `_choose`. Checks that the packets
     follow each other exactly (-1024, 0, 1024, ...) and end at `total`. Returns the samples
-    where the track switches from one source to another."""
+    where the track switches from one source to another. With `video`, `out` is the cut
+    itself: that video and this track (flows/media/mux.py)."""
     import av
 
     containers = [av.open(str(s.path)) for s in sources]
@@ -339,17 +419,25 @@ def _splice(sources: Sequence[_Source], out: Path, total: int) -> list[int]:
             if (s.codec_context.extradata != first.codec_context.extradata
                     or s.codec_context.channels != first.codec_context.channels):
                 raise _Unmatched
-        packets = [{p.pts + src.offset: p for p in c.demux(s) if p.pts is not None}
-                   for c, s, src in zip(containers, streams, sources, strict=True)]
+        read: dict[tuple[Path, int], dict[int, Any]] = {}  # the previous track: read once
+        packets = []
+        for c, s, src in zip(containers, streams, sources, strict=True):
+            key = (src.path, src.offset)
+            if key not in read:
+                read[key] = {p.pts + src.offset: p for p in c.demux(s) if p.pts is not None}
+            packets.append(read[key])
         owner: dict[int, int] = {}  # frame time -> source, where a window decided
         for i in range(1, len(sources)):
             if sources[i].window is not None:
                 owner.update({t: i - 1 + side for t, side in
                               _choose(packets[i - 1], packets[i], sources[i].window, first)})
-        switches, previous = [], 0
-        with av.open(str(out), "w", format="mp4") as dst:
-            ost = dst.add_stream_from_template(first)
-            end, t, i = None, -FRAME, 0
+        switches: list[int] = []
+        end: int | None = None
+
+        def chosen() -> Iterator[Any]:
+            """One packet per frame, in order, retimed onto the cut's samples."""
+            nonlocal end
+            t, i, previous = -FRAME, 0, 0
             while t < total:
                 while i + 1 < len(sources) and t >= sources[i + 1].lo:
                     i += 1
@@ -361,10 +449,20 @@ def _splice(sources: Sequence[_Source], out: Path, total: int) -> list[int]:
                     switches.append(t)
                     previous = src_i
                 pkt.pts = pkt.dts = t
-                pkt.stream = ost
                 end = t + (pkt.duration or FRAME)
-                dst.mux(pkt)
+                yield pkt
                 t += FRAME
+
+        if video is None:
+            with av.open(str(out), "w", format="mp4") as dst:
+                ost = dst.add_stream_from_template(first)
+                for pkt in chosen():
+                    pkt.stream = ost
+                    dst.mux(pkt)
+        else:  # the cut itself: its video beside, in one file (flows/media/mux.py)
+            from flows.media.mux import write_cut
+
+            write_cut(out, video, chosen(), first, -(-total // FRAME) + 1)
     finally:
         for c in containers:
             c.close()

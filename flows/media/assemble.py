@@ -27,6 +27,7 @@ from typing import Any, Literal
 from flows.media import aac
 from flows.media.conform import PCM_ARGS, OutputFormat, as_argv, temp_name, video_codec_args
 from flows.media.ffmpeg_exec import run_ffmpeg
+from flows.media.mux import NotJoinable, VideoTrack
 from flows.media.probe import VideoInfo, probe
 from providers.errors import MediaError
 
@@ -244,6 +245,13 @@ async def segments_list(clips: list[Path], frames: list[int], joins: list[int],
                         cache: Path | None = None) -> Path:
     """Render the junctions (and the bodies they trim) into `cache` (kept by content) or
     `work`; the concat list of all segments in playback order."""
+    return (await _segments(clips, frames, joins, transitions, fmt, work, cache))[1]
+
+
+async def _segments(clips: list[Path], frames: list[int], joins: list[int],
+                    transitions: list[Transition], fmt: OutputFormat, work: Path,
+                    cache: Path | None = None) -> tuple[list[Path], Path]:
+    """`segments_list`, and the segments themselves."""
     segments: list[Path] = []
     try:
         await _render_segments(clips, frames, joins, transitions, fmt, work, segments, cache)
@@ -251,10 +259,26 @@ async def segments_list(clips: list[Path], frames: list[int], joins: list[int],
         raise group.exceptions[0] from None
     listfile = work / "segments.txt"
     concat_list(segments, listfile)
-    return listfile
+    return segments, listfile
 
 
 verify_cut = _verify
+
+
+def segment_frames(frames: list[int], joins: list[int]) -> list[int]:
+    """Frames of each segment of the concat list, in its order (`_render_segments`): per clip
+    its body (the whole clip between hard cuts), then its junction with the next."""
+    out = []
+    for i, n in enumerate(frames):
+        t_in = joins[i - 1] if i > 0 else 0
+        t_out = joins[i] if i < len(joins) else 0
+        if not t_in and not t_out:
+            out.append(n)
+        elif n - t_in - t_out > 0:
+            out.append(n - t_in - t_out)
+        if t_out:
+            out.append(t_out)
+    return out
 
 
 async def assemble(
@@ -274,22 +298,30 @@ async def assemble(
 
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".assemble-") as tmpdir:
         work = Path(tmpdir)
-        listfile = await segments_list(clips, frames, joins, transitions, fmt, work,
-                                       segments_dir(dest))
-        # The audio apart (chunks in parallel, the previous cut's packets reused), then one mux.
+        segments, listfile = await _segments(clips, frames, joins, transitions, fmt, work,
+                                             segments_dir(dest))
+        # The audio (chunks in parallel, the previous cut's packets reused), written with the
+        # segments' video into the cut in this process: one pass, the moov in front
+        # (flows/media/mux.py)
         reuse = aac.reusable(dest, parts)
-        audio = work / "audio.m4a"
-        await aac.encode(listfile, parts, audio, work, previous=dest, reuse=reuse)
         tmp = temp_name(dest)
         try:
-            await run_ffmpeg([
-                "-f", "concat", "-safe", "0", "-i", str(listfile), "-i", str(audio),
-                "-map", "0:v:0", "-map", "1:a:0", "-c", "copy",
-                "-movflags", "+faststart", "-f", "mp4", str(tmp),
-            ])
-            _verify(tmp, fmt, total)
+            video = VideoTrack(segments, segment_frames(frames, joins), fmt.fps)
+            try:
+                await aac.encode(listfile, parts, tmp, work, previous=dest, reuse=reuse,
+                                 video=video)
+            except NotJoinable:  # the concat demuxer's copy repeats each segment's headers
+                audio = work / "audio.m4a"
+                await aac.encode(listfile, parts, audio, work, previous=dest, reuse=reuse)
+                await run_ffmpeg(["-f", "concat", "-safe", "0", "-i", str(listfile),
+                                  "-i", str(audio), "-map", "0:v:0", "-map", "1:a:0",
+                                  "-c", "copy", "-movflags", "+faststart", "-f", "mp4",
+                                  str(tmp)])
+            finally:
+                video.close()
+            info = _verify(tmp, fmt, total)
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)
     aac.remember(dest, parts)
-    return probe(dest)
+    return info  # the file just verified, renamed

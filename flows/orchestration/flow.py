@@ -31,6 +31,7 @@ from flows.review.page import PageRefresher
 from flows.run import lock as runlock
 from flows.run import redaction
 from flows.run.chain import start_shots
+from flows.run.early_audio import EarlyAudio
 from flows.run.progress import sink as progress_sink
 from flows.run.session import (
     RunOptions,
@@ -245,6 +246,9 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
         # flows/run/chain.py); its task run (created one at a time) awaits it
         started = start_shots(ctx, plan.shots, render_shot)
         orphans = asyncio.ensure_future(settle_orphans(ctx))  # jobs of shots no longer planned
+        # the cut's audio that waits on no unfinished shot starts before them (an edited shot)
+        early = EarlyAudio(plan, run_dir)
+        early.follow(started)
         # review.html follows the run as shots finish (flows/review/page.py)
         page = PageRefresher(lambda: write_review(plan, run_dir, journal, ctx.ledger, None,
                                                   running=True))
@@ -265,6 +269,7 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
                     result = ShotResult(shot.shot_id, "failed",
                                         reason=f"{type(exc).__name__}: {exc}")
             done += 1
+            early.done(shot.shot_id, result.conformed)
             page.poke()
             # at most one update a second: each is a server write (~15 ms of its CPU, one at
             # a time), so one per shot slowed 100-shot runs by seconds (bench/README.md P1)
@@ -281,6 +286,7 @@ async def _run_plan(plan: Plan, opts: RunOptions, log: Any, shared_limits: bool,
             await page.close()
             return await finish(plan, run_dir, journal, ctx.ledger, results, reported=on_reports)
         finally:
+            early.close()
             await page.close()
             await asyncio.to_thread(close_window, ctx.ledger)  # no-op after finish's
             journal.close()

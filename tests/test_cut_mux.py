@@ -287,13 +287,15 @@ async def test_exact_frame_sheet_of_an_edit_decodes_only_its_new_frames(
     await assemble([clips[0], clips[4], clips[2], clips[3]], cut, FMT)  # clip 1 (2-4 s) edited
     ffmpeg_sheets.clear()
     await sheet_mod.contact_sheet(cut, png)
-    assert ffmpeg_sheets == [] and [round(t, 2) for t in decoded] == [2.33, 3.0, 3.67]
+    # the frames showing at 2.33, 3.0 and 3.67 s (24 fps), the tiles inside the edited clip
+    assert ffmpeg_sheets == [] and [int(t * 24) for t in decoded] == [56, 72, 88]
     assert len(list(sheet_mod.tiles_dir(png).glob("*.npy"))) == 12
 
     # the sheet ffmpeg draws of the edited cut from nothing: the same tiles where nothing
     # changed, within swscale's rounding in the three decoded here
     fresh = tmp_path / "fresh.png"
-    await real_ffmpeg(cut, fresh, [(i + 0.5) * 8 / 12 for i in range(12)], 4, 320)
+    await real_ffmpeg(cut, fresh, [(int((i + 0.5) * 8 / 12 * 24 + 1e-6) + 0.5) / 24
+                                   for i in range(12)], 4, 320, 1 / 24)
 
     def pixels(path: Path) -> np.ndarray:
         with av.open(str(path)) as c:
@@ -305,3 +307,33 @@ async def test_exact_frame_sheet_of_an_edit_decodes_only_its_new_frames(
     assert (got[:rows[0], :4 + 3 * 324] == ref[:rows[0], :4 + 3 * 324]).all()
     assert (got[rows[1]:] == ref[rows[1]:]).all()
     assert np.abs(got - ref).mean() < 2
+
+
+async def test_every_tile_is_the_frame_showing_at_its_time(clips: list[Path],
+                                                            tmp_path: Path) -> None:
+    """14 s, 12 tiles: tile i shows the frame on screen at (i + 0.5) x 14/12 s, whether
+    ffmpeg draws the sheet (from nothing) or this process decodes the tiles an edit changed.
+    Several of those times fall on a frame's start where a millisecond argv rounds up."""
+    cut, png = tmp_path / "final.mp4", tmp_path / "contact_sheet.png"
+
+    def check() -> None:
+        with av.open(str(cut)) as c:
+            frames = [f.to_ndarray(format="rgb24").astype(int) for f in c.decode(video=0)]
+        with av.open(str(png)) as c:
+            sheet = next(c.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+        for i in range(12):
+            k = int((i + 0.5) * 14 / 12 * 24 + 1e-6)  # the frame showing then (starts at 0)
+            y, x = 4 + (i // 4) * (180 + 4), 4 + (i % 4) * (320 + 4)
+            tile = sheet[y:y + 180, x:x + 320]
+            near = {j: np.abs(tile - frames[j]).mean() for j in (k - 1, k, k + 1)
+                    if 0 <= j < len(frames)}
+            assert min(near, key=near.get) == k, (i, k, near)
+
+    order = [0, 1, 2, 3, 4, 0, 1]
+    await assemble([clips[j] for j in order], cut, FMT)
+    await sheet_mod.contact_sheet(cut, png)  # every tile new: ffmpeg draws them
+    check()
+    order[3] = 2  # 6-8 s edited: its tiles (6.42 and 7.58 s) are decoded here
+    await assemble([clips[j] for j in order], cut, FMT)
+    await sheet_mod.contact_sheet(cut, png)
+    check()

@@ -58,6 +58,9 @@ async def contact_sheet(video: Path, dest_png: Path, *, tiles: int = 12, columns
     # Keep away from the very end, where a seek can land past the last frame.
     last = max(0.0, info.duration - 1.5 / max(info.fps, 1.0))
     times = [min(last, (i + 0.5) * info.duration / tiles) for i in range(tiles)]
+    frame_s = 1.0 / info.fps if info.fps > 0 else None
+    if frame_s is not None:  # the middle of the frame showing at each time: see _draw_ffmpeg
+        times = [(math.floor(t / frame_s + 1e-6) + 0.5) * frame_s for t in times]
     tmp = temp_name(dest_png)
     try:
         keep = tiles_dir(dest_png)
@@ -68,7 +71,7 @@ async def contact_sheet(video: Path, dest_png: Path, *, tiles: int = 12, columns
             # many exact frames to decode: one ffmpeg decoding each input from its keyframe
             # was faster than seeking and decoding here beside the run's other threads
             # (bench P9 demo); its tiles are kept for the next sheet
-            await _draw_ffmpeg(video, tmp, times, columns, width)
+            await _draw_ffmpeg(video, tmp, times, columns, width, frame_s)
             await asyncio.to_thread(_keep_from_sheet, video, tmp, times, columns, width, keep)
         os.replace(tmp, dest_png)
     finally:
@@ -77,15 +80,22 @@ async def contact_sheet(video: Path, dest_png: Path, *, tiles: int = 12, columns
 
 
 async def _draw_ffmpeg(video: Path, out: Path, times: list[float], columns: int,
-                       width: int) -> None:
-    """The same sheet by one ffmpeg: an accurate input seek per tile, the tile filter."""
+                       width: int, frame_s: float | None = None) -> None:
+    """The same sheet by one ffmpeg: an accurate input seek per tile, the tile filter.
+
+    An accurate seek to `-ss T` gives the first frame whose time is at or after T; the tiles
+    drawn here are the frames showing at each time (as `_frame_at` decodes them). With
+    `frame_s` (a frame's duration; times in the middle of their frames) ffmpeg is asked for a
+    time one frame earlier, between the two frames' starts, where neither the argv's
+    millisecond rounding nor the demuxer's time base can move the choice by a frame."""
     from flows.media.ffmpeg_exec import run_ffmpeg
 
     rows = math.ceil(len(times) / columns)
     args: list[str] = []
     chains = []
     for i, t in enumerate(times):  # one decoder thread per input: 12 pools cost more
-        args += ["-threads", "1", "-ss", f"{t:.3f}", "-i", str(video)]
+        seek = max(0.0, t - frame_s) if frame_s else t
+        args += ["-threads", "1", "-ss", f"{seek:.3f}", "-i", str(video)]
         chains.append(f"[{i}:v:0]trim=end_frame=1,setpts=PTS-STARTPTS,"
                       f"scale={width}:-2,setsar=1[t{i}]")
     labels = "".join(f"[t{i}]" for i in range(len(times)))
